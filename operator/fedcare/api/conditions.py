@@ -1,0 +1,108 @@
+"""Condition types, reasons and the pure helpers that compute conditions.
+
+Conditions are the state of every fedcare object; ``phase`` is only a summary derived
+from them. Each condition type has exactly one writer (the hub or the site agent): the
+writer is recorded here so a reviewer can check it at a glance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable
+
+from .base import Condition, ConditionStatus
+
+
+class Writer(str, enum.Enum):
+    HUB = "hub"
+    AGENT = "agent"
+
+
+class ConditionType(str, enum.Enum):
+    READY = "Ready"                     # every kind, hub; what kstatus tools (Argo CD, Flux) read
+    ENROLLED = "Enrolled"               # HospitalNode, hub: site namespace and identity exist
+    AVAILABLE = "Available"             # HospitalNode, hub: the agent's Lease is being renewed
+    GPU_READY = "GPUReady"              # HospitalNode, agent: NVML health of the site's GPUs
+    ACCEPTED = "Accepted"               # RoundAssignment, agent: the site took the work or refused it
+    VALID = "Valid"                     # FederatedRound/ModelRelease, hub: the spec passed validation
+
+
+#: Who may write each condition type. Tests assert that writers only touch their own.
+WRITERS: dict[str, Writer] = {
+    ConditionType.READY.value: Writer.HUB,
+    ConditionType.ENROLLED.value: Writer.HUB,
+    ConditionType.AVAILABLE.value: Writer.HUB,
+    ConditionType.VALID.value: Writer.HUB,
+    ConditionType.GPU_READY.value: Writer.AGENT,
+    ConditionType.ACCEPTED.value: Writer.AGENT,
+}
+
+
+class Reason(str, enum.Enum):
+    # Ready / Valid
+    RECONCILED = "Reconciled"
+    INVALID_SPEC = "InvalidSpec"
+    PROGRESSING = "Progressing"
+    NOT_IMPLEMENTED = "ControllerPending"
+    DELETING = "Deleting"
+    # Enrolled
+    SITE_NAMESPACE_READY = "SiteNamespaceReady"
+    ENROLLMENT_FAILED = "EnrollmentFailed"
+    # Available (from the Lease)
+    LEASE_RENEWED = "LeaseRenewed"
+    LEASE_UPDATE_STOPPED = "LeaseUpdateStopped"
+    AGENT_NOT_CONNECTED = "AgentNotConnected"
+    # Site-level summaries for Ready
+    CORDONED = "Cordoned"
+    SITE_UNAVAILABLE = "SiteUnavailable"
+    GPU_NOT_READY = "GPUNotReady"
+    # RoundAssignment acceptance (agent)
+    ACCEPTED = "Accepted"
+    INSUFFICIENT_GPU = "InsufficientGPU"
+    STALE_ATTEMPT = "StaleAttempt"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def find(conditions: Iterable[Condition], ctype: str) -> Condition | None:
+    for cond in conditions:
+        if cond.type == ctype:
+            return cond
+    return None
+
+
+def make(ctype: ConditionType | str, status: ConditionStatus | bool | str, reason: Reason | str,
+         message: str = "", *, generation: int | None = None) -> Condition:
+    if isinstance(status, bool):
+        status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    return Condition(
+        type=ctype.value if isinstance(ctype, ConditionType) else ctype,
+        status=ConditionStatus(status),
+        reason=reason.value if isinstance(reason, Reason) else reason,
+        message=message[:32768],
+        last_transition_time=now(),
+        observed_generation=generation,
+    )
+
+
+def merge(current: Iterable[Condition], updates: Iterable[Condition]) -> list[Condition]:
+    """Apply updates to a condition list, keeping lastTransitionTime when the status is unchanged.
+
+    Conditions of other types (possibly owned by another writer) are kept as they are.
+    """
+    result = {c.type: c for c in current}
+    for new in updates:
+        old = result.get(new.type)
+        if old is not None and old.status == new.status:
+            new = new.model_copy(update={"last_transition_time": old.last_transition_time})
+        result[new.type] = new
+    return sorted(result.values(), key=lambda c: (c.type != ConditionType.READY.value, c.type))
+
+
+def same(a: Iterable[Condition], b: Iterable[Condition]) -> bool:
+    """True when two lists say the same thing (ignores ordering)."""
+    key = lambda c: (c.type, c.status, c.reason, c.message, c.observed_generation)  # noqa: E731
+    return sorted(map(key, a)) == sorted(map(key, b))

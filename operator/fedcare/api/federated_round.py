@@ -1,0 +1,195 @@
+"""FederatedRound: one federated training run across selected hospital sites (namespaced)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .base import Condition, Decimal, Digest, DNSLabel, DNSSubdomain, FedcareModel, LabelSelector, StatusModel
+
+IMAGE_WITH_DIGEST = r"^[a-z0-9]+([._/:-][a-z0-9]+)*@sha256:[a-f0-9]{64}$"
+
+
+def immutable(message: str) -> dict:
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
+
+
+class ModelReleaseRef(FedcareModel):
+    name: DNSSubdomain = Field(description="Name of a ModelRelease in the round's namespace.")
+
+
+class InitialModel(FedcareModel):
+    """Where the starting weights come from: a released model, or a digest-pinned artifact. Empty: random."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!(has(self.modelReleaseRef) && has(self.storageUri))",
+        "message": "set either modelReleaseRef or storageUri+digest, not both"}, {
+        "rule": "has(self.storageUri) == has(self.digest)",
+        "message": "storageUri and digest go together: an artifact must be pinned by its sha256 digest"}]})
+
+    model_release_ref: ModelReleaseRef | None = Field(default=None, description="Start from this release.")
+    storage_uri: str | None = Field(default=None, max_length=2048, description="Start from this artifact.")
+    digest: Digest | None = Field(default=None, description="sha256 digest of the artifact at storageUri.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InitialModel":
+        if self.model_release_ref is not None and self.storage_uri is not None:
+            raise ValueError("set either modelReleaseRef or storageUri+digest, not both")
+        if (self.storage_uri is None) != (self.digest is None):
+            raise ValueError("storageUri and digest go together: an artifact must be pinned by its sha256 digest")
+        return self
+
+
+class ModelSpec(FedcareModel):
+    architecture: str = Field(default="ultrasound-cnn-small", pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63,
+                              description="Model architecture known to the training image, for example "
+                                          "ultrasound-cnn-small or ultrasound-cnn-large.")
+    classes: list[DNSLabel] = Field(default_factory=lambda: ["normal", "benign", "malignant"], min_length=2,
+                                    max_length=64, description="Class labels, in output order.")
+    input_size: int = Field(default=64, ge=16, le=1024, description="Square input size in pixels (grayscale).")
+    initial_model: InitialModel | None = Field(default=None, description="Initial weights; random when unset.")
+
+
+class Participants(FedcareModel):
+    """Which HospitalNodes take part, and how many must."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.maxParticipants) || self.minAvailable <= self.maxParticipants",
+        "message": "participants.minAvailable must not exceed participants.maxParticipants",
+        "fieldPath": ".minAvailable"}]})
+
+    selector: LabelSelector = Field(default_factory=LabelSelector,
+                                    description="Label selector over HospitalNodes. Empty selects every site.")
+    min_available: int = Field(ge=1, le=1000, description="Quorum: sites that must be selected and reply for a "
+                                                          "round to count.")
+    max_participants: int | None = Field(default=None, ge=1, le=1000,
+                                         description="Cap on selected sites. Unset: every eligible site.")
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> "Participants":
+        if self.max_participants is not None and self.min_available > self.max_participants:
+            raise ValueError(f"minAvailable ({self.min_available}) must not exceed maxParticipants "
+                             f"({self.max_participants}): lower minAvailable or raise maxParticipants")
+        return self
+
+
+class StrategyName(str, enum.Enum):
+    FED_AVG = "FedAvg"
+    FED_PROX = "FedProx"
+    FED_ADAM = "FedAdam"
+
+
+class StrategySpec(FedcareModel):
+    name: StrategyName = Field(default=StrategyName.FED_AVG, description="Aggregation strategy.")
+    fraction_train: Decimal = Field(default="1.0", description="Fraction of connected sites sampled to train "
+                                                               "each round (decimal string).")
+    fraction_evaluate: Decimal = Field(default="0.0", description="Fraction sampled for federated evaluation.")
+    min_train_nodes: int | None = Field(default=None, ge=1, le=1000,
+                                        description="Successful replies a server round needs. Default: "
+                                                    "participants.minAvailable.")
+    proximal_mu: Decimal = Field(default="0.01", description="FedProx proximal term (FedProx only).")
+    server_learning_rate: Decimal = Field(default="0.1", description="Server-side learning rate (FedAdam only).")
+    config: dict[str, str] = Field(default_factory=dict, description="Extra run-config keys for the ServerApp.")
+
+
+class TrainingSpec(FedcareModel):
+    image: str = Field(pattern=IMAGE_WITH_DIGEST, max_length=512,
+                       description="Training image, pinned by digest (name@sha256:…).")
+    epochs: int = Field(default=1, ge=1, le=1000, description="Local epochs per server round.")
+    batch_size: int = Field(default=32, ge=1, le=65536, description="Local batch size.")
+    learning_rate: Decimal = Field(default="0.001", description="Local learning rate (decimal string).")
+    gpus_per_site: int = Field(default=1, ge=0, le=16, description="GPUs each site's training pod requests.")
+    gpu_product: str = Field(default="", max_length=256, description="Required GPU product. Empty: any.")
+
+
+class DifferentialPrivacy(FedcareModel):
+    enabled: bool = Field(default=False, description="Train with DP-SGD at each site.")
+    noise_multiplier: Decimal = Field(default="1.0", description="Gaussian noise multiplier.")
+    max_grad_norm: Decimal = Field(default="1.0", description="Per-sample gradient clipping norm.")
+    target_epsilon: Decimal | None = Field(default=None, description="Budget; the round fails when a site would "
+                                                                     "exceed it.")
+    delta: Decimal = Field(default="1e-5", description="The accountant's delta.")
+
+
+class PrivacySpec(FedcareModel):
+    differential_privacy: DifferentialPrivacy = Field(default_factory=DifferentialPrivacy,
+                                                      description="Differential privacy settings.")
+
+
+class ReleaseTemplate(FedcareModel):
+    create: bool = Field(default=False, description="Create a ModelRelease from the final model.")
+    model_name: DNSLabel | None = Field(default=None, description="modelName of the release. Default: the round's "
+                                                                  "name.")
+
+
+class FederatedRoundSpec(FedcareModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.strategy) || !has(self.strategy.minTrainNodes) || "
+                "self.strategy.minTrainNodes <= self.participants.minAvailable",
+        "message": "strategy.minTrainNodes must not exceed participants.minAvailable: a round could never "
+                   "collect that many replies", "fieldPath": ".strategy.minTrainNodes"}]})
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="What is trained.")
+    participants: Participants = Field(description="Which sites take part and the quorum.")
+    rounds: int = Field(ge=1, le=10000, description="Number of server rounds.",
+                        json_schema_extra=immutable("rounds is immutable; create a new FederatedRound"))
+    strategy: StrategySpec = Field(default_factory=StrategySpec, description="Aggregation strategy.")
+    training: TrainingSpec = Field(description="Local training at each site.")
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec, description="Privacy settings.")
+    round_timeout_seconds: int = Field(default=600, ge=10, le=86400,
+                                       description="How long a server round waits for replies.")
+    active_deadline_seconds: int = Field(default=86400, ge=60, le=2592000,
+                                         description="Wall-clock limit for the whole run, counted from admission. "
+                                                     "Past it the round fails with DeadlineExceeded.",
+                                         json_schema_extra=immutable("activeDeadlineSeconds is immutable"))
+    release: ReleaseTemplate = Field(default_factory=ReleaseTemplate, description="What to release at the end.")
+    suspend: bool = Field(default=False, description="Pause the run; resuming starts the deadline anew.")
+
+    @model_validator(mode="after")
+    def _replies_fit_quorum(self) -> "FederatedRoundSpec":
+        mtn = self.strategy.min_train_nodes
+        if mtn is not None and mtn > self.participants.min_available:
+            raise ValueError(f"strategy.minTrainNodes ({mtn}) must not exceed participants.minAvailable "
+                             f"({self.participants.min_available}): a round could never collect that many replies")
+        return self
+
+
+class RoundPhase(str, enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    INVALID = "Invalid"
+
+
+class ParticipantStatus(StatusModel):
+    node: str = Field(description="HospitalNode name.")
+    assignment: str = Field(default="", description="RoundAssignment name in the site namespace.")
+    state: str = Field(default="Selected", description="Hub's view: Selected, Connected, Training, Succeeded, "
+                                                       "Failed or Unknown.")
+    last_round: int = Field(default=0, ge=0, description="Last server round the site replied to.")
+    reason: str = Field(default="", description="Why the site is in that state.")
+
+
+class RoundResult(StatusModel):
+    storage_uri: str = Field(default="", description="Where the final model is.")
+    digest: str = Field(default="", description="sha256 digest of the final model.")
+    model_release_ref: str = Field(default="", description="The ModelRelease created from it.")
+
+
+class FederatedRoundStatus(StatusModel):
+    observed_generation: int | None = Field(default=None, ge=0, description="Last spec generation handled.")
+    phase: RoundPhase | None = Field(default=None, description="Summary of the conditions, for display.")
+    conditions: list[Condition] = Field(default_factory=list, description="Current state, one entry per type.")
+    eligible_sites: int | None = Field(default=None, ge=0, description="Sites that currently match the selector "
+                                                                       "and can run the round.")
+    selected_sites: int | None = Field(default=None, ge=0, description="Sites selected at admission.")
+    participants: list[ParticipantStatus] = Field(default_factory=list, description="Per-site state.")
+    current_round: int = Field(default=0, ge=0, description="Server round in progress.")
+    rounds_completed: int = Field(default=0, ge=0, description="Server rounds aggregated.")
+    start_time: dt.datetime | None = Field(default=None, description="When the run was admitted.")
+    completion_time: dt.datetime | None = Field(default=None, description="When the run finished.")
+    result: RoundResult | None = Field(default=None, description="The aggregated model.")

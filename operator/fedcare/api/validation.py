@@ -1,0 +1,105 @@
+"""Turn an object's body into its pydantic models, or explain precisely what is wrong.
+
+Handlers call this first: nothing happens for an object whose spec does not validate.
+Messages name the field (camelCase, as the user wrote it) and say what is expected; they
+never echo input values, so a mistyped secret cannot leak into status or Events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .base import is_dns_label
+from .hospital_node import MAX_SITE_NAME
+from .kinds import BY_KIND, Kind
+
+
+class SpecError(ValueError):
+    """A spec that can never work as written. ``problems`` lists ``(field, message)`` pairs."""
+
+    def __init__(self, kind: str, problems: list[tuple[str, str]]):
+        self.kind = kind
+        self.problems = problems
+        super().__init__(self.summary())
+
+    def summary(self, limit: int = 5) -> str:
+        shown = [f"{field}: {msg}" for field, msg in self.problems[:limit]]
+        more = len(self.problems) - limit
+        text = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+        return f"invalid {self.kind}: {text}. Fix the spec and apply it again."
+
+    @property
+    def fields(self) -> list[str]:
+        return [field for field, _ in self.problems]
+
+
+def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith("function-"):
+            continue
+        else:
+            path += f".{part}"
+    return path
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; fields are camelCase)"
+    if kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern", "")
+        return f"does not match the required format {pattern}"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def problems_of(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    return [(_loc(prefix, tuple(e["loc"])), _explain(e)) for e in exc.errors(include_input=False)]
+
+
+def check_name(kind: Kind, name: str | None) -> list[tuple[str, str]]:
+    if not name:
+        return [("metadata.name", "required field is missing")]
+    if not kind.resource.namespaced:
+        if not is_dns_label(name):
+            return [("metadata.name", "must be a DNS-1123 label: lower-case letters, digits and '-', "
+                                      "starting and ending with a letter or digit")]
+        if len(name) > MAX_SITE_NAME:
+            return [("metadata.name", f"must be at most {MAX_SITE_NAME} characters (it prefixes the site "
+                                      "namespace fedcare-site-<name>)")]
+    return []
+
+
+def parse(kind_name: str, body: dict[str, Any]) -> BaseModel:
+    """Validate ``body`` (a whole object) and return its spec model, or raise SpecError."""
+    kind = BY_KIND[kind_name]
+    problems = check_name(kind, (body.get("metadata") or {}).get("name"))
+    spec = body.get("spec")
+    model = None
+    if not isinstance(spec, dict):
+        problems.append(("spec", "required field is missing or not an object"))
+    else:
+        try:
+            model = kind.spec.model_validate(spec)
+        except ValidationError as exc:
+            problems.extend(problems_of(exc, "spec"))
+    if problems:
+        raise SpecError(kind_name, problems)
+    assert model is not None
+    return model
+
+
+def parse_status(kind_name: str, body: dict[str, Any]) -> BaseModel:
+    """The status as a model; an unreadable status is treated as empty (we rewrite it)."""
+    model = BY_KIND[kind_name].status
+    try:
+        return model.model_validate(body.get("status") or {})
+    except ValidationError:
+        return model()

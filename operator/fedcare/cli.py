@@ -1,0 +1,94 @@
+"""The ``fedcare`` command: hub operator, site agent, CRD generation, sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+
+from . import __version__
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from .api import crd
+
+    root = pathlib.Path(args.root).resolve()
+    if args.action == "generate":
+        written = crd.generate(root)
+        for path in written:
+            print(f"wrote {path.relative_to(root)}")
+        print(f"{len(written)} file(s) updated; {len(crd.expected_files(root))} generated in all")
+        return 0
+    diffs = crd.check(root)
+    if diffs:
+        sys.stdout.write("\n".join(diffs))
+        print(f"\n{len(diffs)} generated CRD file(s) are stale: run `fedcare crds generate` (or `make crds`) "
+              "and commit the result.", file=sys.stderr)
+        return 1
+    print("CRDs are up to date with the models.")
+    return 0
+
+
+def _hub(args: argparse.Namespace) -> int:
+    from .hub.main import run_hub
+
+    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from .site.main import run_agent
+
+    return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
+                     site_kubeconfig=args.site_kubeconfig)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from .sandbox.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedcare", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedcare {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="generate or check the CRDs from the pydantic models")
+    crds.add_argument("action", choices=["generate", "check"])
+    crds.add_argument("--root", default=".", help="repository root (default: current directory)")
+    crds.set_defaults(func=_crds)
+
+    hub = sub.add_parser("hub", help="run the hub controllers (kopf)")
+    hub.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
+    hub.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
+    hub.add_argument("--namespace", action="append", default=None,
+                     help="watch only these namespaces for namespaced kinds (repeatable; default: all)")
+    hub.set_defaults(func=_hub)
+
+    agent = sub.add_parser("agent", help="run the site agent for one hospital")
+    agent.add_argument("--site", required=True, help="the HospitalNode name of this site")
+    agent.add_argument("--hub-kubeconfig", required=True, help="kubeconfig for the hub API (the site's identity)")
+    agent.add_argument("--site-kubeconfig", default=None,
+                       help="kubeconfig for the site cluster (default: in-cluster; '' = no site cluster)")
+    agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
+    agent.set_defaults(func=_agent)
+
+    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
+    sandbox.add_argument("action", choices=["demo"])
+    sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
+    sandbox.add_argument("--seconds", type=float, default=0, help="stop after this long (0: run the demo script)")
+    sandbox.set_defaults(func=_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
