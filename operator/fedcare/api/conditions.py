@@ -28,15 +28,24 @@ class ConditionType(str, enum.Enum):
     VALID = "Valid"                     # FederatedRound/ModelRelease, hub: the spec passed validation
 
 
-#: Who may write each condition type. Tests assert that writers only touch their own.
-WRITERS: dict[str, Writer] = {
-    ConditionType.READY.value: Writer.HUB,
-    ConditionType.ENROLLED.value: Writer.HUB,
-    ConditionType.AVAILABLE.value: Writer.HUB,
-    ConditionType.VALID.value: Writer.HUB,
-    ConditionType.GPU_READY.value: Writer.AGENT,
-    ConditionType.ACCEPTED.value: Writer.AGENT,
+#: Who may write each condition type, per kind. Tests assert that writers only touch their own.
+WRITERS: dict[tuple[str, str], Writer] = {
+    ("HospitalNode", ConditionType.READY.value): Writer.HUB,
+    ("HospitalNode", ConditionType.ENROLLED.value): Writer.HUB,
+    ("HospitalNode", ConditionType.AVAILABLE.value): Writer.HUB,
+    ("HospitalNode", ConditionType.GPU_READY.value): Writer.AGENT,
+    ("FederatedRound", ConditionType.READY.value): Writer.HUB,
+    ("FederatedRound", ConditionType.VALID.value): Writer.HUB,
+    ("ModelRelease", ConditionType.READY.value): Writer.HUB,
+    ("ModelRelease", ConditionType.VALID.value): Writer.HUB,
+    # A RoundAssignment's status belongs to the site agent alone (the hub writes its spec).
+    ("RoundAssignment", ConditionType.READY.value): Writer.AGENT,
+    ("RoundAssignment", ConditionType.ACCEPTED.value): Writer.AGENT,
 }
+
+
+def owned(kind: str, writer: Writer) -> frozenset[str]:
+    return frozenset(ctype for (k, ctype), w in WRITERS.items() if k == kind and w is writer)
 
 
 class Reason(str, enum.Enum):
@@ -44,7 +53,8 @@ class Reason(str, enum.Enum):
     RECONCILED = "Reconciled"
     INVALID_SPEC = "InvalidSpec"
     PROGRESSING = "Progressing"
-    NOT_IMPLEMENTED = "ControllerPending"
+    AWAITING_SCHEDULER = "AwaitingScheduler"
+    AWAITING_ANCHORING = "AwaitingAnchoring"
     DELETING = "Deleting"
     # Enrolled
     SITE_NAMESPACE_READY = "SiteNamespaceReady"

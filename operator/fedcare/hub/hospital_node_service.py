@@ -1,0 +1,138 @@
+"""HospitalNode reconcile: enroll the site (namespace, identity, RBAC, Lease) and report it.
+
+Level-based: every pass compares what exists with what should, converges, and writes the
+hub-owned part of the status once. Safe to run twice, safe after a crash or restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..api import conditions as c
+from ..api import resources as r
+from ..api.base import Condition, ConditionStatus
+from ..api.hospital_node import HospitalNodePhase, HospitalNodeSpec
+from ..api.validation import SpecError, parse
+from ..integrations.kube import Kube, KubeError, Ref, ensure
+from ..status_writer import write_status
+from . import enrollment as e
+
+KIND = r.HOSPITAL_NODES.kind
+HUB_TYPES = c.owned(KIND, c.Writer.HUB)
+
+
+def node_ref(name: str) -> Ref:
+    return Ref(r.API_VERSION, r.HOSPITAL_NODES.plural, None, name)
+
+
+def derive_phase(conditions: list[Condition], status: dict[str, Any], *, cordoned: bool = False,
+                 deleting: bool = False) -> HospitalNodePhase:
+    ready = c.find(conditions, c.ConditionType.READY.value)
+    enrolled = c.find(conditions, c.ConditionType.ENROLLED.value)
+    if deleting:
+        return HospitalNodePhase.TERMINATING
+    if ready is not None and ready.reason == c.Reason.INVALID_SPEC.value:
+        return HospitalNodePhase.INVALID
+    if enrolled is None or enrolled.status is not ConditionStatus.TRUE:
+        return HospitalNodePhase.PENDING
+    if ready is not None and ready.status is ConditionStatus.TRUE:
+        return HospitalNodePhase.CORDONED if cordoned else HospitalNodePhase.READY
+    return HospitalNodePhase.NOT_READY
+
+
+def ready_condition(conditions: list[Condition], generation: int | None) -> Condition:
+    """Ready = enrolled, heartbeating, GPUs not reported unhealthy. Reads the agent's GPUReady."""
+    enrolled = c.find(conditions, c.ConditionType.ENROLLED.value)
+    available = c.find(conditions, c.ConditionType.AVAILABLE.value)
+    gpu = c.find(conditions, c.ConditionType.GPU_READY.value)
+    if enrolled is None or enrolled.status is not ConditionStatus.TRUE:
+        msg = enrolled.message if enrolled else "enrollment has not run yet"
+        return c.make(c.ConditionType.READY, False, c.Reason.ENROLLMENT_FAILED, msg, generation=generation)
+    if available is None or available.status is not ConditionStatus.TRUE:
+        msg = available.message if available else "no heartbeat seen yet"
+        return c.make(c.ConditionType.READY, False, c.Reason.SITE_UNAVAILABLE, msg, generation=generation)
+    if gpu is not None and gpu.status is ConditionStatus.FALSE:
+        return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY, gpu.message, generation=generation)
+    detail = f"; GPUs: {gpu.message}" if gpu is not None and gpu.message else ""
+    return c.make(c.ConditionType.READY, True, c.Reason.RECONCILED,
+                  f"enrolled and heartbeating{detail}", generation=generation)
+
+
+async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, generation: int | None,
+                           cordoned: bool, fields: dict[str, Any] | None = None, recompute_ready: bool = True,
+                           deleting: bool = False) -> dict[str, Any] | None:
+    """Write hub conditions in one pass; Ready is recomputed from the merged list, which
+    includes the agent's GPUReady, so the two never need to coordinate."""
+    def derive(conditions: list[Condition], status: dict[str, Any]) -> dict[str, Any]:
+        phase = derive_phase(conditions, status, cordoned=cordoned, deleting=deleting)
+        return {"phase": phase.value, "observedGeneration": generation}
+
+    def ready(conditions: list[Condition]) -> list[Condition]:
+        return [ready_condition(conditions, generation)] if recompute_ready else []
+
+    return await write_status(kube, node_ref(name), owned_types=HUB_TYPES, updates=updates, fields=fields,
+                              derive=derive, derive_conditions=ready)
+
+
+def _display(obj: dict[str, Any]) -> str:
+    md = obj["metadata"]
+    return f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
+
+
+async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) -> HospitalNodeSpec:
+    """Enroll one site. Raises SpecError for a spec that cannot work; KubeError on API failure."""
+    name = body["metadata"]["name"]
+    generation = body["metadata"].get("generation")
+    try:
+        spec = parse(KIND, body)
+    except SpecError as err:
+        await write_hub_status(kube, name, [c.make(c.ConditionType.READY, False, c.Reason.INVALID_SPEC,
+                                                   err.summary(), generation=generation)],
+                               generation=generation, cordoned=False, recompute_ready=False)
+        raise
+    assert isinstance(spec, HospitalNodeSpec)
+    created = []
+    try:
+        for plural, build in e.CHILDREN:
+            desired = build(body)
+            if (await ensure(kube, plural, desired))[1]:
+                created.append(f"{desired['kind']} {_display(desired)}")
+        lease = e.build_lease(body, spec.lease_duration_seconds)
+        if (await ensure(kube, "leases", lease))[1]:
+            created.append(f"Lease {_display(lease)}")
+    except KubeError as err:
+        await write_hub_status(kube, name, [c.make(c.ConditionType.ENROLLED, False, c.Reason.ENROLLMENT_FAILED,
+                                                   f"could not create the site's objects: {err}",
+                                                   generation=generation)],
+                               generation=generation, cordoned=spec.cordoned)
+        raise
+    for what in created:
+        logger.info("Created %s for site %s", what, name)
+    ns = r.site_namespace(name)
+    status = body.get("status") or {}
+    updates = [c.make(c.ConditionType.ENROLLED, True, c.Reason.SITE_NAMESPACE_READY,
+                      f"site namespace {ns}, ServiceAccount {e.AGENT_SA} and its RBAC exist", generation=generation)]
+    if not c.find([Condition.model_validate(x) for x in status.get("conditions") or []],
+                  c.ConditionType.AVAILABLE.value):
+        updates.append(c.make(c.ConditionType.AVAILABLE, ConditionStatus.UNKNOWN, c.Reason.AGENT_NOT_CONNECTED,
+                              f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/"
+                              f"{e.LEASE_NAME})", generation=generation))
+    await write_hub_status(kube, name, updates, generation=generation, cordoned=spec.cordoned,
+                           fields={"siteNamespace": ns})
+    return spec
+
+
+async def finalize(kube: Kube, body: dict[str, Any], logger: logging.Logger) -> None:
+    """Remove what enrollment created, newest first. Idempotent: already-gone objects are fine."""
+    name = body["metadata"]["name"]
+    await write_hub_status(kube, name, [c.make(c.ConditionType.READY, False, c.Reason.DELETING,
+                                               "removing the site namespace and its identity")],
+                           generation=body["metadata"].get("generation"), cordoned=False, recompute_ready=False,
+                           deleting=True)
+    await kube.delete(Ref("coordination.k8s.io/v1", "leases", r.site_namespace(name), e.LEASE_NAME))
+    for plural, build in reversed(e.CHILDREN):
+        desired = build(body)
+        md = desired["metadata"]
+        if await kube.delete(Ref(desired["apiVersion"], plural, md.get("namespace"), md["name"])):
+            logger.info("Deleted %s %s for site %s", desired["kind"], _display(desired), name)

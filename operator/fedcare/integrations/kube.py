@@ -1,0 +1,208 @@
+"""The Kubernetes API, as fedcare's controllers use it: dicts in, dicts out.
+
+kubernetes_asyncio does the hard parts (kubeconfig and in-cluster config, TLS, bearer
+tokens); this module adds what every call of ours needs: a timeout, a bounded retry with
+backoff on transient failures (429, 5xx, connection errors), typed errors, and paths built
+from ``apiVersion``/plural so one code path serves core, RBAC, Leases and our own kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = {429, 500, 502, 503, 504}
+MERGE = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """An API call failed. ``status`` is the HTTP code (0 for a connection failure)."""
+
+    def __init__(self, status: int, reason: str, message: str, *, path: str = ""):
+        self.status, self.reason, self.path = status, reason, path
+        super().__init__(f"{status} {reason}: {message}" + (f" ({path})" if path else ""))
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+class Forbidden(KubeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where an object lives: ``Ref('v1', 'namespaces', None, 'x')``."""
+
+    api_version: str
+    plural: str
+    namespace: str | None = None
+    name: str | None = None
+
+    @property
+    def path(self) -> str:
+        base = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        if self.namespace:
+            base += f"/namespaces/{self.namespace}"
+        base += f"/{self.plural}"
+        return base + (f"/{self.name}" if self.name else "")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.2
+    max_delay: float = 3.0
+    timeout: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+def _error(status: int, body: str, path: str) -> KubeError:
+    reason, message = "Error", body[:300]
+    try:
+        doc = json.loads(body)
+        reason, message = doc.get("reason") or reason, doc.get("message") or message
+    except (ValueError, AttributeError):
+        pass
+    cls = {404: NotFound, 409: Conflict, 403: Forbidden}.get(status, KubeError)
+    return cls(status, reason, message, path=path)
+
+
+class Kube:
+    """A small async client. Build with ``await Kube.from_kubeconfig(path)`` or ``Kube.from_url(url)``."""
+
+    def __init__(self, api_client: k8s.ApiClient, policy: RetryPolicy | None = None):
+        self.api = api_client
+        self.policy = policy or RetryPolicy()
+
+    @classmethod
+    async def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None,
+                              policy: RetryPolicy | None = None) -> "Kube":
+        cfg = k8s.Configuration()
+        if path is None:
+            try:
+                k8s_config.load_incluster_config(client_configuration=cfg)
+            except k8s_config.ConfigException:
+                await k8s_config.load_kube_config(client_configuration=cfg, context=context)
+        else:
+            await k8s_config.load_kube_config(config_file=path, client_configuration=cfg, context=context)
+        return cls(k8s.ApiClient(cfg), policy)
+
+    @classmethod
+    def from_url(cls, url: str, *, token: str = "", policy: RetryPolicy | None = None) -> "Kube":
+        cfg = k8s.Configuration(host=url.rstrip("/"))
+        cfg.verify_ssl = False
+        if token:
+            cfg.api_key = {"authorization": f"Bearer {token}"}
+        return cls(k8s.ApiClient(cfg), policy)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def request(self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+                      content_type: str = "application/json") -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        for attempt in range(self.policy.attempts):
+            try:
+                return await self.api.call_api(
+                    path, method, query_params=list((query or {}).items()), header_params=dict(headers),
+                    body=body, response_types_map={200: "object", 201: "object", 202: "object"},
+                    auth_settings=["BearerToken"], _return_http_data_only=True,
+                    _request_timeout=self.policy.timeout) or {}
+            except ApiException as exc:
+                err = _error(exc.status or 0, exc.body.decode() if isinstance(exc.body, bytes) else
+                             str(exc.body or exc.reason), path)
+                if exc.status not in TRANSIENT:
+                    raise err from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                err = KubeError(0, type(exc).__name__, "the API server could not be reached", path=path)
+            if attempt + 1 < self.policy.attempts:
+                delay = self.policy.delay(attempt)
+                log.debug("Retrying %s %s in %.2fs after %s", method, path, delay, err)
+                await asyncio.sleep(delay)
+        raise err
+
+    # -- verbs --------------------------------------------------------------------------------
+    async def get(self, ref: Ref) -> dict[str, Any]:
+        return await self.request("GET", ref.path)
+
+    async def get_or_none(self, ref: Ref) -> dict[str, Any] | None:
+        try:
+            return await self.get(ref)
+        except NotFound:
+            return None
+
+    async def list(self, ref: Ref, *, label_selector: str = "") -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        return (await self.request("GET", ref.path, query=query)).get("items") or []
+
+    async def create(self, ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", ref.path, body=body)
+
+    async def patch(self, ref: Ref, patch: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
+        return await self.request("PATCH", ref.path + ("/status" if status else ""), body=patch, content_type=MERGE)
+
+    async def delete(self, ref: Ref) -> bool:
+        """Delete; True if something was deleted, False if it was already gone."""
+        try:
+            await self.request("DELETE", ref.path, body={"propagationPolicy": "Background"})
+            return True
+        except NotFound:
+            return False
+
+
+def ref_of(obj: dict[str, Any], plural: str) -> Ref:
+    md = obj["metadata"]
+    return Ref(obj["apiVersion"], plural, md.get("namespace"), md["name"])
+
+
+async def ensure(kube: Kube, plural: str, desired: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create ``desired`` or bring the existing object's labels and content in line. Idempotent.
+
+    Returns (object, created). Only the keys we manage are patched, so fields the API server
+    or others add are left alone.
+    """
+    ref = ref_of(desired, plural)
+    current = await kube.get_or_none(ref)
+    if current is None:
+        try:
+            return await kube.create(Ref(ref.api_version, plural, ref.namespace), desired), True
+        except Conflict:        # created meanwhile (a restart, a second reconcile): converge below
+            current = await kube.get(ref)
+    patch = _difference(current, desired)
+    if patch:
+        current = await kube.patch(ref, patch)
+    return current, False
+
+
+def _difference(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for key, want in desired.items():
+        if key in ("apiVersion", "kind"):
+            continue
+        have = current.get(key)
+        if isinstance(want, dict) and isinstance(have, dict):
+            sub = _difference(have, want)
+            if sub:
+                patch[key] = sub
+        elif have != want:
+            patch[key] = want
+    return patch

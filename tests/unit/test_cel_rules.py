@@ -1,0 +1,86 @@
+"""Every CEL rule in the CRDs compiles, holds for the examples, and catches what it is for."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+
+import pytest
+import yaml
+
+from celcheck import all_rules, compile_rule, evaluate
+from fedcare.api import crd
+from fedcare.api.kinds import KINDS
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCHEMAS = {k.resource.kind: crd.openapi_schema(k) for k in KINDS}
+
+
+def load(name):
+    return yaml.safe_load((ROOT / "examples" / name).read_text())
+
+
+def test_there_are_rules_and_all_compile():
+    rules = [(kind, path, r) for kind, s in SCHEMAS.items() for path, r in all_rules(s)]
+    assert len(rules) >= 10
+    for kind, path, rule in rules:
+        compile_rule(rule["rule"])     # a syntax error fails here
+        assert rule.get("message"), f"{kind} rule at {path} has no message"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_examples_pass_every_rule_on_create_and_on_a_no_op_update(name):
+    doc = load(name)
+    schema = SCHEMAS[doc["kind"]]
+    assert evaluate(schema, doc) == []
+    assert evaluate(schema, doc, copy.deepcopy(doc)) == []
+
+
+def failures(kind, new, old=...):
+    return [f.message for f in (evaluate(SCHEMAS[kind], new) if old is ... else evaluate(SCHEMAS[kind], new, old))]
+
+
+def test_min_available_above_max_participants():
+    doc = load("federatedround-ultrasound.yaml")
+    doc["spec"]["participants"].update(minAvailable=4, maxParticipants=3)
+    assert "participants.minAvailable must not exceed participants.maxParticipants" in failures("FederatedRound", doc)
+
+
+def test_min_train_nodes_above_quorum():
+    doc = load("federatedround-ultrasound.yaml")
+    doc["spec"]["strategy"]["minTrainNodes"] = 3
+    assert any("minTrainNodes" in m for m in failures("FederatedRound", doc))
+
+
+def test_rounds_and_deadline_are_immutable():
+    old = load("federatedround-ultrasound.yaml")
+    new = copy.deepcopy(old)
+    new["spec"]["rounds"] = 9
+    new["spec"]["activeDeadlineSeconds"] = 60
+    msgs = failures("FederatedRound", new, old)
+    assert "rounds is immutable; create a new FederatedRound" in msgs
+    assert "activeDeadlineSeconds is immutable" in msgs
+    assert failures("FederatedRound", new) == []      # transition rules do not apply on create
+
+
+def test_release_artifact_immutable_and_revocation_one_way():
+    old = load("modelrelease-ultrasound.yaml")
+    old["spec"]["revocation"] = {"revoked": True, "reason": "drift"}
+    new = copy.deepcopy(old)
+    new["spec"]["artifact"]["digest"] = "sha256:" + "0" * 64
+    new["spec"]["revocation"]["revoked"] = False
+    msgs = failures("ModelRelease", new, old)
+    assert "artifact is immutable; create a new release" in msgs
+    assert "a revocation cannot be undone; create a new release instead" in msgs
+
+
+def test_initial_model_needs_a_digest():
+    doc = load("federatedround-ultrasound.yaml")
+    doc["spec"]["model"]["initialModel"] = {"storageUri": "s3://x"}
+    assert any("pinned by its sha256 digest" in m for m in failures("FederatedRound", doc))
+
+
+def test_site_name_length():
+    doc = load("hospitalnode-rouen.yaml")
+    doc["metadata"]["name"] = "r" * 51
+    assert any("at most 50" in m for m in failures("HospitalNode", doc))
