@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..integrations.kube import Kube
+from .heartbeats import HeartbeatTracker
 
 
 @dataclass
 class HubContext:
     kubeconfig: str | None = None
     kube: Kube | None = None
-    #: Hub time at which each site's Lease renewal was last seen (rebuilt from Leases on restart).
-    heartbeats: dict[str, float] = field(default_factory=dict)
+    #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
+    heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
 
     async def start(self) -> None:
         if self.kube is None:

@@ -7,9 +7,12 @@ from typing import Any
 
 import kopf
 
-from ..api.resources import FEDERATED_ROUNDS, GROUP, HOSPITAL_NODES, MODEL_RELEASES, VERSION
+from ..api.resources import (FEDERATED_ROUNDS, GROUP, HOSPITAL_NODES, MANAGED_BY, MANAGED_BY_LABEL,
+                             MODEL_RELEASES, VERSION)
+from ..integrations.kube import KubeError
 from . import hospital_node_service as nodes
 from . import round_service
+from .availability import Availability, current_available
 from .context import HubContext
 from .errors import handled
 from .settings import configure
@@ -40,6 +43,34 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     async def hospital_node_deleted(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
         async with handled(body, retry, logger):
             await nodes.finalize(ctx.api, plain(body), logger)
+
+    @kopf.on.event("coordination.k8s.io", "v1", "leases", labels={MANAGED_BY_LABEL: MANAGED_BY},
+                   registry=registry)
+    def lease_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type != "DELETED":
+            ctx.heartbeats.observe(dict(body))
+
+    @kopf.daemon(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, cancellation_timeout=2.0,
+                 initial_delay=0.0)
+    async def site_availability(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        avail = Availability(ctx.api, ctx.heartbeats, name, state=current_available(plain(body)))
+        try:
+            while not stopped:
+                spec = body.get("spec") or {}
+                duration = float(nodes.lease_duration(spec))
+                await avail.step(duration, generation=body["metadata"].get("generation"),
+                                 cordoned=bool(spec.get("cordoned")), stopped=lambda: bool(stopped))
+        finally:
+            if body["metadata"].get("deletionTimestamp"):
+                ctx.heartbeats.forget(name)
+
+    @kopf.on.event(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, when=nodes.ready_is_stale)
+    async def hospital_node_readiness(body: kopf.Body, logger: Any, **_: Any) -> None:
+        """The agent changed GPUReady: recompute Ready (a hub condition) from it."""
+        try:
+            await nodes.refresh_ready(ctx.api, plain(body))
+        except KubeError as err:    # the next event or the daemon's next write recomputes it again
+            logger.warning("Could not refresh Ready: %s", err)
 
     @kopf.on.resume(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry)
     @kopf.on.create(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry)

@@ -61,18 +61,61 @@ def ready_condition(conditions: list[Condition], generation: int | None) -> Cond
 
 async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, generation: int | None,
                            cordoned: bool, fields: dict[str, Any] | None = None, recompute_ready: bool = True,
-                           deleting: bool = False) -> dict[str, Any] | None:
+                           deleting: bool = False, spec_checked: bool = False) -> dict[str, Any] | None:
     """Write hub conditions in one pass; Ready is recomputed from the merged list, which
-    includes the agent's GPUReady, so the two never need to coordinate."""
+    includes the agent's GPUReady, so the two never need to coordinate.
+
+    Only a reconcile that has just validated the spec (``spec_checked``) may replace an
+    InvalidSpec Ready; heartbeat and readiness writes leave it alone."""
     def derive(conditions: list[Condition], status: dict[str, Any]) -> dict[str, Any]:
         phase = derive_phase(conditions, status, cordoned=cordoned, deleting=deleting)
         return {"phase": phase.value, "observedGeneration": generation}
 
     def ready(conditions: list[Condition]) -> list[Condition]:
-        return [ready_condition(conditions, generation)] if recompute_ready else []
+        current = c.find(conditions, c.ConditionType.READY.value)
+        if not recompute_ready or (not spec_checked and current is not None
+                                   and current.reason == c.Reason.INVALID_SPEC.value):
+            return []
+        return [ready_condition(conditions, generation)]
 
     return await write_status(kube, node_ref(name), owned_types=HUB_TYPES, updates=updates, fields=fields,
                               derive=derive, derive_conditions=ready)
+
+
+def lease_duration(spec: dict[str, Any]) -> int:
+    """The spec's lease duration, or the default when the spec is absent or invalid."""
+    value = spec.get("leaseDurationSeconds")
+    if isinstance(value, int) and 10 <= value <= 3600:
+        return value
+    return HospitalNodeSpec.model_fields["lease_duration_seconds"].default
+
+
+def _conditions(body: dict[str, Any]) -> list[Condition]:
+    out = []
+    for raw in (body.get("status") or {}).get("conditions") or []:
+        try:
+            out.append(Condition.model_validate(raw))
+        except ValueError:
+            continue
+    return out
+
+
+def ready_is_stale(body: Any, **_: Any) -> bool:
+    """True when Ready no longer says what the other conditions imply (kopf filter: cheap, pure)."""
+    md = body.get("metadata") or {}
+    if md.get("deletionTimestamp"):
+        return False
+    conds = _conditions(body)
+    current = c.find(conds, c.ConditionType.READY.value)
+    if current is None or current.reason in (c.Reason.INVALID_SPEC.value, c.Reason.DELETING.value):
+        return False
+    want = ready_condition(conds, md.get("generation"))
+    return (current.status, current.reason, current.message) != (want.status, want.reason, want.message)
+
+
+async def refresh_ready(kube: Kube, body: dict[str, Any]) -> None:
+    await write_hub_status(kube, body["metadata"]["name"], [], generation=body["metadata"].get("generation"),
+                           cordoned=bool((body.get("spec") or {}).get("cordoned")))
 
 
 def _display(obj: dict[str, Any]) -> str:
@@ -105,21 +148,19 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
         await write_hub_status(kube, name, [c.make(c.ConditionType.ENROLLED, False, c.Reason.ENROLLMENT_FAILED,
                                                    f"could not create the site's objects: {err}",
                                                    generation=generation)],
-                               generation=generation, cordoned=spec.cordoned)
+                               generation=generation, cordoned=spec.cordoned, spec_checked=True)
         raise
     for what in created:
         logger.info("Created %s for site %s", what, name)
     ns = r.site_namespace(name)
-    status = body.get("status") or {}
     updates = [c.make(c.ConditionType.ENROLLED, True, c.Reason.SITE_NAMESPACE_READY,
                       f"site namespace {ns}, ServiceAccount {e.AGENT_SA} and its RBAC exist", generation=generation)]
-    if not c.find([Condition.model_validate(x) for x in status.get("conditions") or []],
-                  c.ConditionType.AVAILABLE.value):
+    if not c.find(_conditions(body), c.ConditionType.AVAILABLE.value):
         updates.append(c.make(c.ConditionType.AVAILABLE, ConditionStatus.UNKNOWN, c.Reason.AGENT_NOT_CONNECTED,
                               f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/"
                               f"{e.LEASE_NAME})", generation=generation))
     await write_hub_status(kube, name, updates, generation=generation, cordoned=spec.cordoned,
-                           fields={"siteNamespace": ns})
+                           fields={"siteNamespace": ns}, spec_checked=True)
     return spec
 
 

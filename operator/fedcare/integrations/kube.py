@@ -114,6 +114,10 @@ class Kube:
             cfg.api_key = {"authorization": f"Bearer {token}"}
         return cls(k8s.ApiClient(cfg), policy)
 
+    def with_policy(self, policy: RetryPolicy) -> "Kube":
+        """The same connection with another timeout/retry policy (a heartbeat wants fail-fast)."""
+        return Kube(self.api, policy)
+
     async def close(self) -> None:
         await self.api.close()
 

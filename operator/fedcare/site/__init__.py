@@ -1,0 +1,1 @@
+"""The site agent: heartbeat, GPU inventory and assignment answers for one hospital."""

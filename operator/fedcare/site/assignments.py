@@ -1,0 +1,65 @@
+"""The site's answer to a RoundAssignment: Accepted, or Rejected with a reason.
+
+Level-based and idempotent: an assignment whose status already answers its current
+``spec.attempt`` is left alone, so replays, restarts and duplicate events write nothing.
+The agent owns the whole status of a RoundAssignment; the hub never writes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import conditions as c
+from ..api import resources as r
+from ..api.round_assignment import AssignmentPhase, RoundAssignmentSpec
+from ..api.validation import SpecError, parse
+from ..integrations.kube import Kube, Ref
+from ..status_writer import write_status
+
+KIND = r.ROUND_ASSIGNMENTS.kind
+AGENT_TYPES = c.owned(KIND, c.Writer.AGENT)
+ANSWERED = {AssignmentPhase.ACCEPTED.value, AssignmentPhase.REJECTED.value, AssignmentPhase.RUNNING.value,
+            AssignmentPhase.SUCCEEDED.value, AssignmentPhase.FAILED.value}
+
+
+def needs_answer(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    attempt = (body.get("spec") or {}).get("attempt", 1)
+    return not (status.get("phase") in ANSWERED and status.get("attempt") == attempt
+                and status.get("observedGeneration") == body["metadata"].get("generation"))
+
+
+def decide(site: str, body: dict[str, Any], free_gpus: int | None) -> tuple[bool, c.Reason | str, str]:
+    """(accepted, reason, message) for an assignment, given the site's healthy free GPUs."""
+    try:
+        spec = parse(KIND, body)
+    except SpecError as err:
+        return False, c.Reason.INVALID_SPEC, err.summary()
+    assert isinstance(spec, RoundAssignmentSpec)
+    if spec.node_name != site:
+        return False, "WrongSite", f"assigned to site {spec.node_name}, but this agent serves site {site}"
+    need = spec.training.gpus_per_site
+    if need > 0:
+        if free_gpus is None:
+            return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, but this site's GPUs are unknown " \
+                                                     "(NVML unavailable)"
+        if free_gpus < need:
+            return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, {free_gpus} healthy and free"
+    return True, c.Reason.ACCEPTED, f"accepted by site {site}" + (f" ({need} GPU(s) reserved)" if need else "")
+
+
+async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free_gpus: int | None) -> bool | None:
+    """Write the site's answer if the assignment needs one; returns it (None if nothing written)."""
+    if not needs_answer(body):
+        return None
+    accepted, reason, message = decide(site, body, free_gpus)
+    md = body["metadata"]
+    gen = md.get("generation")
+    updates = [c.make(c.ConditionType.ACCEPTED, accepted, reason, message, generation=gen),
+               c.make(c.ConditionType.READY, accepted, reason, message, generation=gen)]
+    phase = AssignmentPhase.ACCEPTED if accepted else AssignmentPhase.REJECTED
+    fields = {"phase": phase.value, "message": message, "agentId": agent_id, "observedGeneration": gen,
+              "attempt": (body.get("spec") or {}).get("attempt", 1)}
+    ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
+    await write_status(hub, ref, owned_types=AGENT_TYPES, updates=updates, fields=fields)
+    return accepted

@@ -1,0 +1,83 @@
+"""``fedcare agent --site NAME``: the site agent process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import socket
+
+import kopf
+
+from .. import __version__
+from ..api import resources as r
+from ..api.hospital_node import AgentVersions
+from ..integrations.kube import Kube, KubeError
+from ..integrations.nvml import NVMLReader
+from .agent import SiteAgent
+from .heartbeat import SiteGone
+from .reporter import InventoryReporter
+
+log = logging.getLogger(__name__)
+
+
+def _flwr_version() -> str:
+    try:
+        return importlib.metadata.version("flwr")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+async def _site_cluster(kubeconfig: str | None) -> Kube | None:
+    if kubeconfig == "":
+        return None
+    try:
+        return await Kube.from_kubeconfig(kubeconfig)
+    except Exception as err:  # noqa: BLE001 - no site cluster config is a supported mode
+        log.warning("No access to the site cluster (%s): allocatable GPUs will not be reported", err)
+        return None
+
+
+async def _kubernetes_version(site: Kube | None) -> str:
+    if site is None:
+        return ""
+    try:
+        return str((await site.request("GET", "/version")).get("gitVersion", ""))
+    except KubeError:
+        return ""
+
+
+async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None) -> int:
+    hub = await Kube.from_kubeconfig(hub_kubeconfig)
+    site_kube = await _site_cluster(site_kubeconfig)
+    versions = AgentVersions(agent=__version__, kubernetes=await _kubernetes_version(site_kube),
+                             flwr=_flwr_version())
+    reader = NVMLReader(node_name=os.environ.get("NODE_NAME", ""))
+    agent_id = f"{site}/{os.environ.get('POD_NAME') or socket.gethostname()}"
+    agent = SiteAgent(site, hub, InventoryReporter(hub, site, reader=reader, site_kube=site_kube,
+                                                   versions=versions), agent_id=agent_id)
+    try:
+        await agent.prepare()
+    except SiteGone as err:
+        log.error("%s: enroll it on the hub first (kubectl apply -f a HospitalNode named %s)", err, site)
+        return 2
+    stop = asyncio.Event()
+    try:
+        operator = asyncio.create_task(kopf.operator(
+            registry=agent.registry(), standalone=True, namespaces=[r.site_namespace(site)],
+            liveness_endpoint=liveness or None, stop_flag=stop))
+        operator.add_done_callback(lambda _: stop.set())   # kopf handles SIGTERM: then we stop too
+        await agent.run(stop)
+        await operator
+    finally:
+        reader.shutdown()
+        await hub.close()
+        if site_kube is not None:
+            await site_kube.close()
+    return 3 if agent.gone else 0
+
+
+def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None) -> int:
+    os.environ["KUBECONFIG"] = hub_kubeconfig   # kopf logs in to the hub with the site's identity
+    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig))

@@ -1,0 +1,125 @@
+"""The agent's inventory report: GPUs from NVML, allocatable GPUs from the site's nodes,
+the GPUReady condition, and versions — written to the site's HospitalNode status only when
+something meaningful changed (fast-moving telemetry alone never causes a write).
+
+A hub outage loses nothing: the last inventory is kept and reported when the hub returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..api import conditions as c
+from ..api import resources as r
+from ..api.hospital_node import AgentVersions
+from ..api.inventory import GPUInventory
+from ..integrations.kube import Forbidden, Kube, KubeError, NotFound, Ref
+from ..integrations.nvml import NVMLReader, NVMLUnavailable
+from ..status_writer import write_status
+from . import gpu_health
+from .heartbeat import check_site_exists, node_ref
+
+log = logging.getLogger(__name__)
+
+AGENT_TYPES = c.owned(r.HOSPITAL_NODES.kind, c.Writer.AGENT)
+NVML_TIMEOUT = 5.0
+
+
+class InventoryReporter:
+    def __init__(self, hub: Kube, site: str, *, reader: NVMLReader | None, site_kube: Kube | None = None,
+                 versions: AgentVersions | None = None, poll_interval: float = 15.0):
+        self.hub, self.site, self.reader, self.site_kube = hub, site, reader, site_kube
+        self.versions = versions or AgentVersions()
+        self.poll_interval = poll_interval
+        self.inventory: GPUInventory | None = None
+        self.allocatable: int | None = None
+        self.capacity: Any = None
+        self.busy_gpus = 0
+        self._reported: tuple[GPUInventory, tuple[str, str, str], Any, dict] | None = None
+        self.writes = 0
+
+    @property
+    def free_gpus(self) -> int | None:
+        if self.capacity is None or self.inventory is None or not self.inventory.devices:
+            return None
+        return int(self.capacity.gpus_free)
+
+    async def poll(self) -> GPUInventory:
+        if self.reader is None:
+            return GPUInventory(nvml_error="NVML is disabled for this agent")
+        try:
+            return await self.reader.poll_async(timeout=NVML_TIMEOUT)
+        except NVMLUnavailable as err:
+            return GPUInventory(nvml_error=str(err))
+        except asyncio.TimeoutError:
+            log.warning("NVML did not answer within %.0fs; keeping the last inventory", NVML_TIMEOUT)
+            return self.inventory or GPUInventory(nvml_error=f"NVML did not answer within {NVML_TIMEOUT:.0f}s")
+
+    async def read_allocatable(self) -> int | None:
+        if self.site_kube is None:
+            return self.allocatable
+        try:
+            return gpu_health.allocatable_gpus(await self.site_kube.list(Ref("v1", "nodes")))
+        except KubeError as err:
+            log.warning("Could not list the site cluster's nodes (%s); keeping the last GPU count", err)
+            return self.allocatable
+
+    async def collect(self) -> None:
+        self.inventory = await self.poll()
+        self.allocatable = await self.read_allocatable()
+        self.capacity = gpu_health.capacity(self.inventory, self.allocatable, self.busy_gpus)
+
+    def _changed(self, verdict: tuple[str, str, str], versions: dict) -> bool:
+        if self._reported is None:
+            return True
+        inv, old_verdict, old_cap, old_versions = self._reported
+        return (gpu_health.inventory_changed(inv, self.inventory) or old_verdict != verdict
+                or old_cap != self.capacity or old_versions != versions)
+
+    async def report(self) -> bool:
+        """Write the status if it changed. True if written. Raises KubeError, SiteGone."""
+        assert self.inventory is not None
+        status, reason, message = gpu_health.gpu_ready(self.inventory)
+        verdict = (str(status), str(getattr(reason, "value", reason)), message)
+        versions = self.versions.model_dump(by_alias=True, mode="json")
+        if not self._changed(verdict, versions):
+            return False
+        cap = self.capacity.model_dump(by_alias=True, mode="json", exclude_none=True)
+        healthy = sum(1 for d in self.inventory.devices if d.healthy)
+        fields = {"gpus": self.inventory.model_dump(by_alias=True, mode="json", exclude_none=True),
+                  "capacity": cap, "versions": versions,
+                  "gpuSummary": f"{healthy}/{len(self.inventory.devices)}"}
+        cond = c.make(c.ConditionType.GPU_READY, verdict[0], verdict[1], message)
+        try:
+            obj = await write_status(self.hub, node_ref(self.site), owned_types=AGENT_TYPES, updates=[cond],
+                                     fields=fields)
+        except (NotFound, Forbidden):
+            await check_site_exists(self.hub, self.site)
+            raise
+        if obj is None:
+            await check_site_exists(self.hub, self.site)
+        self._reported = (self.inventory, verdict, self.capacity, versions)
+        self.writes += 1
+        log.info("Reported inventory of site %s: GPUReady=%s (%s)", self.site, verdict[0], message)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            await self.collect()
+            try:
+                await self.report()
+                failures = 0
+                delay = self.poll_interval
+            except KubeError as err:
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("Could not report the inventory of site %s (%d failures; kept for the next "
+                                "try): %s", self.site, failures, err)
+                delay = min(self.poll_interval, 0.5 * 2 ** min(failures, 8))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,44 @@
+"""The site's answer to a RoundAssignment."""
+
+from __future__ import annotations
+
+import copy
+
+from fedcare.site.assignments import decide, needs_answer
+
+DIGEST = "a" * 64
+RA = {"apiVersion": "fedcare.io/v1alpha1", "kind": "RoundAssignment",
+      "metadata": {"name": "r1-rouen", "namespace": "fedcare-site-rouen", "generation": 1},
+      "spec": {"roundRef": {"namespace": "default", "name": "r1"}, "nodeName": "rouen", "attempt": 1,
+               "training": {"image": f"ghcr.io/fedcare/train@sha256:{DIGEST}", "gpusPerSite": 2}}}
+
+
+def test_accepts_when_enough_gpus():
+    assert decide("rouen", RA, free_gpus=2)[0] is True
+
+
+def test_rejects_without_enough_gpus():
+    ok, reason, msg = decide("rouen", RA, free_gpus=1)
+    assert not ok and getattr(reason, "value", reason) == "InsufficientGPU" and msg == "2 GPU(s) needed, 1 healthy and free"
+
+
+def test_rejects_when_gpus_unknown():
+    ok, reason, msg = decide("rouen", RA, free_gpus=None)
+    assert not ok and "NVML unavailable" in msg
+
+
+def test_rejects_another_sites_work_and_invalid_specs():
+    assert decide("lyon", RA, free_gpus=4)[1] == "WrongSite"
+    bad = copy.deepcopy(RA)
+    bad["spec"]["training"]["image"] = "train:latest"
+    ok, reason, msg = decide("rouen", bad, free_gpus=4)
+    assert not ok and "spec.training.image" in msg
+
+
+def test_answer_is_idempotent_per_attempt():
+    answered = copy.deepcopy(RA)
+    answered["status"] = {"phase": "Accepted", "attempt": 1, "observedGeneration": 1}
+    assert needs_answer(RA) and not needs_answer(answered)
+    retried = copy.deepcopy(answered)
+    retried["spec"]["attempt"] = 2
+    assert needs_answer(retried)

@@ -1,0 +1,110 @@
+"""The API client: timeouts, bounded retries with backoff, typed errors (against a local server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from fedcare.integrations.kube import Forbidden, Kube, KubeError, NotFound, Ref, RetryPolicy, ensure
+
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=0.5)
+
+
+@pytest.fixture()
+async def server():
+    state = {"script": [], "calls": 0, "objects": {}}
+
+    async def handle(request: web.Request) -> web.Response:
+        state["calls"] += 1
+        if state["script"]:
+            action = state["script"].pop(0)
+            if action == "hang":
+                await asyncio.sleep(5)
+            elif isinstance(action, int):
+                return web.json_response({"kind": "Status", "reason": "Injected", "message": "no"}, status=action)
+        key = request.path
+        if request.method == "GET":
+            if key not in state["objects"]:
+                return web.json_response({"kind": "Status", "reason": "NotFound", "message": "absent"}, status=404)
+            return web.json_response(state["objects"][key])
+        body = await request.json()
+        if request.method == "POST":
+            key = f"{request.path}/{body['metadata']['name']}"
+            state["objects"][key] = body
+            return web.json_response(body, status=201)
+        if request.method == "PATCH":
+            state["objects"][key].update(body)
+            return web.json_response(state["objects"][key])
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    kube = Kube.from_url(f"http://127.0.0.1:{port}", policy=FAST)
+    yield kube, state
+    await kube.close()
+    await runner.cleanup()
+
+
+NS = Ref("v1", "namespaces", None, "x")
+
+
+async def test_transient_errors_are_retried(server):
+    kube, state = server
+    state["objects"]["/api/v1/namespaces/x"] = {"metadata": {"name": "x"}}
+    state["script"] = [503, 500]
+    assert (await kube.get(NS))["metadata"]["name"] == "x"
+    assert state["calls"] == 3
+
+
+async def test_retries_are_bounded(server):
+    kube, state = server
+    state["script"] = [503] * 10
+    with pytest.raises(KubeError) as info:
+        await kube.get(NS)
+    assert info.value.status == 503 and state["calls"] == 3
+
+
+async def test_timeouts_are_retried_then_reported(server):
+    kube, state = server
+    state["script"] = ["hang"] * 3
+    with pytest.raises(KubeError) as info:
+        await kube.get(NS)
+    assert info.value.status == 0 and "could not be reached" in str(info.value)
+
+
+async def test_permanent_errors_are_not_retried(server):
+    kube, state = server
+    state["script"] = [403]
+    with pytest.raises(Forbidden):
+        await kube.get(NS)
+    assert state["calls"] == 1
+    with pytest.raises(NotFound):
+        await kube.get(NS)
+    assert await kube.get_or_none(NS) is None
+
+
+async def test_unreachable_server():
+    kube = Kube.from_url("http://127.0.0.1:9", policy=FAST)
+    try:
+        with pytest.raises(KubeError) as info:
+            await kube.get(NS)
+        assert info.value.status == 0
+    finally:
+        await kube.close()
+
+
+async def test_ensure_creates_then_converges(server):
+    kube, state = server
+    desired = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"a": "1"}}}
+    obj, created = await ensure(kube, "namespaces", desired)
+    assert created
+    state["objects"]["/api/v1/namespaces/x"]["metadata"]["labels"] = {"a": "0"}
+    obj, created = await ensure(kube, "namespaces", desired)
+    assert not created and obj["metadata"]["labels"] == {"a": "1"}
