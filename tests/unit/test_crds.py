@@ -91,7 +91,7 @@ def test_quorum_column_for_rounds():
 def test_chart_templates_gate_crds_on_a_value():
     for kind in KINDS:
         text = (ROOT / crd.CHART_CRD_DIR / f"{kind.resource.crd_name}.yaml").read_text()
-        assert "{{- if .Values.crds.install }}" in text and text.rstrip().endswith("{{- end }}")
+        assert "{{- if include \"fedcare.installCRDs\" . }}" in text and text.rstrip().endswith("{{- end }}")
         assert 'include "fedcare.crdAnnotations"' in text
 
 

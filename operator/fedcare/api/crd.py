@@ -122,12 +122,12 @@ def render_plain(kind: Kind) -> str:
 
 
 def render_chart(kind: Kind) -> str:
-    """The same CRD as a Helm template: installed and upgraded when ``crds.install`` is true."""
+    """The same CRD as a Helm template: installed and upgraded in hub mode when ``crds.install`` is true."""
     body = yaml.safe_dump(crd_manifest(kind), sort_keys=False, width=120)
     marker = "  labels:\n"
     annotations = '  annotations:\n    {{- include "fedcare.crdAnnotations" . | nindent 4 }}\n'
     body = body.replace(marker, annotations + marker, 1)
-    return HEADER + "{{- if .Values.crds.install }}\n" + body + "{{- end }}\n"
+    return HEADER + "{{- if include \"fedcare.installCRDs\" . }}\n" + body + "{{- end }}\n"
 
 
 def expected_files(root: pathlib.Path) -> dict[pathlib.Path, str]:
