@@ -17,7 +17,7 @@ from ..api import conditions as c
 from ..api.base import ConditionStatus
 from ..integrations.kube import Kube, KubeError
 from .heartbeats import HeartbeatTracker
-from .hospital_node_service import write_hub_status
+from .hospital_node_service import offers_gpus, write_hub_status
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class Availability:
         self.state = state               # the Available status we last wrote or read ("True", "Unknown", …)
         self.last_stamp = float("-inf")  # hub clock of our last lastHeartbeatTime write
 
-    async def step(self, duration: float, *, generation: int | None, cordoned: bool, stopped: Callable[[], bool]) \
-            -> None:
+    async def step(self, duration: float, *, generation: int | None, spec: dict[str, Any],
+                   stopped: Callable[[], bool]) -> None:
         now = self.tracker.clock()
         renewed = await self.tracker.wait(self.site, self.tracker.deadline(self.site, duration) - now)
         if stopped():
@@ -42,24 +42,25 @@ class Availability:
         if renewed:
             if self.state != ConditionStatus.TRUE.value:
                 await self._write(ConditionStatus.TRUE, c.Reason.LEASE_RENEWED,
-                                  "the site agent renews its Lease", generation, cordoned, now)
+                                  "the site agent renews its Lease", generation, spec, now)
             elif now - self.last_stamp >= duration:
-                await self._write(None, None, "", generation, cordoned, now)
+                await self._write(None, None, "", generation, spec, now)
         elif now >= self.tracker.deadline(self.site, duration) and self.state != ConditionStatus.UNKNOWN.value:
             seen = self.tracker.last_seen(self.site)
             since = f"{now - seen:.0f}s ago" if seen is not None else "not since the hub started"
             await self._write(ConditionStatus.UNKNOWN, c.Reason.LEASE_UPDATE_STOPPED,
                               f"no Lease renewal for {duration:.0f}s (last seen {since}); check the site agent "
-                              "and its connection to the hub", generation, cordoned, None)
+                              "and its connection to the hub", generation, spec, None)
 
     async def _write(self, status: ConditionStatus | None, reason: c.Reason | None, message: str,
-                     generation: int | None, cordoned: bool, stamp: float | None) -> None:
+                     generation: int | None, spec: dict[str, Any], stamp: float | None) -> None:
         updates = [] if status is None else [c.make(c.ConditionType.AVAILABLE, status, reason, message,
                                                     generation=generation)]
         fields = {"lastHeartbeatTime": _utc_now()} if stamp is not None else None
         try:
-            await write_hub_status(self.kube, self.site, updates, generation=generation, cordoned=cordoned,
-                                   fields=fields)
+            await write_hub_status(self.kube, self.site, updates, generation=generation,
+                                   cordoned=bool(spec.get("cordoned")), fields=fields,
+                                   offers_gpus=offers_gpus({"spec": spec}))
         except KubeError as err:      # the next step tries again; state is unchanged so nothing is lost
             log.warning("Could not write availability of site %s: %s", self.site, err)
             return

@@ -56,10 +56,9 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
         avail = Availability(ctx.api, ctx.heartbeats, name, state=current_available(plain(body)))
         try:
             while not stopped:
-                spec = body.get("spec") or {}
-                duration = float(nodes.lease_duration(spec))
-                await avail.step(duration, generation=body["metadata"].get("generation"),
-                                 cordoned=bool(spec.get("cordoned")), stopped=lambda: bool(stopped))
+                spec = dict(body.get("spec") or {})
+                await avail.step(float(nodes.lease_duration(spec)), generation=body["metadata"].get("generation"),
+                                 spec=spec, stopped=lambda: bool(stopped))
         finally:
             if body["metadata"].get("deletionTimestamp"):
                 ctx.heartbeats.forget(name)

@@ -41,8 +41,9 @@ def derive_phase(conditions: list[Condition], status: dict[str, Any], *, cordone
     return HospitalNodePhase.NOT_READY
 
 
-def ready_condition(conditions: list[Condition], generation: int | None) -> Condition:
-    """Ready = enrolled, heartbeating, GPUs not reported unhealthy. Reads the agent's GPUReady."""
+def ready_condition(conditions: list[Condition], generation: int | None, *, offers_gpus: bool = True) -> Condition:
+    """Ready = enrolled, heartbeating, and — for a site that offers GPUs (spec.gpu.count > 0) —
+    GPUs not reported unhealthy. Reads the agent's GPUReady; a CPU-only site's NoNVML is fine."""
     enrolled = c.find(conditions, c.ConditionType.ENROLLED.value)
     available = c.find(conditions, c.ConditionType.AVAILABLE.value)
     gpu = c.find(conditions, c.ConditionType.GPU_READY.value)
@@ -52,7 +53,7 @@ def ready_condition(conditions: list[Condition], generation: int | None) -> Cond
     if available is None or available.status is not ConditionStatus.TRUE:
         msg = available.message if available else "no heartbeat seen yet"
         return c.make(c.ConditionType.READY, False, c.Reason.SITE_UNAVAILABLE, msg, generation=generation)
-    if gpu is not None and gpu.status is ConditionStatus.FALSE:
+    if offers_gpus and gpu is not None and gpu.status is ConditionStatus.FALSE:
         return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY, gpu.message, generation=generation)
     detail = f"; GPUs: {gpu.message}" if gpu is not None and gpu.message else ""
     return c.make(c.ConditionType.READY, True, c.Reason.RECONCILED,
@@ -61,7 +62,8 @@ def ready_condition(conditions: list[Condition], generation: int | None) -> Cond
 
 async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, generation: int | None,
                            cordoned: bool, fields: dict[str, Any] | None = None, recompute_ready: bool = True,
-                           deleting: bool = False, spec_checked: bool = False) -> dict[str, Any] | None:
+                           deleting: bool = False, spec_checked: bool = False, offers_gpus: bool = True) \
+        -> dict[str, Any] | None:
     """Write hub conditions in one pass; Ready is recomputed from the merged list, which
     includes the agent's GPUReady, so the two never need to coordinate.
 
@@ -76,7 +78,7 @@ async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, g
         if not recompute_ready or (not spec_checked and current is not None
                                    and current.reason == c.Reason.INVALID_SPEC.value):
             return []
-        return [ready_condition(conditions, generation)]
+        return [ready_condition(conditions, generation, offers_gpus=offers_gpus)]
 
     return await write_status(kube, node_ref(name), owned_types=HUB_TYPES, updates=updates, fields=fields,
                               derive=derive, derive_conditions=ready)
@@ -109,13 +111,18 @@ def ready_is_stale(body: Any, **_: Any) -> bool:
     current = c.find(conds, c.ConditionType.READY.value)
     if current is None or current.reason in (c.Reason.INVALID_SPEC.value, c.Reason.DELETING.value):
         return False
-    want = ready_condition(conds, md.get("generation"))
+    want = ready_condition(conds, md.get("generation"), offers_gpus=offers_gpus(body))
     return (current.status, current.reason, current.message) != (want.status, want.reason, want.message)
+
+
+def offers_gpus(body: dict[str, Any]) -> bool:
+    gpu = (body.get("spec") or {}).get("gpu") or {}
+    return not isinstance(gpu.get("count"), int) or gpu["count"] > 0
 
 
 async def refresh_ready(kube: Kube, body: dict[str, Any]) -> None:
     await write_hub_status(kube, body["metadata"]["name"], [], generation=body["metadata"].get("generation"),
-                           cordoned=bool((body.get("spec") or {}).get("cordoned")))
+                           cordoned=bool((body.get("spec") or {}).get("cordoned")), offers_gpus=offers_gpus(body))
 
 
 def _display(obj: dict[str, Any]) -> str:
@@ -160,7 +167,7 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
                               f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/"
                               f"{e.LEASE_NAME})", generation=generation))
     await write_hub_status(kube, name, updates, generation=generation, cordoned=spec.cordoned,
-                           fields={"siteNamespace": ns}, spec_checked=True)
+                           fields={"siteNamespace": ns}, spec_checked=True, offers_gpus=spec.gpu.count > 0)
     return spec
 
 

@@ -1,0 +1,36 @@
+"""Fixtures for the hub and site agents running for real (kopf) against the emulated API."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fedcare.hub.context import HubContext
+from fedcare.hub.handlers import make_registry
+from fedcare.integrations.kube import Kube, RetryPolicy
+from tests.support.harness import run_operator
+
+FAST = RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, timeout=5.0)
+
+
+@pytest.fixture()
+async def api(emulator) -> AsyncIterator[Kube]:
+    kube = Kube.from_url(str(emulator.url), policy=FAST)
+    yield kube
+    await kube.close()
+
+
+@pytest.fixture()
+def hub(emulator):
+    """``async with hub() as logs:`` runs the hub operator; can be entered again (a restart)."""
+
+    @contextlib.asynccontextmanager
+    async def start(**ctx_kwargs):
+        ctx = HubContext(kube=Kube.from_url(str(emulator.url), policy=FAST), **ctx_kwargs)
+        async with run_operator(emulator, make_registry(ctx)) as logs:
+            logs.ctx = ctx
+            yield logs
+
+    return start
