@@ -12,7 +12,7 @@ import enum
 from pydantic import Field
 
 from .base import Condition, DNSSubdomain, FedcareModel, StatusModel
-from .inventory import GPUInventory
+from .inventory import GPUInventory, SiteCapacity
 
 #: ``fedcare-site-`` (13 characters) + name must stay a valid namespace name (63).
 MAX_SITE_NAME = 50
@@ -101,6 +101,8 @@ class HospitalNodeStatus(StatusModel):
     last_heartbeat_time: dt.datetime | None = Field(default=None, description="Hub time at which a Lease "
                                                                               "renewal was last seen.")
     gpus: GPUInventory | None = Field(default=None, description="NVML inventory, as last reported by the agent.")
+    capacity: SiteCapacity | None = Field(default=None, description="GPUs total/healthy/free and by product, as "
+                                                                    "last reported by the agent (used for selection).")
     gpu_summary: str | None = Field(default=None, max_length=32, description="Healthy/total GPUs, for display "
                                                                              "(written with gpus by the agent).")
     versions: AgentVersions | None = Field(default=None, description="Versions reported by the agent.")

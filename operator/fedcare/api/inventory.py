@@ -47,3 +47,25 @@ class GPUInventory(StatusModel):
     devices: list[GPUDevice] = Field(default_factory=list, max_length=256, description="GPUs NVML reports.")
     nvml_error: str = Field(default="", max_length=1024,
                             description="Why NVML could not be read; empty when it could.")
+
+
+class ProductCapacity(StatusModel):
+    """GPUs of one product name at the site."""
+
+    product: str = Field(max_length=256, description="Product name as NVML reports it.")
+    total: int = Field(ge=0, description="GPUs of this product NVML lists, healthy or not.")
+    healthy: int = Field(ge=0, description="Of those, the healthy ones.")
+
+
+class SiteCapacity(StatusModel):
+    """What the site can offer to a round, as the agent computes it from NVML and the site's nodes."""
+
+    gpus_total: int = Field(default=0, ge=0, description="GPUs NVML lists, healthy or not.")
+    gpus_healthy: int = Field(default=0, ge=0, description="GPUs without uncorrectable ECC errors, "
+                                                           "over-temperature or loss.")
+    gpus_free: int = Field(default=0, ge=0, description="Healthy GPUs, capped by the nodes' allocatable "
+                                                        "nvidia.com/gpu, less those busy with assignments.")
+    allocatable: int | None = Field(default=None, ge=0, description="Sum of nvidia.com/gpu allocatable over "
+                                                                    "the site's nodes; unset when unknown.")
+    by_product: list[ProductCapacity] = Field(default_factory=list, max_length=64,
+                                              description="GPU counts per product name.")
