@@ -88,5 +88,20 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     return registry
 
 
-def make_registry(ctx: HubContext) -> kopf.OperatorRegistry:
-    return register(kopf.OperatorRegistry(), ctx)
+def add_login(registry: kopf.OperatorRegistry) -> None:
+    """Log in from the pod's ServiceAccount, else from KUBECONFIG/~/.kube/config.
+
+    A registry of our own gets none of kopf's default login handlers (those are registered on
+    kopf's global registry only), so production registries add these explicitly. Tests and
+    the sandbox add their own instead, so they can never reach a developer's real cluster.
+    """
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def make_registry(ctx: HubContext, *, login: bool = False) -> kopf.OperatorRegistry:
+    registry = register(kopf.OperatorRegistry(), ctx)
+    if login:
+        add_login(registry)
+    return registry

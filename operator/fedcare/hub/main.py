@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None) -> int:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig    # read by kopf's own login and by our client alike
-    registry = make_registry(HubContext(kubeconfig=kubeconfig))
+    registry = make_registry(HubContext(kubeconfig=kubeconfig), login=True)
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")
     # standalone: one replica (the chart uses strategy Recreate), no peering resource needed.

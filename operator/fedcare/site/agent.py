@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from ..api import resources as r
+from ..hub.handlers import add_login
 from ..hub.settings import configure
 from ..integrations.kube import Kube, KubeError
 from . import assignments
@@ -53,8 +54,10 @@ class SiteAgent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def registry(self) -> kopf.OperatorRegistry:
+    def registry(self, *, login: bool = False) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
+        if login:
+            add_login(registry)
 
         @kopf.on.startup(registry=registry)
         def start(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -65,7 +65,7 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
     stop = asyncio.Event()
     try:
         operator = asyncio.create_task(kopf.operator(
-            registry=agent.registry(), standalone=True, namespaces=[r.site_namespace(site)],
+            registry=agent.registry(login=True), standalone=True, namespaces=[r.site_namespace(site)],
             liveness_endpoint=liveness or None, stop_flag=stop))
         operator.add_done_callback(lambda _: stop.set())   # kopf handles SIGTERM: then we stop too
         await agent.run(stop)
