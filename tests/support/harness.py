@@ -5,7 +5,7 @@ given) with a ``kopf.on.login`` handler pointing at ``k.url``, waits for kopf's 
 (and, with ``watching=``, for its watch streams to be open), yields a :class:`LogCollector`,
 and stops kopf with its stop flag on exit. It can be entered again with the same registry
 and emulator: a restart (new kopf memories, same cluster state). kopf runs through
-``fedcare.sandbox.kopf_runner.run_kopf``: ``kopf.operator()``'s exit would stall 5 s and
+``fedcare.kopf_runner.run_kopf``: ``kopf.operator()``'s exit would stall 5 s and
 then cancel every other task of the loop (the emulator's handlers, other operators).
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from fedcare.sandbox.emulator import RealisticEmulator, as_resource
-from fedcare.sandbox.kopf_runner import run_kopf
+from fedcare.kopf_runner import run_kopf
 from fedcare.sandbox.kubeconfig import write_kubeconfig
 
 __all__ = ["LogCollector", "Record", "eventually", "fast_settings", "run_operator", "write_kubeconfig"]

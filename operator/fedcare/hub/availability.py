@@ -1,75 +1,35 @@
-"""The hub's ``Available`` condition for one site, driven by its HeartbeatTracker.
+"""The hub's ``Available`` condition for every site, from one monitor task.
 
-Runs as a kopf daemon per HospitalNode: it sleeps until the site's renewal deadline or
-the next renewal, whichever comes first, and writes Available only on a transition (plus
-``lastHeartbeatTime`` at most once per lease duration), so a thousand healthy sites cost
-almost no API writes.
+One asyncio task watches all sites' deadlines (a heap keyed by hub-clock deadline) instead
+of one kopf daemon per HospitalNode: a thousand sites cost one timer, not a thousand
+tasks with their own state. Renewals (from the Lease watch) and node events (from the
+HospitalNode watch) feed it; it writes ``Available`` only on a transition, plus
+``lastHeartbeatTime`` at most once per lease duration, so healthy sites cost few writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import heapq
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import conditions as c
 from ..api.base import ConditionStatus
 from ..integrations.kube import Kube, KubeError
 from .heartbeats import HeartbeatTracker
-from .hospital_node_service import offers_gpus, write_hub_status
+from .hospital_node_service import lease_duration, offers_gpus, write_hub_status
 
 log = logging.getLogger(__name__)
+TRUE, UNKNOWN = ConditionStatus.TRUE.value, ConditionStatus.UNKNOWN.value
+RETRY_SECONDS = 5.0
 
 
 def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class Availability:
-    def __init__(self, kube: Kube, tracker: HeartbeatTracker, site: str, *, state: str | None = None):
-        self.kube, self.tracker, self.site = kube, tracker, site
-        self.state = state               # the Available status we last wrote or read ("True", "Unknown", …)
-        self.last_stamp = float("-inf")  # hub clock of our last lastHeartbeatTime write
-
-    async def step(self, duration: float, *, generation: int | None, spec: dict[str, Any],
-                   stopped: Callable[[], bool]) -> None:
-        now = self.tracker.clock()
-        renewed = await self.tracker.wait(self.site, self.tracker.deadline(self.site, duration) - now)
-        if stopped():
-            return
-        now = self.tracker.clock()
-        if renewed:
-            if self.state != ConditionStatus.TRUE.value:
-                await self._write(ConditionStatus.TRUE, c.Reason.LEASE_RENEWED,
-                                  "the site agent renews its Lease", generation, spec, now)
-            elif now - self.last_stamp >= duration:
-                await self._write(None, None, "", generation, spec, now)
-        elif now >= self.tracker.deadline(self.site, duration) and self.state != ConditionStatus.UNKNOWN.value:
-            seen = self.tracker.last_seen(self.site)
-            since = f"{now - seen:.0f}s ago" if seen is not None else "not since the hub started"
-            await self._write(ConditionStatus.UNKNOWN, c.Reason.LEASE_UPDATE_STOPPED,
-                              f"no Lease renewal for {duration:.0f}s (last seen {since}); check the site agent "
-                              "and its connection to the hub", generation, spec, None)
-
-    async def _write(self, status: ConditionStatus | None, reason: c.Reason | None, message: str,
-                     generation: int | None, spec: dict[str, Any], stamp: float | None) -> None:
-        updates = [] if status is None else [c.make(c.ConditionType.AVAILABLE, status, reason, message,
-                                                    generation=generation)]
-        fields = {"lastHeartbeatTime": _utc_now()} if stamp is not None else None
-        try:
-            await write_hub_status(self.kube, self.site, updates, generation=generation,
-                                   cordoned=bool(spec.get("cordoned")), fields=fields,
-                                   offers_gpus=offers_gpus({"spec": spec}))
-        except KubeError as err:      # the next step tries again; state is unchanged so nothing is lost
-            log.warning("Could not write availability of site %s: %s", self.site, err)
-            return
-        if status is not None:
-            self.state = status.value
-            log.info("Site %s is %s (%s)", self.site, "available" if status is ConditionStatus.TRUE
-                     else "unavailable", reason.value if reason else "")
-        if stamp is not None:
-            self.last_stamp = stamp
 
 
 def current_available(body: dict[str, Any]) -> str | None:
@@ -77,3 +37,130 @@ def current_available(body: dict[str, Any]) -> str | None:
         if cond.get("type") == c.ConditionType.AVAILABLE.value:
             return cond.get("status")
     return None
+
+
+@dataclass
+class SiteView:
+    name: str
+    duration: float
+    generation: int | None
+    spec: dict[str, Any]
+    state: str | None                     # the Available status we last wrote or read
+    last_stamp: float = float("-inf")     # hub clock of our last lastHeartbeatTime write
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class AvailabilityMonitor:
+    def __init__(self, kube: Callable[[], Kube], tracker: HeartbeatTracker, *, concurrency: int = 16):
+        self.kube, self.tracker = kube, tracker
+        self.sites: dict[str, SiteView] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._writes: set[asyncio.Task] = set()
+
+    # -- fed by the watches --------------------------------------------------------------------
+    def node_seen(self, body: dict[str, Any]) -> None:
+        md = body.get("metadata") or {}
+        name = md.get("name")
+        if not name:
+            return
+        if md.get("deletionTimestamp"):
+            self.node_gone(name)
+            return
+        spec = dict(body.get("spec") or {})
+        view = self.sites.get(name)
+        duration = float(lease_duration(spec))
+        if view is None:
+            view = self.sites[name] = SiteView(name, duration, md.get("generation"), spec, current_available(body))
+            self._schedule(name, duration)
+        else:
+            changed = duration != view.duration
+            view.duration, view.generation, view.spec = duration, md.get("generation"), spec
+            if changed:
+                self._schedule(name, duration)
+
+    def node_gone(self, name: str) -> None:
+        self.sites.pop(name, None)
+        self.tracker.forget(name)
+
+    def lease_seen(self, lease: dict[str, Any]) -> None:
+        site = self.tracker.observe(lease)
+        view = self.sites.get(site) if site else None
+        if view is None:
+            return
+        now = self.tracker.clock()
+        if view.state != TRUE:
+            self._spawn(self._write(view, ConditionStatus.TRUE, c.Reason.LEASE_RENEWED,
+                                    "the site agent renews its Lease", now))
+        elif now - view.last_stamp >= view.duration:
+            view.last_stamp = now       # claimed now, so concurrent renewals do not all write
+            self._spawn(self._write(view, None, None, "", now))
+        self._schedule(view.name, view.duration)
+
+    # -- the timer -------------------------------------------------------------------------------
+    def _schedule(self, name: str, duration: float) -> None:
+        heapq.heappush(self._heap, (self.tracker.deadline(name, duration), name))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            now = self.tracker.clock()
+            while self._heap and self._heap[0][0] <= now:
+                _, name = heapq.heappop(self._heap)
+                view = self.sites.get(name)
+                # stale heap entries (a renewal moved the deadline) are skipped here
+                if view is not None and now >= self.tracker.deadline(name, view.duration) and view.state != UNKNOWN:
+                    seen = self.tracker.last_seen(name)
+                    since = f"{now - seen:.0f}s ago" if seen is not None else "not since the hub started"
+                    self._spawn(self._write(view, ConditionStatus.UNKNOWN, c.Reason.LEASE_UPDATE_STOPPED,
+                                            f"no Lease renewal for {view.duration:.0f}s (last seen {since}); check "
+                                            "the site agent and its connection to the hub", None))
+            timeout = self._heap[0][0] - now if self._heap else None
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for task in list(self._writes):
+            task.cancel()
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, view: SiteView, status: ConditionStatus | None, reason: c.Reason | None, message: str,
+                     stamp: float | None) -> None:
+        async with view.lock, self._slots:
+            if status is not None and view.state == status.value:
+                return                            # another write got there first
+            if status is ConditionStatus.UNKNOWN and self.tracker.clock() < self.tracker.deadline(view.name,
+                                                                                                  view.duration):
+                return                            # renewed while we waited for a slot
+            updates = [] if status is None else [c.make(c.ConditionType.AVAILABLE, status, reason, message,
+                                                        generation=view.generation)]
+            fields = {"lastHeartbeatTime": _utc_now()} if stamp is not None else None
+            try:
+                obj = await write_hub_status(self.kube(), view.name, updates, generation=view.generation,
+                                             cordoned=bool(view.spec.get("cordoned")), fields=fields,
+                                             offers_gpus=offers_gpus({"spec": view.spec}))
+            except KubeError as err:     # state unchanged: the next renewal or deadline tries again
+                log.warning("Could not write availability of site %s: %s", view.name, err)
+                if status is ConditionStatus.UNKNOWN:     # try again in a while, not in a loop
+                    heapq.heappush(self._heap, (self.tracker.clock() + RETRY_SECONDS, view.name))
+                    self._wakeup.set()
+                return
+            if obj is None:
+                self.node_gone(view.name)
+                return
+            if stamp is not None:
+                view.last_stamp = stamp
+            if status is not None:
+                view.state = status.value
+                log.info("Site %s is %s (%s)", view.name,
+                         "available" if status is ConditionStatus.TRUE else "unavailable", reason.value)

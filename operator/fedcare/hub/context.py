@@ -1,10 +1,14 @@
-"""What the hub's handlers share: one API client, built at start-up and closed at clean-up."""
+"""What the hub's handlers share: one API client and the availability monitor, started at
+start-up and closed at clean-up."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from ..integrations.kube import Kube
+from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 
 
@@ -14,12 +18,25 @@ class HubContext:
     kube: Kube | None = None
     #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
+    availability: AvailabilityMonitor = field(init=False)
+    _monitor: asyncio.Task | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
 
     async def start(self) -> None:
         if self.kube is None:
             self.kube = await Kube.from_kubeconfig(self.kubeconfig)
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self.availability.run(), name="availability")
 
     async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        await self.availability.close()
         if self.kube is not None:
             await self.kube.close()
             self.kube = None

@@ -12,7 +12,6 @@ from ..api.resources import (FEDERATED_ROUNDS, GROUP, HOSPITAL_NODES, MANAGED_BY
 from ..integrations.kube import KubeError
 from . import hospital_node_service as nodes
 from . import round_service
-from .availability import Availability, current_available
 from .context import HubContext
 from .errors import handled
 from .settings import configure
@@ -26,7 +25,7 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
-        await ctx.start()
+        await ctx.start()     # the API client and the availability monitor
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
@@ -46,29 +45,23 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
 
     @kopf.on.event("coordination.k8s.io", "v1", "leases", labels={MANAGED_BY_LABEL: MANAGED_BY},
                    registry=registry)
-    def lease_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    async def lease_seen(body: kopf.Body, type: str | None, **_: Any) -> None:  # async: on the loop
         if type != "DELETED":
-            ctx.heartbeats.observe(dict(body))
+            ctx.availability.lease_seen(dict(body))
 
-    @kopf.daemon(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, cancellation_timeout=2.0,
-                 initial_delay=0.0)
-    async def site_availability(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        avail = Availability(ctx.api, ctx.heartbeats, name, state=current_available(plain(body)))
-        try:
-            while not stopped:
-                spec = dict(body.get("spec") or {})
-                await avail.step(float(nodes.lease_duration(spec)), generation=body["metadata"].get("generation"),
-                                 spec=spec, stopped=lambda: bool(stopped))
-        finally:
-            if body["metadata"].get("deletionTimestamp"):
-                ctx.heartbeats.forget(name)
+    @kopf.on.event(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry)
+    async def hospital_node_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            ctx.availability.node_gone(body["metadata"]["name"])
+        else:
+            ctx.availability.node_seen(plain(body))
 
     @kopf.on.event(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, when=nodes.ready_is_stale)
     async def hospital_node_readiness(body: kopf.Body, logger: Any, **_: Any) -> None:
         """The agent changed GPUReady: recompute Ready (a hub condition) from it."""
         try:
             await nodes.refresh_ready(ctx.api, plain(body))
-        except KubeError as err:    # the next event or the daemon's next write recomputes it again
+        except KubeError as err:    # the next event recomputes it again
             logger.warning("Could not refresh Ready: %s", err)
 
     @kopf.on.resume(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry)

@@ -22,4 +22,4 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]   # bounded API retry inside kopf
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]   # bounded back-off for watch errors
+    settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]   # bounded back-off for watch errors

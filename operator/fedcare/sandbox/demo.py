@@ -27,6 +27,7 @@ from ..hub.context import HubContext
 from ..hub.handlers import make_registry
 from ..integrations.kube import Kube, Ref, RetryPolicy
 from ..integrations.nvml import NVMLReader
+from ..kopf_runner import run_kopf
 from ..site.agent import SiteAgent
 from ..site.heartbeat import Heartbeat
 from ..site.reporter import InventoryReporter
@@ -71,8 +72,9 @@ class Operators:
 
         stop = asyncio.Event()
         scope = scope or {"clusterwide": True}
-        self.tasks.append(asyncio.create_task(kopf.operator(registry=registry, standalone=True, stop_flag=stop,
-                                                            **scope)))
+        # run_kopf: stopping one kopf.operator() would cancel every other task in this loop
+        self.tasks.append(asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=stop,
+                                                       **scope)))
         self.stops.append(stop)
         return stop
 
@@ -83,9 +85,8 @@ class Operators:
 
 
 class Site:
-    """One hospital's agent. Its kopf registry (assignment answers) runs for the whole demo:
-    stopping one of several kopf operators in a process cancels the others' daemons, so a
-    "lost" agent here stops its heartbeat and inventory loops, as a cut network would."""
+    """One hospital's agent. A "lost" agent stops its heartbeat and inventory loops, as a cut
+    network would; its kopf registry (assignment answers) runs for the whole demo."""
 
     def __init__(self, url: str, name: str, nvml: FakeNVML, operators: Operators):
         self.name, self.nvml, self.operators, self.url = name, nvml, operators, url

@@ -127,9 +127,15 @@ class RealisticEmulator(StateEmulator):
             async with self._lock:
                 self._results[request] = await op(request)
             try:  # user reactions still apply; the fallbacks below render the result
-                return await dsl_handle(self, request)
+                response = await dsl_handle(self, request)
+                if request in self._created and response.status == 200 and not response.prepared:
+                    # Set here: a kmock.Response(status=201) payload would stick to the
+                    # shared fallback reaction and turn every later PATCH into a 201.
+                    response.set_status(201)
+                return response
             finally:
                 self._results.pop(request, None)
+                self._created.discard(request)
         finally:
             self._inflight.discard(request)
 
@@ -154,10 +160,7 @@ class RealisticEmulator(StateEmulator):
             raise kmock.KubernetesEndpointNotFoundError()
         return self._results[request]
 
-    async def _serve_create(self, request: rendering.Request) -> Any:
-        return kmock.Response(status=201, payload=await self._serve_result(request))
-
-    _serve_update = _serve_delete = _serve_result
+    _serve_create = _serve_update = _serve_delete = _serve_result  # 201s: see _handle()
 
     async def _serve_fetch(self, request: rendering.Request) -> Any:  # O(1): kmock scans all
         self._check_subresource(request)
@@ -171,6 +174,7 @@ class RealisticEmulator(StateEmulator):
 
     def _serve_watch(self, request: rendering.Request) -> Any:  # type: ignore[override]
         # kmock streams an async generator as application/octet-stream; kubectl needs JSON.
+        # (kmock copies these headers onto the WATCH fallback reaction: the same for all.)
         return kmock.Response(headers={"Content-Type": "application/json"}, payload=serve_watch(self, request))
 
     async def _serve_version(self, request: rendering.Request) -> Any:

@@ -42,6 +42,7 @@ class StateEmulator(kmock.KubernetesEmulator):
     watchers: collections.Counter[Any] = attrs.field(factory=collections.Counter, init=False)
     events: EventLog = attrs.field(init=False)
     _rv: int = attrs.field(default=0, init=False)
+    _created: set[Any] = attrs.field(factory=set, init=False)  # requests answered with 201
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -130,7 +131,9 @@ class StateEmulator(kmock.KubernetesEmulator):
     async def _post(self, request: rendering.Request) -> Any:
         if not self.is_known(request.resource):
             raise p.not_found(request.resource)
-        return await self._create(request.resource, request.namespace, request.data)
+        body = await self._create(request.resource, request.namespace, request.data)
+        self._created.add(request)
+        return body
 
     async def _create(self, res: Any, url_ns: str | None, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -181,7 +184,9 @@ class StateEmulator(kmock.KubernetesEmulator):
             patch = p.parse_apply(request.text)
             if obj is None and request.subresource is None:  # server-side apply creates
                 patch.setdefault("metadata", {})["name"] = request.name
-                return kmock.Response(status=201, payload=await self._create(request.resource, request.namespace, patch))
+                body = await self._create(request.resource, request.namespace, patch)
+                self._created.add(request)
+                return body
         if obj is None:
             raise p.not_found(key[0], key[2])
         old = copy.deepcopy(obj.raw)

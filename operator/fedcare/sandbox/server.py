@@ -12,7 +12,8 @@ import contextlib
 import logging
 import os
 import pathlib
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .emulator import RealisticEmulator, fedcare_emulator
@@ -53,9 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per request otherwise
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, kubeconfig_path=args.kubeconfig))
+    asyncio.run(_until_signalled(serve(args.host, args.port, kubeconfig_path=args.kubeconfig)))
     return 0
+
+
+async def _until_signalled(coro: Coroutine[Any, Any, None]) -> None:
+    """SIGINT/SIGTERM cancel ``coro`` (so its clean-up runs: the kubeconfig is removed)."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ import logging
 import os
 import socket
 
-import kopf
-
 from .. import __version__
 from ..api import resources as r
 from ..api.hospital_node import AgentVersions
 from ..integrations.kube import Kube, KubeError
 from ..integrations.nvml import NVMLReader
+from ..kopf_runner import run_kopf
 from .agent import SiteAgent
 from .heartbeat import SiteGone
 from .reporter import InventoryReporter
@@ -64,10 +63,11 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
         return 2
     stop = asyncio.Event()
     try:
-        operator = asyncio.create_task(kopf.operator(
+        operator = asyncio.create_task(run_kopf(
             registry=agent.registry(login=True), standalone=True, namespaces=[r.site_namespace(site)],
             liveness_endpoint=liveness or None, stop_flag=stop))
         operator.add_done_callback(lambda _: stop.set())   # kopf handles SIGTERM: then we stop too
+        # run_kopf, not kopf.operator: on exit the latter cancels every task in the loop, ours too
         await agent.run(stop)
         await operator
     finally:
