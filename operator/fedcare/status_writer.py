@@ -41,12 +41,15 @@ async def write_status(
     fields: dict[str, Any] | None = None,
     derive: Callable[[list[Condition], dict[str, Any]], dict[str, Any]] | None = None,
     derive_conditions: Callable[[list[Condition]], list[Condition]] | None = None,
+    known: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Merge ``updates`` (owned types only) and ``fields`` into the status; return the object.
 
     ``derive_conditions(conditions)`` may compute more owned conditions (Ready, say) from the
     merged list, the other writer's conditions included; ``derive(conditions, status)`` may
-    then compute owned fields (a phase). Returns None when the object is gone.
+    then compute owned fields (a phase). ``known``, a recent copy of the object (from a
+    watch event), saves the first read; if it is stale the write gets 409 and re-reads.
+    Returns None when the object is gone.
     """
     owned = set(owned_types)
     updates = list(updates)
@@ -54,7 +57,7 @@ async def write_status(
     if stray:
         raise ValueError(f"this writer does not own condition types {stray}")
     for attempt in range(MAX_CONFLICTS):
-        obj = await kube.get_or_none(ref)
+        obj, known = (known, None) if known is not None else (await kube.get_or_none(ref), None)
         if obj is None:
             return None
         status = obj.get("status") or {}

@@ -96,6 +96,7 @@ async def test_apply_patch_and_delete_collection(kube: KubeClient):
     assert b["spec"]["size"] == 7  # kmock silently ignored YAML bodies
     created = await kube.patch(FR, "r3", "spec: {size: 3}\n", "default", content_type=APPLY)
     assert created.status == 201 and created.body["metadata"]["name"] == "r3"  # apply creates
+    assert (await kube.patch(FR, "r3", {"spec": {"size": 4}}, "default")).status == 200  # not 201 again
     gone = (await kube.request("DELETE", "/apis/fedcare.io/v1alpha1/namespaces/default/federatedrounds",
                                params={"labelSelector": "app=x"})).ok()
     assert [i["metadata"]["name"] for i in gone["items"]] == ["r1"]

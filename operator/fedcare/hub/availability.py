@@ -46,6 +46,7 @@ class SiteView:
     generation: int | None
     spec: dict[str, Any]
     state: str | None                     # the Available status we last wrote or read
+    body: dict[str, Any] | None = None    # the latest copy seen on the watch: saves a read per write
     last_stamp: float = float("-inf")     # hub clock of our last lastHeartbeatTime write
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -56,7 +57,8 @@ class AvailabilityMonitor:
         self.sites: dict[str, SiteView] = {}
         self._heap: list[tuple[float, str]] = []
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = asyncio.Semaphore(concurrency)          # transitions: latency matters
+        self._stamp_slots = asyncio.Semaphore(max(1, concurrency // 4))   # timestamps: they can wait
         self._writes: set[asyncio.Task] = set()
 
     # -- fed by the watches --------------------------------------------------------------------
@@ -72,11 +74,12 @@ class AvailabilityMonitor:
         view = self.sites.get(name)
         duration = float(lease_duration(spec))
         if view is None:
-            view = self.sites[name] = SiteView(name, duration, md.get("generation"), spec, current_available(body))
+            view = self.sites[name] = SiteView(name, duration, md.get("generation"), spec, current_available(body),
+                                               body=body)
             self._schedule(name, duration)
         else:
             changed = duration != view.duration
-            view.duration, view.generation, view.spec = duration, md.get("generation"), spec
+            view.duration, view.generation, view.spec, view.body = duration, md.get("generation"), spec, body
             if changed:
                 self._schedule(name, duration)
 
@@ -136,7 +139,8 @@ class AvailabilityMonitor:
 
     async def _write(self, view: SiteView, status: ConditionStatus | None, reason: c.Reason | None, message: str,
                      stamp: float | None) -> None:
-        async with view.lock, self._slots:
+        slots = self._slots if status is not None else self._stamp_slots
+        async with view.lock, slots:
             if status is not None and view.state == status.value:
                 return                            # another write got there first
             if status is ConditionStatus.UNKNOWN and self.tracker.clock() < self.tracker.deadline(view.name,
@@ -148,7 +152,7 @@ class AvailabilityMonitor:
             try:
                 obj = await write_hub_status(self.kube(), view.name, updates, generation=view.generation,
                                              cordoned=bool(view.spec.get("cordoned")), fields=fields,
-                                             offers_gpus=offers_gpus({"spec": view.spec}))
+                                             offers_gpus=offers_gpus({"spec": view.spec}), current=view.body)
             except KubeError as err:     # state unchanged: the next renewal or deadline tries again
                 log.warning("Could not write availability of site %s: %s", view.name, err)
                 if status is ConditionStatus.UNKNOWN:     # try again in a while, not in a loop
@@ -158,6 +162,7 @@ class AvailabilityMonitor:
             if obj is None:
                 self.node_gone(view.name)
                 return
+            view.body = obj
             if stamp is not None:
                 view.last_stamp = stamp
             if status is not None:

@@ -53,7 +53,10 @@ def ready_condition(conditions: list[Condition], generation: int | None, *, offe
     if available is None or available.status is not ConditionStatus.TRUE:
         msg = available.message if available else "no heartbeat seen yet"
         return c.make(c.ConditionType.READY, False, c.Reason.SITE_UNAVAILABLE, msg, generation=generation)
-    if offers_gpus and gpu is not None and gpu.status is ConditionStatus.FALSE:
+    if offers_gpus and gpu is None:
+        return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY,
+                      "waiting for the agent's first GPU report", generation=generation)
+    if offers_gpus and gpu.status is ConditionStatus.FALSE:
         return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY, gpu.message, generation=generation)
     detail = f"; GPUs: {gpu.message}" if gpu is not None and gpu.message else ""
     return c.make(c.ConditionType.READY, True, c.Reason.RECONCILED,
@@ -62,8 +65,8 @@ def ready_condition(conditions: list[Condition], generation: int | None, *, offe
 
 async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, generation: int | None,
                            cordoned: bool, fields: dict[str, Any] | None = None, recompute_ready: bool = True,
-                           deleting: bool = False, spec_checked: bool = False, offers_gpus: bool = True) \
-        -> dict[str, Any] | None:
+                           deleting: bool = False, spec_checked: bool = False, offers_gpus: bool = True,
+                           current: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Write hub conditions in one pass; Ready is recomputed from the merged list, which
     includes the agent's GPUReady, so the two never need to coordinate.
 
@@ -81,7 +84,7 @@ async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, g
         return [ready_condition(conditions, generation, offers_gpus=offers_gpus)]
 
     return await write_status(kube, node_ref(name), owned_types=HUB_TYPES, updates=updates, fields=fields,
-                              derive=derive, derive_conditions=ready)
+                              derive=derive, derive_conditions=ready, known=current)
 
 
 def lease_duration(spec: dict[str, Any]) -> int:
@@ -122,7 +125,8 @@ def offers_gpus(body: dict[str, Any]) -> bool:
 
 async def refresh_ready(kube: Kube, body: dict[str, Any]) -> None:
     await write_hub_status(kube, body["metadata"]["name"], [], generation=body["metadata"].get("generation"),
-                           cordoned=bool((body.get("spec") or {}).get("cordoned")), offers_gpus=offers_gpus(body))
+                           cordoned=bool((body.get("spec") or {}).get("cordoned")), offers_gpus=offers_gpus(body),
+                           current=body)
 
 
 def _display(obj: dict[str, Any]) -> str:
