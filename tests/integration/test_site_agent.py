@@ -265,3 +265,21 @@ async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, emulat
 async def _summary_is(api, summary):
     obj = await api.get_or_none(node_ref())
     return obj if (obj or {}).get("status", {}).get("gpuSummary") == summary else None
+
+
+async def test_malformed_inventory_is_rejected_and_explained(hub, api, make_agent):
+    fake = FakeNVML(gpus(2))
+    async with hub():
+        await enrolled(hub, api)
+        async with make_agent(fake) as agent:
+            await eventually(lambda: condition_is(api, "GPUReady", "True"), timeout=15)
+            fake.gpus[1].memory_total_mib = -4096          # a driver answering nonsense
+            obj = await eventually(lambda: condition_is(api, "GPUReady", "False", reason="InvalidInventory"),
+                                   timeout=10)
+            assert not agent.task.done()
+            message = cond(obj, "GPUReady")["message"]
+            assert "memoryTotalMiB" in message or "memory_total_mi_b" in message, message
+            assert "greater than or equal to 0" in message
+            assert len(obj["status"]["gpus"]["devices"]) == 2       # the last good inventory is kept
+            fake.gpus[1].memory_total_mib = 81559
+            await eventually(lambda: condition_is(api, "GPUReady", "True"), timeout=10)

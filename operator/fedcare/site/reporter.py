@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.hospital_node import AgentVersions
@@ -38,6 +40,7 @@ class InventoryReporter:
         self.capacity: Any = None
         self.busy_gpus = 0
         self._reported: tuple[GPUInventory, tuple[str, str, str], Any, dict] | None = None
+        self.invalid = ""     # why the last NVML reading was rejected by the model ("" when it was fine)
         self.writes = 0
 
     @property
@@ -49,8 +52,17 @@ class InventoryReporter:
     async def poll(self) -> GPUInventory:
         if self.reader is None:
             return GPUInventory(nvml_error="NVML is disabled for this agent")
+        self.invalid = ""
         try:
             return await self.reader.poll_async(timeout=NVML_TIMEOUT)
+        except ValidationError as err:
+            # The driver answered nonsense: report that, keep the last good inventory.
+            first = err.errors(include_input=False)[0]
+            where = ".".join(str(x) for x in first["loc"])
+            self.invalid = (f"NVML returned an inventory the model rejects ({err.error_count()} problem(s)); "
+                            f"first: {first['msg']} at {where or 'the inventory'}")[:1024]
+            log.warning("Rejected a malformed NVML inventory: %s", self.invalid)
+            return self.inventory or GPUInventory(nvml_error=self.invalid)
         except NVMLUnavailable as err:
             return GPUInventory(nvml_error=str(err))
         except asyncio.TimeoutError:
@@ -83,6 +95,8 @@ class InventoryReporter:
         assert self.inventory is not None
         status, reason, message = gpu_health.gpu_ready(self.inventory)
         verdict = (str(status), str(getattr(reason, "value", reason)), message)
+        if self.invalid:
+            verdict = ("False", "InvalidInventory", self.invalid)
         versions = self.versions.model_dump(by_alias=True, mode="json")
         if not self._changed(verdict, versions):
             return False
@@ -91,7 +105,7 @@ class InventoryReporter:
         fields = {"gpus": self.inventory.model_dump(by_alias=True, mode="json", exclude_none=True),
                   "capacity": cap, "versions": versions,
                   "gpuSummary": f"{healthy}/{len(self.inventory.devices)}"}
-        cond = c.make(c.ConditionType.GPU_READY, verdict[0], verdict[1], message)
+        cond = c.make(c.ConditionType.GPU_READY, verdict[0], verdict[1], verdict[2])
         try:
             obj = await write_status(self.hub, node_ref(self.site), owned_types=AGENT_TYPES, updates=[cond],
                                      fields=fields)
@@ -102,7 +116,7 @@ class InventoryReporter:
             await check_site_exists(self.hub, self.site)
         self._reported = (self.inventory, verdict, self.capacity, versions)
         self.writes += 1
-        log.info("Reported inventory of site %s: GPUReady=%s (%s)", self.site, verdict[0], message)
+        log.info("Reported inventory of site %s: GPUReady=%s (%s)", self.site, verdict[0], verdict[2])
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
