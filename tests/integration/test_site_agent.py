@@ -202,8 +202,18 @@ async def test_hub_outage_keeps_the_inventory_and_reports_it_after(hub, api, mak
     assert cond(obj, "GPUReady")["reason"] == "SomeUnhealthy"
 
 
-async def test_agent_stops_cleanly_when_its_site_is_deleted(hub, api, make_agent, caplog):
-    caplog.set_level(logging.INFO)
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+async def test_agent_stops_cleanly_when_its_site_is_deleted(hub, api, make_agent):
+    collect = Collect()
+    logging.getLogger("fedcare.site").addHandler(collect)
     async with hub():
         await enrolled(hub, api)
         async with make_agent(FakeNVML(gpus(1))) as agent:
@@ -211,7 +221,8 @@ async def test_agent_stops_cleanly_when_its_site_is_deleted(hub, api, make_agent
             await api.delete(node_ref())
             await asyncio.wait_for(agent.task, timeout=20)
             assert agent.gone and "rouen" in agent.gone
-    assert any("the agent for site rouen is stopping" in r.getMessage() for r in caplog.records)
+    logging.getLogger("fedcare.site").removeHandler(collect)
+    assert any("the agent for site rouen is stopping" in m for m in collect.messages)
 
 
 async def test_agent_refuses_to_start_for_an_unknown_site(emulator):
