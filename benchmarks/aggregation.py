@@ -96,11 +96,9 @@ def bench_copy(params: int, repeats: int) -> float:
 
 
 def run_case(n_sites: int, params: int, repeats: int, flwr_repeats: int) -> dict:
-    import torch
-    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-
     from fedcare_workloads.aggregation import WeightedAverager
     from fedcare_workloads.records import record_views
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
     model_bytes = params * 4
     copy_gbs = bench_copy(params, repeats)
@@ -128,7 +126,7 @@ def run_case(n_sites: int, params: int, repeats: int, flwr_repeats: int) -> dict
     flwr_extra = max(e for _, e, _ in flwr_runs)
     flwr_out = flwr_runs[-1][2]
     max_err = max(float(np.max(np.abs(result[k] - flwr_out[k].numpy()))) for k in result)
-    del flwr_runs, flwr_out, records
+    del flwr_runs, flwr_out
     gc.collect()
 
     ours_gbs = counted / steady_s / 1e9
@@ -166,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     import flwr
     import torch
 
-    print(f"# aggregation benchmark: python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__}, "
-          f"flwr {flwr.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
-    header = (f"{'N':>3} {'params':>7} {'copy GB/s':>9} {'ours GB/s':>9} {'1-thr':>6} {'flwr GB/s':>9} "
-              f"{'ours/copy':>9} {'1thr/copy':>9} {'ours/flwr':>9} {'extra MiB ours(1st)/flwr':>25} {'max|diff|':>9}")
+    print(
+        f"# aggregation benchmark: python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"flwr {flwr.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    )
+    header = (
+        f"{'N':>3} {'params':>7} {'copy GB/s':>9} {'ours GB/s':>9} {'1-thr':>6} {'flwr GB/s':>9} "
+        f"{'ours/copy':>9} {'1thr/copy':>9} {'ours/flwr':>9} {'extra MiB ours(1st)/flwr':>25} {'max|diff|':>9}"
+    )
     print(header)
     rows = []
     for n in sites:
@@ -177,15 +179,20 @@ def main(argv: list[str] | None = None) -> int:
             flwr_repeats = 1 if n * prm >= 8 * 100_000_000 else min(2, args.repeats)
             r = run_case(n, prm, args.repeats, flwr_repeats)
             rows.append(r)
-            print(f"{n:>3} {r['params_m']:>6.0f}M {r['copy_gbs']:>9.2f} {r['ours_gbs']:>9.2f} {r['ours_1thread_gbs']:>6.2f} "
-                  f"{r['flwr_gbs']:>9.2f} {r['ours_vs_copy']:>9.2f} {r['ours_1thread_vs_copy']:>9.2f} "
-                  f"{r['ours_vs_flwr']:>9.1f} {r['ours_extra_mib_first']:>11.0f} / {r['flwr_extra_mib']:>11.0f} "
-                  f"{r['max_abs_diff_vs_flwr']:>9.1e}", flush=True)
+            print(
+                f"{n:>3} {r['params_m']:>6.0f}M {r['copy_gbs']:>9.2f} {r['ours_gbs']:>9.2f} {r['ours_1thread_gbs']:>6.2f} "
+                f"{r['flwr_gbs']:>9.2f} {r['ours_vs_copy']:>9.2f} {r['ours_1thread_vs_copy']:>9.2f} "
+                f"{r['ours_vs_flwr']:>9.1f} {r['ours_extra_mib_first']:>11.0f} / {r['flwr_extra_mib']:>11.0f} "
+                f"{r['max_abs_diff_vs_flwr']:>9.1e}",
+                flush=True,
+            )
     ok_copy = all(r["ours_vs_copy"] >= 0.5 for r in rows)
     ok_flwr = all(r["ours_vs_flwr"] >= 3.0 for r in rows)
     ok_mem = all(r["ours_extra_mib_first"] <= r["model_mib"] + 2 for r in rows)
-    print(f"# targets: ours >= 0.5 x copy: {'met' if ok_copy else 'MISSED'}; ours >= 3 x flwr: "
-          f"{'met' if ok_flwr else 'MISSED'}; extra memory <= 1 model (+2 MiB): {'met' if ok_mem else 'MISSED'}")
+    print(
+        f"# targets: ours >= 0.5 x copy: {'met' if ok_copy else 'MISSED'}; ours >= 3 x flwr: "
+        f"{'met' if ok_flwr else 'MISSED'}; extra memory <= 1 model (+2 MiB): {'met' if ok_mem else 'MISSED'}"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -23,10 +23,10 @@ import sys
 import time
 
 
-def run_case(variant: str, size: int, batch: int, images: int, device: str, threads: int,
-             dp: bool = False, amp: bool = True) -> dict:
+def run_case(
+    variant: str, size: int, batch: int, images: int, device: str, threads: int, dp: bool = False, amp: bool = True
+) -> dict:
     import torch
-
     from fedcare_workloads.gpucheck import synthetic_images
     from fedcare_workloads.model import ModelSpec, build_model
     from fedcare_workloads.settings import PrivacySettings
@@ -49,9 +49,18 @@ def run_case(variant: str, size: int, batch: int, images: int, device: str, thre
         res = train_epochs(module, loader, opt, 1, dev, amp=amp and not dp)
         times.append((time.perf_counter() - start, res.examples_seen))
     seconds, seen = times[-1]
-    return {"model": variant, "size": size, "batch": batch, "device": device, "threads": threads, "dp": dp,
-            "amp": amp and device == "cuda" and not dp, "images": seen, "seconds": round(seconds, 3),
-            "images_per_s": round(seen / seconds, 1)}
+    return {
+        "model": variant,
+        "size": size,
+        "batch": batch,
+        "device": device,
+        "threads": threads,
+        "dp": dp,
+        "amp": amp and device == "cuda" and not dp,
+        "images": seen,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(seen / seconds, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,25 +85,74 @@ def main(argv: list[str] | None = None) -> int:
         return r
 
     one = case("small 64px cpu 1 thread", variant="small", size=64, batch=32, images=n, device="cpu", threads=1)
-    allt = case(f"small 64px cpu {cpus} threads", variant="small", size=64, batch=32, images=n, device="cpu", threads=cpus)
+    allt = case(
+        f"small 64px cpu {cpus} threads", variant="small", size=64, batch=32, images=n, device="cpu", threads=cpus
+    )
     ratios.append((f"{cpus} threads / 1 thread", allt["images_per_s"] / one["images_per_s"]))
-    dp = case(f"small 64px cpu {cpus} threads DP-SGD", variant="small", size=64, batch=32, images=n, device="cpu",
-              threads=cpus, dp=True)
+    dp = case(
+        f"small 64px cpu {cpus} threads DP-SGD",
+        variant="small",
+        size=64,
+        batch=32,
+        images=n,
+        device="cpu",
+        threads=cpus,
+        dp=True,
+    )
     ratios.append(("DP-SGD / plain (small 64px cpu)", dp["images_per_s"] / allt["images_per_s"]))
-    large = case(f"large 64px cpu {cpus} threads", variant="large", size=64, batch=32, images=max(64, n // 8),
-                 device="cpu", threads=cpus)
+    large = case(
+        f"large 64px cpu {cpus} threads",
+        variant="large",
+        size=64,
+        batch=32,
+        images=max(64, n // 8),
+        device="cpu",
+        threads=cpus,
+    )
     ratios.append(("large / small (64px cpu)", large["images_per_s"] / allt["images_per_s"]))
     if torch.cuda.is_available():
         gpu_n = 2048 if args.quick else 8192
-        fp32 = case("large 128px cuda fp32", variant="large", size=128, batch=64, images=gpu_n, device="cuda",
-                    threads=cpus, amp=False)
-        mixed = case("large 128px cuda mixed precision", variant="large", size=128, batch=64, images=gpu_n,
-                     device="cuda", threads=cpus, amp=True)
+        fp32 = case(
+            "large 128px cuda fp32",
+            variant="large",
+            size=128,
+            batch=64,
+            images=gpu_n,
+            device="cuda",
+            threads=cpus,
+            amp=False,
+        )
+        mixed = case(
+            "large 128px cuda mixed precision",
+            variant="large",
+            size=128,
+            batch=64,
+            images=gpu_n,
+            device="cuda",
+            threads=cpus,
+            amp=True,
+        )
         ratios.append(("cuda mixed / fp32 (large 128px)", mixed["images_per_s"] / fp32["images_per_s"]))
-        gdp = case("small 64px cuda DP-SGD", variant="small", size=64, batch=64, images=gpu_n, device="cuda",
-                   threads=cpus, dp=True)
-        gplain = case("small 64px cuda plain", variant="small", size=64, batch=64, images=gpu_n, device="cuda",
-                      threads=cpus, amp=False)
+        gdp = case(
+            "small 64px cuda DP-SGD",
+            variant="small",
+            size=64,
+            batch=64,
+            images=gpu_n,
+            device="cuda",
+            threads=cpus,
+            dp=True,
+        )
+        gplain = case(
+            "small 64px cuda plain",
+            variant="small",
+            size=64,
+            batch=64,
+            images=gpu_n,
+            device="cuda",
+            threads=cpus,
+            amp=False,
+        )
         ratios.append(("cuda DP-SGD / plain (small 64px)", gdp["images_per_s"] / gplain["images_per_s"]))
     for label, value in ratios:
         print(f"# ratio {label:<36} {value:6.2f}x")

@@ -1,0 +1,218 @@
+"""Typed, validated views of Flower's run config and node config.
+
+flwr passes both as flat dicts of TOML scalars and checks neither types nor
+ranges (a string given for a float key crashes deep inside a strategy). Every
+key is therefore read here once, with an error that names the key, the value
+type that was found and what is expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+MODELS = ("small", "large")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A run-config or node-config value is missing, of the wrong type or out of range."""
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "a boolean (true/false)", str: "a string"}
+
+
+def _get(cfg: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = cfg.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        fix = (
+            "fix it in [tool.flwr.app.config] or the `flwr run -c` override"
+            if where == "run-config"
+            else "fix the SuperNode's --node-config"
+        )
+        raise ConfigError(
+            f"{where} key '{key}' must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}; {fix}"
+        )
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{where} key '{key}' must be finite, got {value!r}")
+    return value
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"run-config key '{key}' = {value!r} is invalid: expected {expected}")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    dp: bool
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    max_epsilon: float  # 0 means no budget limit
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    num_server_rounds: int
+    strategy: str
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+    round_timeout: float
+    node_wait_timeout: float
+    proximal_mu: float
+    server_lr: float
+    server_tau: float
+    model: str
+    image_size: int
+    classes: tuple[str, ...]
+    seed: int
+    local_epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    out_dir: str
+    server_eval_path: str
+    save_round_models: bool
+    privacy: PrivacySettings
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
+        w = "run-config"
+        s = cls(
+            num_server_rounds=_get(cfg, "num-server-rounds", int, 3, w),
+            strategy=_get(cfg, "strategy", str, "fedavg", w).strip().lower(),
+            fraction_train=_get(cfg, "fraction-train", float, 1.0, w),
+            fraction_evaluate=_get(cfg, "fraction-evaluate", float, 1.0, w),
+            min_train_nodes=_get(cfg, "min-train-nodes", int, 2, w),
+            min_evaluate_nodes=_get(cfg, "min-evaluate-nodes", int, 2, w),
+            min_available_nodes=_get(cfg, "min-available-nodes", int, 2, w),
+            round_timeout=_get(cfg, "round-timeout", float, 600.0, w),
+            node_wait_timeout=_get(cfg, "node-wait-timeout", float, 300.0, w),
+            proximal_mu=_get(cfg, "proximal-mu", float, 0.01, w),
+            server_lr=_get(cfg, "server-lr", float, 0.1, w),
+            server_tau=_get(cfg, "server-tau", float, 1e-3, w),
+            model=_get(cfg, "model", str, "small", w).strip().lower(),
+            image_size=_get(cfg, "image-size", int, 64, w),
+            classes=tuple(c.strip() for c in _get(cfg, "classes", str, "normal,benign,malignant", w).split(",")),
+            seed=_get(cfg, "seed", int, 0, w),
+            local_epochs=_get(cfg, "local-epochs", int, 1, w),
+            batch_size=_get(cfg, "batch-size", int, 32, w),
+            optimizer=_get(cfg, "optimizer", str, "adam", w).strip().lower(),
+            lr=_get(cfg, "lr", float, 1e-3, w),
+            momentum=_get(cfg, "momentum", float, 0.9, w),
+            out_dir=_get(cfg, "out-dir", str, "", w),
+            server_eval_path=_get(cfg, "server-eval-path", str, "", w),
+            save_round_models=_get(cfg, "save-round-models", bool, True, w),
+            privacy=PrivacySettings(
+                dp=_get(cfg, "privacy.dp", bool, False, w),
+                noise_multiplier=_get(cfg, "privacy.noise-multiplier", float, 1.0, w),
+                max_grad_norm=_get(cfg, "privacy.max-grad-norm", float, 1.0, w),
+                delta=_get(cfg, "privacy.delta", float, 1e-5, w),
+                max_epsilon=_get(cfg, "privacy.max-epsilon", float, 0.0, w),
+            ),
+        )
+        s._validate()
+        return s
+
+    def _validate(self) -> None:
+        _check(self.num_server_rounds >= 1, "num-server-rounds", self.num_server_rounds, ">= 1")
+        _check(self.strategy in STRATEGIES, "strategy", self.strategy, " | ".join(STRATEGIES))
+        _check(0.0 < self.fraction_train <= 1.0, "fraction-train", self.fraction_train, "0 < x <= 1")
+        _check(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate", self.fraction_evaluate, "0 <= x <= 1")
+        _check(self.min_train_nodes >= 1, "min-train-nodes", self.min_train_nodes, ">= 1")
+        _check(self.min_evaluate_nodes >= 0, "min-evaluate-nodes", self.min_evaluate_nodes, ">= 0")
+        _check(self.min_available_nodes >= 1, "min-available-nodes", self.min_available_nodes, ">= 1")
+        _check(self.round_timeout > 0, "round-timeout", self.round_timeout, "> 0 seconds")
+        _check(self.node_wait_timeout > 0, "node-wait-timeout", self.node_wait_timeout, "> 0 seconds")
+        _check(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, ">= 0")
+        _check(self.server_lr > 0, "server-lr", self.server_lr, "> 0")
+        _check(self.server_tau > 0, "server-tau", self.server_tau, "> 0")
+        _check(self.model in MODELS, "model", self.model, " | ".join(MODELS))
+        _check(16 <= self.image_size <= 1024, "image-size", self.image_size, "16..1024 pixels")
+        _check(
+            len(self.classes) >= 2 and all(self.classes) and len(set(self.classes)) == len(self.classes),
+            "classes",
+            ",".join(self.classes),
+            "at least two distinct, non-empty, comma-separated class names",
+        )
+        _check(self.local_epochs >= 1, "local-epochs", self.local_epochs, ">= 1")
+        _check(self.batch_size >= 1, "batch-size", self.batch_size, ">= 1")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
+        _check(self.lr > 0, "lr", self.lr, "> 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "0 <= x < 1")
+        p = self.privacy
+        _check(p.noise_multiplier > 0, "privacy.noise-multiplier", p.noise_multiplier, "> 0")
+        _check(p.max_grad_norm > 0, "privacy.max-grad-norm", p.max_grad_norm, "> 0")
+        _check(0 < p.delta < 1, "privacy.delta", p.delta, "0 < delta < 1")
+        _check(p.max_epsilon >= 0, "privacy.max-epsilon", p.max_epsilon, ">= 0 (0 = no limit)")
+
+    def require_out_dir(self) -> Path:
+        """The ServerApp's output directory: absolute, because the ServerApp runs in the
+        SuperLink's (or SuperExec's) working directory, which nobody should rely on."""
+        if not self.out_dir:
+            raise ConfigError(
+                "run-config key 'out-dir' is empty: set it to an absolute, writable directory "
+                "(e.g. a PVC mount), e.g. `flwr run . <superlink> -c 'out-dir=\"/outputs/run-1\"'`"
+            )
+        path = Path(self.out_dir)
+        if not path.is_absolute():
+            raise ConfigError(
+                f"run-config key 'out-dir' = {self.out_dir!r} must be an absolute path; relative "
+                "paths would land in the SuperLink's working directory"
+            )
+        return path
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a SuperNode is told about its site through `--node-config`."""
+
+    site: str
+    data_path: Path
+    data_root: Path
+    torch_threads: int  # 0 = decide from the CPUs this process may use
+
+    @classmethod
+    def from_node_config(cls, cfg: Mapping[str, Any]) -> NodeSettings:
+        w = "node-config"
+        raw_path = _get(cfg, "data-path", str, "", w)
+        if not raw_path:
+            raise ConfigError(
+                "node-config key 'data-path' is missing: start the SuperNode with "
+                "--node-config 'data-path=\"/data/<site>\"' pointing at the site's dataset"
+            )
+        data_path = Path(raw_path)
+        site = _get(cfg, "site", str, "", w) or data_path.name
+        threads = _get(cfg, "torch-threads", int, 0, w)
+        if threads < 0:
+            raise ConfigError(f"node-config key 'torch-threads' must be >= 0, got {threads}")
+        return cls(
+            site=site,
+            data_path=data_path,
+            data_root=Path(_get(cfg, "data-root", str, "/data", w)),
+            torch_threads=threads,
+        )
+
+
+def default_torch_threads() -> int:
+    """CPUs this process may run on, capped: more intra-op threads than that only
+    adds contention, and a pod's CPU limit is usually far below the node's count."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
