@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..integrations.kube import Kube
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
+from .lease_watch import watch_leases
 
 
 @dataclass
@@ -20,6 +21,7 @@ class HubContext:
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
     availability: AvailabilityMonitor = field(init=False)
     _monitor: asyncio.Task | None = field(default=None, init=False)
+    _leases: asyncio.Task | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
@@ -29,13 +31,16 @@ class HubContext:
             self.kube = await Kube.from_kubeconfig(self.kubeconfig)
         if self._monitor is None:
             self._monitor = asyncio.create_task(self.availability.run(), name="availability")
+            self._leases = asyncio.create_task(watch_leases(lambda: self.api, self.availability.lease_seen),
+                                               name="lease-watch")
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-            self._monitor = None
+        for task in (self._leases, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._monitor = self._leases = None
         await self.availability.close()
         if self.kube is not None:
             await self.kube.close()

@@ -9,7 +9,7 @@ import os
 import kopf
 
 from .context import HubContext
-from .handlers import make_registry
+from .handlers import QuietEventHandlers, make_registry
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,7 @@ def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: li
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig    # read by kopf's own login and by our client alike
     registry = make_registry(HubContext(kubeconfig=kubeconfig), login=True)
+    logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")
     # standalone: one replica (the chart uses strategy Recreate), no peering resource needed.

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +144,39 @@ class Kube:
                 log.debug("Retrying %s %s in %.2fs after %s", method, path, delay, err)
                 await asyncio.sleep(delay)
         raise err
+
+    async def watch(self, ref: Ref, *, label_selector: str = "", resource_version: str = "",
+                    timeout_seconds: int = 300) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(type, object)`` from one watch stream until the server ends it.
+
+        One connection, no retry: the caller re-lists and re-watches (it must, after a 410).
+        The server closes the stream after ``timeout_seconds``; a silent connection is cut
+        after that plus a margin, so a dead server cannot hang us.
+        """
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout_seconds))]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        try:
+            resp = await self.api.call_api(
+                ref.path, "GET", query_params=query, header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.policy.timeout,
+                                                       sock_read=timeout_seconds + 30))
+        except ApiException as exc:
+            raise _error(exc.status or 0, str(exc.body or exc.reason), ref.path) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise KubeError(0, type(exc).__name__, "the API server could not be reached", path=ref.path) from None
+        try:
+            async for line in resp.content:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event.get("type", ""), event.get("object") or {}
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise KubeError(0, type(exc).__name__, "the watch stream broke", path=ref.path) from None
+        finally:
+            resp.release()
 
     # -- verbs --------------------------------------------------------------------------------
     async def get(self, ref: Ref) -> dict[str, Any]:
