@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
     sandbox.add_argument("action", choices=["demo"])
     sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
-    sandbox.add_argument("--seconds", type=float, default=0, help="stop after this long (0: run the demo script)")
+    sandbox.add_argument("--seconds", type=float, default=0,
+                         help="keep the sandbox API up this long after the demo (for kubectl)")
+    sandbox.add_argument("--no-train", dest="train", action="store_false",
+                         help="skip the federated training step (the slowest, about a minute)")
     sandbox.set_defaults(func=_sandbox)
     return parser
 

@@ -126,7 +126,7 @@ async def wait_for(api: Kube, what: str, check, timeout: float = 30.0) -> Any:
     raise RuntimeError(f"the sandbox did not reach '{what}' within {timeout:.0f}s")
 
 
-async def demo(sites: list[str], keep: float, workdir: pathlib.Path) -> int:
+async def demo(sites: list[str], keep: float, workdir: pathlib.Path, train: bool = True) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     async with fedcare_emulator(max_history=1000) as k:
         kubeconfig = write_kubeconfig(k.url, workdir / "kubeconfig")
@@ -205,7 +205,8 @@ async def demo(sites: list[str], keep: float, workdir: pathlib.Path) -> int:
             await agents[lost].start()
             table(await wait_for(api, f"{lost} available", lambda: _available_is(api, lost, "True")))
 
-            await run_training(sites, workdir / "training")
+            if train:
+                await run_training(sites, workdir / "training")
 
             gone = sites[-1]
             say(f"Removing hospital {gone}: the hub deletes its namespace and identity; its agent stops")
@@ -249,4 +250,4 @@ def main(args: argparse.Namespace) -> int:
     for noisy in ("kopf", "aiohttp.access", "fedcare") if not args.verbose else ("aiohttp.access",):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-    return asyncio.run(demo(sites, args.seconds, ROOT / ".sandbox"))
+    return asyncio.run(demo(sites, args.seconds, ROOT / ".sandbox", train=args.train))
