@@ -253,15 +253,20 @@ async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, emulat
             await eventually(lambda: condition_is(api, "GPUReady", "True"), timeout=15)
             async with run_operator(emulator, agent.registry(), namespaces=[ns]):
                 ras = Ref(API_VERSION, "roundassignments", ns)
-                await api.create(ras, assignment("r1-rouen", 1))
-                await api.create(ras, assignment("r2-rouen", 4))
 
                 async def phase(name):
                     obj = await api.get(Ref(API_VERSION, "roundassignments", ns, name))
                     return obj if (obj.get("status") or {}).get("phase") else None
 
+                await api.create(ras, assignment("r1-rouen", 1))
                 ok = await eventually(lambda: phase("r1-rouen"), timeout=15)
+                await api.create(ras, assignment("r2-rouen", 4))
                 no = await eventually(lambda: phase("r2-rouen"), timeout=15)
+                # two more at once: one GPU is left, so exactly one of them gets it
+                await api.create(ras, assignment("r3-rouen", 1))
+                await api.create(ras, assignment("r4-rouen", 1))
+                third = await eventually(lambda: phase("r3-rouen"), timeout=15)
+                fourth = await eventually(lambda: phase("r4-rouen"), timeout=15)
                 rv = ok["metadata"]["resourceVersion"]
                 await asyncio.sleep(1.0)   # no further writes: answers are idempotent
                 assert (await api.get(Ref(API_VERSION, "roundassignments", ns, "r1-rouen")))["metadata"][
@@ -270,7 +275,8 @@ async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, emulat
     assert ok["status"]["agentId"] == "rouen/agent-0" and ok["status"]["attempt"] == 1
     assert no["status"]["phase"] == "Rejected"
     assert cond(no, "Accepted")["reason"] == "InsufficientGPU"
-    assert no["status"]["message"] == "4 GPU(s) needed, 2 healthy and free"
+    assert no["status"]["message"] == "4 GPU(s) needed, 1 healthy and free (1 reserved by accepted assignments)"
+    assert sorted([third["status"]["phase"], fourth["status"]["phase"]]) == ["Accepted", "Rejected"]
 
 
 async def _summary_is(api, summary):

@@ -42,3 +42,21 @@ def test_answer_is_idempotent_per_attempt():
     retried = copy.deepcopy(answered)
     retried["spec"]["attempt"] = 2
     assert needs_answer(retried)
+
+
+def test_reservations_by_other_accepted_assignments():
+    from fedcare.site.assignments import reserved_gpus
+
+    others = []
+    for name, phase, need in (("a", "Accepted", 1), ("b", "Running", 2), ("c", "Rejected", 8), ("d", None, 8)):
+        ra = copy.deepcopy(RA)
+        ra["metadata"]["name"] = name
+        ra["spec"]["training"]["gpusPerSite"] = need
+        if phase:
+            ra["status"] = {"phase": phase}
+        others.append(ra)
+    assert reserved_gpus(others, besides="r1-rouen") == 3
+    assert reserved_gpus(others, besides="b") == 1
+    ok, reason, msg = decide("rouen", RA, free_gpus=4, reserved=3)
+    assert not ok and msg == "2 GPU(s) needed, 1 healthy and free (3 reserved by accepted assignments)"
+    assert decide("rouen", RA, free_gpus=5, reserved=3)[0] is True

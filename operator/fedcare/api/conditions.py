@@ -52,7 +52,6 @@ class Reason(str, enum.Enum):
     # Ready / Valid
     RECONCILED = "Reconciled"
     INVALID_SPEC = "InvalidSpec"
-    PROGRESSING = "Progressing"
     AWAITING_SCHEDULER = "AwaitingScheduler"
     AWAITING_ANCHORING = "AwaitingAnchoring"
     DELETING = "Deleting"
@@ -64,13 +63,12 @@ class Reason(str, enum.Enum):
     LEASE_UPDATE_STOPPED = "LeaseUpdateStopped"
     AGENT_NOT_CONNECTED = "AgentNotConnected"
     # Site-level summaries for Ready
-    CORDONED = "Cordoned"
     SITE_UNAVAILABLE = "SiteUnavailable"
     GPU_NOT_READY = "GPUNotReady"
     # RoundAssignment acceptance (agent)
     ACCEPTED = "Accepted"
     INSUFFICIENT_GPU = "InsufficientGPU"
-    STALE_ATTEMPT = "StaleAttempt"
+    WRONG_SITE = "WrongSite"
 
 
 def now() -> dt.datetime:

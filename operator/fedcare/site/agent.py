@@ -28,6 +28,7 @@ class SiteAgent:
         self.heartbeat = heartbeat or Heartbeat(hub, site, agent_id)
         self.namespace = r.site_namespace(site)
         self.gone: str | None = None
+        self._answering = asyncio.Lock()    # one answer at a time: GPU reservations must not race
 
     async def prepare(self) -> None:
         """Check the site is enrolled and adopt its lease duration. Raises SiteGone, KubeError."""
@@ -70,8 +71,9 @@ class SiteAgent:
         async def assignment(body: kopf.Body, logger: Any, **_: Any) -> None:
             raw = copy.deepcopy(dict(body))
             try:
-                accepted = await assignments.answer(self.hub, self.site, self.agent_id, raw,
-                                                    self.reporter.free_gpus)
+                async with self._answering:
+                    accepted = await assignments.answer(self.hub, self.site, self.agent_id, raw,
+                                                        self.reporter.free_gpus)
             except KubeError as err:     # the next event (or kopf's re-list) brings it back
                 logger.warning("Could not answer the assignment: %s", err)
                 return

@@ -29,31 +29,53 @@ def needs_answer(body: dict[str, Any]) -> bool:
                 and status.get("observedGeneration") == body["metadata"].get("generation"))
 
 
-def decide(site: str, body: dict[str, Any], free_gpus: int | None) -> tuple[bool, c.Reason | str, str]:
-    """(accepted, reason, message) for an assignment, given the site's healthy free GPUs."""
+RESERVING = {AssignmentPhase.ACCEPTED.value, AssignmentPhase.RUNNING.value}
+
+
+def reserved_gpus(assignments: list[dict[str, Any]], *, besides: str) -> int:
+    """GPUs promised to the site's other accepted or running assignments (from the API, so a
+    restarted agent counts them too)."""
+    total = 0
+    for ra in assignments:
+        if ra["metadata"]["name"] != besides and (ra.get("status") or {}).get("phase") in RESERVING:
+            need = ((ra.get("spec") or {}).get("training") or {}).get("gpusPerSite", 1)
+            total += need if isinstance(need, int) and need > 0 else 0
+    return total
+
+
+def decide(site: str, body: dict[str, Any], free_gpus: int | None, reserved: int = 0) \
+        -> tuple[bool, c.Reason | str, str]:
+    """(accepted, reason, message) for an assignment, given the site's healthy free GPUs and
+    the GPUs already reserved by its other accepted assignments."""
     try:
         spec = parse(KIND, body)
     except SpecError as err:
         return False, c.Reason.INVALID_SPEC, err.summary()
     assert isinstance(spec, RoundAssignmentSpec)
     if spec.node_name != site:
-        return False, "WrongSite", f"assigned to site {spec.node_name}, but this agent serves site {site}"
+        return False, c.Reason.WRONG_SITE, f"assigned to site {spec.node_name}, but this agent serves site {site}"
     need = spec.training.gpus_per_site
     if need > 0:
         if free_gpus is None:
             return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, but this site's GPUs are unknown " \
                                                      "(NVML unavailable)"
-        if free_gpus < need:
-            return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, {free_gpus} healthy and free"
+        available = max(0, free_gpus - reserved)
+        if available < need:
+            held = f" ({reserved} reserved by accepted assignments)" if reserved else ""
+            return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, {available} healthy and free{held}"
     return True, c.Reason.ACCEPTED, f"accepted by site {site}" + (f" ({need} GPU(s) reserved)" if need else "")
 
 
 async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free_gpus: int | None) -> bool | None:
-    """Write the site's answer if the assignment needs one; returns it (None if nothing written)."""
+    """Write the site's answer if the assignment needs one; returns it (None if nothing written).
+
+    Callers serialise answers (one at a time per site), so two assignments cannot both be
+    promised the same GPUs."""
     if not needs_answer(body):
         return None
-    accepted, reason, message = decide(site, body, free_gpus)
     md = body["metadata"]
+    others = await hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"]))
+    accepted, reason, message = decide(site, body, free_gpus, reserved_gpus(others, besides=md["name"]))
     gen = md.get("generation")
     updates = [c.make(c.ConditionType.ACCEPTED, accepted, reason, message, generation=gen),
                c.make(c.ConditionType.READY, accepted, reason, message, generation=gen)]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from ..api import resources as r
 from ..hub.enrollment import LEASE_NAME
-from ..integrations.kube import Forbidden, Kube, KubeError, NotFound, Ref
+from ..integrations.kube import Forbidden, Kube, KubeError, NotFound, Ref, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,11 @@ class Heartbeat:
     async def renew(self) -> None:
         patch = {"spec": {"holderIdentity": self.agent_id, "leaseDurationSeconds": self.lease_seconds,
                           "renewTime": micro_time(self.now())}}
+        # Fail fast: a renewal that waits on retries is late anyway; the loop retries soon.
+        hub = self.hub.with_policy(RetryPolicy(attempts=2, base_delay=0.2, max_delay=0.5,
+                                               timeout=min(10.0, self.interval)))
         try:
-            await self.hub.patch(lease_ref(self.site), patch)
+            await hub.patch(lease_ref(self.site), patch)
         except (NotFound, Forbidden):
             await check_site_exists(self.hub, self.site)
             raise
