@@ -300,3 +300,16 @@ async def test_malformed_inventory_is_rejected_and_explained(hub, api, make_agen
             assert len(obj["status"]["gpus"]["devices"]) == 2       # the last good inventory is kept
             fake.gpus[1].memory_total_mib = 81559
             await eventually(lambda: condition_is(api, "GPUReady", "True"), timeout=10)
+
+
+async def test_hub_lease_watch_recovers_from_api_errors(hub, api, make_agent, emulator):
+    """The hub's own Lease list/watch fails for a while: it backs off, re-lists, and catches up."""
+    leases = kmock.K8sCriteria(method=kmock.method.GET, resource=kmock.resource("coordination.k8s.io/v1/leases"),
+                               namespace=None)
+    fault = emulator.inject(leases, kmock.KubernetesError(500, "InternalError", "injected"), times=3)
+    async with hub() as logs:
+        await enrolled(hub, api)
+        async with make_agent(FakeNVML(gpus(1))):
+            await eventually(lambda: condition_is(api, "Available", "True"), timeout=20)
+    assert fault.hits == 3
+    assert logs.grep("Lease watch failed")
