@@ -26,16 +26,6 @@ def _wire(cond: Condition) -> dict[str, Any]:
     return cond.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def _parse(raw: Iterable[dict[str, Any]]) -> list[Condition]:
-    out = []
-    for item in raw or []:
-        try:
-            out.append(Condition.model_validate(item))
-        except ValueError:
-            continue    # a malformed entry written by hand: dropped on our next write
-    return out
-
-
 async def write_status(
     kube: Kube, ref: Ref, *, owned_types: Iterable[str], updates: Iterable[Condition] = (),
     fields: dict[str, Any] | None = None,
@@ -61,7 +51,7 @@ async def write_status(
         if obj is None:
             return None
         status = obj.get("status") or {}
-        current = _parse(status.get("conditions"))
+        current = c.parse(status.get("conditions"))
         merged = c.merge(current, updates)
         if derive_conditions is not None:
             extra = derive_conditions(merged)

@@ -1,4 +1,5 @@
 """Tests import the fake NVML from here; it lives in the sandbox, which simulates GPUs too."""
 
-from fedcare.sandbox.simulated_nvml import *  # noqa: F401,F403
-from fedcare.sandbox.simulated_nvml import FUNCTIONS, H100, FakeGPU, FakeNVML, gpus, uuid  # noqa: F401
+from fedcare.sandbox.simulated_nvml import FUNCTIONS, H100, FakeGPU, FakeNVML, gpus, uuid
+
+__all__ = ["FUNCTIONS", "H100", "FakeGPU", "FakeNVML", "gpus", "uuid"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 from .base import Condition, ConditionStatus
 
@@ -73,6 +74,25 @@ class Reason(str, enum.Enum):
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def parse(raw: Iterable[dict[str, Any]] | None) -> list[Condition]:
+    """Conditions from a body's status, skipping malformed entries (rewritten on our next write)."""
+    out = []
+    for item in raw or []:
+        try:
+            out.append(Condition.model_validate(item))
+        except ValueError:
+            continue
+    return out
+
+
+def raw_condition(body: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    """One condition of a body, as stored (no parsing: for hot paths and filters)."""
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return cond
+    return None
 
 
 def find(conditions: Iterable[Condition], ctype: str) -> Condition | None:

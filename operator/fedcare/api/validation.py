@@ -95,11 +95,3 @@ def parse(kind_name: str, body: dict[str, Any]) -> BaseModel:
     assert model is not None
     return model
 
-
-def parse_status(kind_name: str, body: dict[str, Any]) -> BaseModel:
-    """The status as a model; an unreadable status is treated as empty (we rewrite it)."""
-    model = BY_KIND[kind_name].status
-    try:
-        return model.model_validate(body.get("status") or {})
-    except ValidationError:
-        return model()

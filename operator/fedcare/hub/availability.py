@@ -33,10 +33,7 @@ def _utc_now() -> str:
 
 
 def current_available(body: dict[str, Any]) -> str | None:
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == c.ConditionType.AVAILABLE.value:
-            return cond.get("status")
-    return None
+    return (c.raw_condition(body, c.ConditionType.AVAILABLE.value) or {}).get("status")
 
 
 @dataclass

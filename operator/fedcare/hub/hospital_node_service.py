@@ -95,22 +95,12 @@ def lease_duration(spec: dict[str, Any]) -> int:
     return HospitalNodeSpec.model_fields["lease_duration_seconds"].default
 
 
-def _conditions(body: dict[str, Any]) -> list[Condition]:
-    out = []
-    for raw in (body.get("status") or {}).get("conditions") or []:
-        try:
-            out.append(Condition.model_validate(raw))
-        except ValueError:
-            continue
-    return out
-
-
 def ready_is_stale(body: Any, **_: Any) -> bool:
     """True when Ready no longer says what the other conditions imply (kopf filter: cheap, pure)."""
     md = body.get("metadata") or {}
     if md.get("deletionTimestamp"):
         return False
-    conds = _conditions(body)
+    conds = c.parse((body.get("status") or {}).get("conditions"))
     current = c.find(conds, c.ConditionType.READY.value)
     if current is None or current.reason in (c.Reason.INVALID_SPEC.value, c.Reason.DELETING.value):
         return False
@@ -166,7 +156,7 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
     ns = r.site_namespace(name)
     updates = [c.make(c.ConditionType.ENROLLED, True, c.Reason.SITE_NAMESPACE_READY,
                       f"site namespace {ns}, ServiceAccount {e.AGENT_SA} and its RBAC exist", generation=generation)]
-    if not c.find(_conditions(body), c.ConditionType.AVAILABLE.value):
+    if not c.find(c.parse((body.get("status") or {}).get("conditions")), c.ConditionType.AVAILABLE.value):
         updates.append(c.make(c.ConditionType.AVAILABLE, ConditionStatus.UNKNOWN, c.Reason.AGENT_NOT_CONNECTED,
                               f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/"
                               f"{e.LEASE_NAME})", generation=generation))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.base import LabelSelector
+from ..api.conditions import raw_condition
 
 
 @dataclass(frozen=True)
@@ -17,13 +18,6 @@ class Verdict:
     site: str
     eligible: bool
     reason: str
-
-
-def _condition(body: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype:
-            return cond
-    return None
 
 
 def _free_gpus(capacity: dict[str, Any], product: str) -> int:
@@ -44,10 +38,10 @@ def judge(body: dict[str, Any], selector: LabelSelector, gpus: int = 0, product:
         return Verdict(site, False, "being deleted")
     if (body.get("spec") or {}).get("cordoned"):
         return Verdict(site, False, "cordoned")
-    available = _condition(body, "Available")
+    available = raw_condition(body, "Available")
     if available is None or available.get("status") != "True":
         return Verdict(site, False, "not heartbeating" + (f" ({available.get('reason')})" if available else ""))
-    ready = _condition(body, "Ready")
+    ready = raw_condition(body, "Ready")
     if ready is None or ready.get("status") != "True":
         return Verdict(site, False, f"not Ready ({ready.get('reason') if ready else 'no status yet'})")
     if gpus > 0:
