@@ -109,7 +109,7 @@ def fast_settings(settings: kopf.OperatorSettings) -> None:
     """Short API retries and watch-error delays, so a failure-path test takes < 1 s.
 
     Applied before ``settings_hook``; a hook that sets production values (e.g. our
-    ``fedcare.hub.settings.configure``) should call this again after them.
+    ``fedcare.kopf_setup.configure``) should call this again after them.
     """
     settings.networking.error_backoffs = [0.1, 0.2, 0.5]
     settings.queueing.error_delays = [0.1, 0.2, 0.5]
