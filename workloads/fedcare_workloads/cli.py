@@ -1,4 +1,4 @@
-"""`fedcare-workloads` command line: synth, check, hash, evaluate.
+"""`fedcare-workloads` command line: synth, check, hash, evaluate, deidentify, privacy-budget.
 
 Every command prints JSON on stdout; errors go to stderr with exit code 2.
 """
@@ -75,6 +75,15 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return evaluate_model_file(args.model, args.data, args.split)
 
 
+def cmd_deidentify(args: argparse.Namespace) -> dict:
+    from .deidentify import deidentify_path
+
+    result = deidentify_path(args.input, args.output, args.attest_no_burned_in_annotation)
+    if result["passing_gate"] < result["written"]:
+        args.exit_code = 3  # written, but some files are still refused by the gate (see "remaining")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcare-workloads", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser(
+        "deidentify",
+        help="apply the DICOM PS3.15 Basic Profile to a .dcm file or a folder of them (exit 3 if any output "
+        "is still refused by the gate)",
+    )
+    d.add_argument("input", metavar="IN")
+    d.add_argument("output", metavar="OUT")
+    d.add_argument(
+        "--attest-no-burned-in-annotation",
+        action="store_true",
+        help="you checked the frames: no text is burned into the pixels (writes BurnedInAnnotation=NO)",
+    )
+    d.set_defaults(func=cmd_deidentify)
     return p
 
 
@@ -117,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedcare-workloads {args.command}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    return 0
+    return getattr(args, "exit_code", 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
