@@ -84,6 +84,17 @@ def cmd_deidentify(args: argparse.Namespace) -> dict:
     return result
 
 
+def cmd_privacy_budget(args: argparse.Namespace) -> dict:
+    """The dataset's privacy ledger: spent / remaining / budget (the site agent asks
+    this before accepting work); --set-epsilon appends the hospital's budget."""
+    from .ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(Path(args.ledger).resolve(), args.dataset)
+    if args.set_epsilon is not None:
+        ledger.set_budget(args.set_epsilon, args.delta, set_by=args.set_by)
+    return ledger.summary().to_json()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcare-workloads", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,16 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="you checked the frames: no text is burned into the pixels (writes BurnedInAnnotation=NO)",
     )
     d.set_defaults(func=cmd_deidentify)
+
+    b = sub.add_parser(
+        "privacy-budget",
+        help="show (or set) a dataset's privacy budget from the site's ledger: spent, remaining, budget",
+    )
+    b.add_argument("--ledger", required=True, help="the ledger directory (node-config privacy-ledger)")
+    b.add_argument("--dataset", required=True, help="dataset id (node-config dataset-id, default the site name)")
+    b.add_argument("--set-epsilon", type=float, default=None, help="append a new budget (the hospital's decision)")
+    b.add_argument("--delta", type=float, default=1e-5, help="delta of a new budget (default 1e-5)")
+    b.add_argument("--set-by", default="fedcare-workloads privacy-budget", help="who set the budget (recorded)")
+    b.add_argument("--json", action="store_true", help="JSON output (the default; kept for scripts)")
+    b.set_defaults(func=cmd_privacy_budget)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
+    from .ledger import LedgerError
 
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
+    except (DatasetError, LedgerError, ValueError, FileNotFoundError) as exc:
         print(f"fedcare-workloads {args.command}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, sort_keys=True, default=str))

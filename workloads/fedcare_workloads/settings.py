@@ -58,7 +58,7 @@ class PrivacySettings:
     noise_multiplier: float
     max_grad_norm: float
     delta: float
-    max_epsilon: float  # 0 means no budget limit
+    max_epsilon: float  # an extra per-run cap; 0 = none, the dataset's ledger budget always applies
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,12 @@ class RunSettings:
         _check(p.noise_multiplier > 0, "privacy.noise-multiplier", p.noise_multiplier, "> 0")
         _check(p.max_grad_norm > 0, "privacy.max-grad-norm", p.max_grad_norm, "> 0")
         _check(0 < p.delta < 1, "privacy.delta", p.delta, "0 < delta < 1")
-        _check(p.max_epsilon >= 0, "privacy.max-epsilon", p.max_epsilon, ">= 0 (0 = no limit)")
+        _check(
+            p.max_epsilon >= 0,
+            "privacy.max-epsilon",
+            p.max_epsilon,
+            ">= 0 (0 = no extra per-run cap; each site's ledger budget always applies)",
+        )
 
     def require_out_dir(self) -> Path:
         """The ServerApp's output directory: absolute, because the ServerApp runs in the
@@ -185,6 +190,10 @@ class NodeSettings:
     data_path: Path
     data_root: Path
     torch_threads: int  # 0 = decide from the CPUs this process may use
+    privacy_ledger: str = ""  # directory of the site's privacy ledger ("" = $FEDCARE_PRIVACY_LEDGER)
+    dataset_id: str = ""  # the ledger's dataset id (default: the site name)
+    privacy_budget_epsilon: float = 0.0  # the hospital's budget, recorded in the ledger on first use (0 = none)
+    privacy_budget_delta: float = 1e-5
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> NodeSettings:
@@ -200,11 +209,22 @@ class NodeSettings:
         threads = _get(cfg, "torch-threads", int, 0, w)
         if threads < 0:
             raise ConfigError(f"node-config key 'torch-threads' must be >= 0, got {threads}")
+        budget = _get(cfg, "privacy-budget-epsilon", float, 0.0, w)
+        budget_delta = _get(cfg, "privacy-budget-delta", float, 1e-5, w)
+        if budget < 0 or not 0 < budget_delta < 1:
+            raise ConfigError(
+                f"node-config privacy-budget-epsilon must be >= 0 and privacy-budget-delta in (0, 1), got "
+                f"{budget!r} and {budget_delta!r}"
+            )
         return cls(
             site=site,
             data_path=data_path,
             data_root=Path(_get(cfg, "data-root", str, "/data", w)),
             torch_threads=threads,
+            privacy_ledger=_get(cfg, "privacy-ledger", str, "", w),
+            dataset_id=_get(cfg, "dataset-id", str, "", w) or site,
+            privacy_budget_epsilon=budget,
+            privacy_budget_delta=budget_delta,
         )
 
 

@@ -1,5 +1,7 @@
 """The ClientApp's Message contract, called directly as flwr-clientapp would."""
 
+import re
+
 import numpy as np
 import pytest
 from fedcare_workloads import client_app
@@ -58,10 +60,36 @@ def test_model_not_matching_the_announced_hash_is_refused(federation, initial):
         client_app.app(message(initial, **{"global-arrays-sha256": "0" * 64}), context(federation))
 
 
-def test_data_path_outside_the_mount_is_refused_with_site_name(federation, initial, tmp_path):
+def test_data_path_outside_the_mount_is_refused_with_site_name(federation, initial, tmp_path, caplog):
     ctx = context(federation, "site-a", **{"data-root": str(tmp_path)})
-    with pytest.raises(client_app.SiteFailure, match=r"site=site-a: DatasetError: data-path .* outside the data mount"):
+    with pytest.raises(client_app.SiteFailure, match=r"site=site-a: DatasetError: .*outside the data mount") as err:
         client_app.app(message(initial), ctx)
+    # What leaves the site names the problem and a site-local reference, no path;
+    # the site's own log has the full detail under the same reference.
+    msg = str(err.value)
+    assert str(tmp_path) not in msg and str(federation) not in msg
+    ref = re.search(r"\[ref=([0-9a-f]{8}), see the site log\]", msg).group(1)
+    assert f"ref={ref}" in caplog.text and str(tmp_path) in caplog.text
+
+
+def test_dataset_errors_leaving_the_site_carry_no_paths_listings_or_row_ids(tmp_path, initial, caplog):
+    root = tmp_path / "data"
+    site = root / "site-a"
+    (site / "images").mkdir(parents=True)
+    (site / "images" / "MRN-0042.png").write_bytes(b"not a png")
+    (site / "labels.csv").write_text("id,label,split\nMRN-0042,normal,train\nMRN-0043,normal,train\nMRN-0044,sick,val\n")
+    ctx = context(root, "site-a")
+    with pytest.raises(client_app.SiteFailure) as err:
+        client_app.app(message(initial), ctx)
+    msg = str(err.value)
+    assert "MRN" not in msg and str(tmp_path) not in msg and "images/" not in msg
+    assert "labels.csv line 4: unknown label" in msg and "labels.csv line 3: image not found" in msg
+    assert "MRN-0043" in caplog.text  # the hospital's own log keeps the detail
+    # No listing either when labels.csv is missing.
+    (site / "labels.csv").unlink()
+    with pytest.raises(client_app.SiteFailure) as err:
+        client_app.app(message(initial), ctx)
+    assert "labels.csv is missing" in str(err.value) and "images" not in str(err.value)
 
 
 def test_wrong_model_shape_is_refused(federation, initial):
