@@ -173,4 +173,10 @@ def _config_summary(run: RunSettings) -> dict:
         "proximal_mu": run.proximal_mu if run.strategy == "fedprox" else None,
         "server_lr": run.server_lr if run.strategy == "fedadam" else None,
         "dp": run.privacy.dp,
+        # Trust boundary (trust.py): what bounded each site's influence.
+        "site_identity": "site-identities" if run.site_identities else "self-reported",
+        "registered_examples": dict(run.registered_examples) or None,
+        "max_examples_per_site": run.max_examples_per_site,
+        "max_update_norm": run.max_update_norm,
+        "metric_decimals": run.metric_decimals,
     }

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,52 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"run-config key '{key}' = {value!r} is invalid: expected {expected}")
 
 
+_KEY_FP = re.compile(r"^key:[0-9a-f]{64}$")
+_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+def _pairs(value: str, key: str) -> list[tuple[str, str]]:
+    out = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        if part.count("=") != 1:
+            raise ConfigError(f"run-config key '{key}': entry {part!r} must look like site=value")
+        site, val = (x.strip() for x in part.split("="))
+        if not _SITE.match(site):
+            raise ConfigError(f"run-config key '{key}': site name {site!r} is invalid")
+        out.append((site, val))
+    return out
+
+
+def _site_identities(value: str) -> dict[int | str, str]:
+    """`site-a=node:123,site-b=key:<sha256 hex of the SuperNode's registered public key>`."""
+    out: dict[int | str, str] = {}
+    for site, ident in _pairs(value, "site-identities"):
+        if ident.startswith("node:") and ident[5:].isdigit():
+            ref: int | str = int(ident[5:])
+        elif _KEY_FP.match(ident):
+            ref = ident
+        else:
+            raise ConfigError(
+                f"run-config key 'site-identities': {site}={ident!r} must be node:<node id> or "
+                "key:<sha256 hex of the public key registered with `flwr supernode register`>"
+            )
+        if ref in out or site in out.values():
+            raise ConfigError(f"run-config key 'site-identities': {site} or its identity is listed twice")
+        out[ref] = site
+    return out
+
+
+def _registered_examples(value: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for site, n in _pairs(value, "registered-examples"):
+        if not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"run-config key 'registered-examples': {site}={n!r} must be a positive integer")
+        out[site] = int(n)
+    return out
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     dp: bool
@@ -88,6 +135,12 @@ class RunSettings:
     server_eval_path: str
     save_round_models: bool
     privacy: PrivacySettings
+    # Trust boundary at the ServerApp (replies.py): who a node is, how much it may weigh.
+    site_identities: dict[int | str, str] = field(default_factory=dict)  # node id / "key:<sha256>" -> site
+    registered_examples: dict[str, int] = field(default_factory=dict)  # site -> train examples it registered
+    max_examples_per_site: int = 1_000_000
+    max_update_norm: float = 100.0
+    metric_decimals: int = 2
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -117,6 +170,11 @@ class RunSettings:
             out_dir=_get(cfg, "out-dir", str, "", w),
             server_eval_path=_get(cfg, "server-eval-path", str, "", w),
             save_round_models=_get(cfg, "save-round-models", bool, True, w),
+            site_identities=_site_identities(_get(cfg, "site-identities", str, "", w)),
+            registered_examples=_registered_examples(_get(cfg, "registered-examples", str, "", w)),
+            max_examples_per_site=_get(cfg, "max-examples-per-site", int, 1_000_000, w),
+            max_update_norm=_get(cfg, "max-update-norm", float, 100.0, w),
+            metric_decimals=_get(cfg, "metric-decimals", int, 2, w),
             privacy=PrivacySettings(
                 dp=_get(cfg, "privacy.dp", bool, False, w),
                 noise_multiplier=_get(cfg, "privacy.noise-multiplier", float, 1.0, w),
@@ -154,6 +212,9 @@ class RunSettings:
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
         _check(self.lr > 0, "lr", self.lr, "> 0")
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "0 <= x < 1")
+        _check(self.max_examples_per_site >= 1, "max-examples-per-site", self.max_examples_per_site, ">= 1")
+        _check(self.max_update_norm > 0, "max-update-norm", self.max_update_norm, "> 0 (L2 norm of update - global)")
+        _check(0 <= self.metric_decimals <= 6, "metric-decimals", self.metric_decimals, "0..6")
         p = self.privacy
         _check(p.noise_multiplier > 0, "privacy.noise-multiplier", p.noise_multiplier, "> 0")
         _check(p.max_grad_norm > 0, "privacy.max-grad-norm", p.max_grad_norm, "> 0")
