@@ -26,6 +26,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .hashing import FORMAT, arrays_sha256
+from .release import coarsen
 from .records import arrays_to_record, record_views
 from .settings import NodeSettings, RunSettings
 
@@ -142,7 +143,7 @@ def _train(msg: Message, context: Context, run: RunSettings, node: NodeSettings)
     content = RecordDict(
         {
             "arrays": arrays_to_record(upd.arrays),
-            "metrics": MetricRecord(metrics),
+            "metrics": MetricRecord(coarsen(metrics, run.metric_decimals)),
             "site": ConfigRecord(
                 {"site": node.site, "update-sha256": upd.sha256, "base-sha256": base_digest, "hash-format": FORMAT}
             ),
@@ -158,7 +159,7 @@ def _evaluate(msg: Message, run: RunSettings, node: NodeSettings) -> Message:
     n, metrics = evaluate_site(run, node, views)
     content = RecordDict(
         {
-            "metrics": MetricRecord({"num-examples": n, **metrics}),
+            "metrics": MetricRecord(coarsen({"num-examples": n, **metrics}, run.metric_decimals)),
             "site": ConfigRecord({"site": node.site, "base-sha256": base_digest}),
         }
     )

@@ -19,6 +19,7 @@ from .data import ImageSet, load_dataset
 from .hashing import arrays_sha256, bytes_sha256
 from .model import ModelSpec, build_model
 from .provenance import ProvenanceRecorder
+from .release import policy as release_policy
 from .records import arrays_to_record, load_arrays_into, record_views, state_to_arrays
 from .settings import ConfigError, RunSettings, default_torch_threads
 from .strategy import build_strategy
@@ -133,10 +134,12 @@ def write_final(out: Path, run: RunSettings, recorder: ProvenanceRecorder, array
             "noise_multiplier": run.privacy.noise_multiplier,
             "max_grad_norm": run.privacy.max_grad_norm,
             "epsilon_per_site": eps,
+            "budget": "each site's own ledger budget (set by the hospital), composed over every run on the dataset",
         }
         if run.privacy.dp
         else {"mechanism": "none", "epsilon_per_site": {}}
     )
+    privacy["released_metrics"] = release_policy(run.metric_decimals)
     card = model_card(
         architecture=architecture,
         classes=run.classes,

@@ -96,3 +96,28 @@ def test_wrong_model_shape_is_refused(federation, initial):
     bad = {**initial, "head.weight": np.zeros((3, 7), np.float32)}
     with pytest.raises(client_app.SiteFailure, match="array 'head.weight' is float32\\[3, 7\\]"):
         client_app.app(message(bad), context(federation))
+
+
+def test_metrics_leave_the_site_coarsened(federation, initial):
+    reply = client_app.app(message(initial), context(federation))
+    m = reply.content["metrics"]
+    for key in ("train-loss", "val-loss", "val-accuracy", "val-auroc"):
+        value = m[key]
+        assert value == round(value, 2), (key, value)  # metric-decimals = 2
+    assert 0 <= m["val-accuracy"] <= 1 and 0 <= m["val-auroc"] <= 1
+    assert m["train-seconds"] == int(m["train-seconds"])
+    reply = client_app.app(message(initial, MessageType.EVALUATE), context(federation, "site-b"))
+    assert all(v == round(v, 2) for k, v in reply.content["metrics"].items() if k != "num-examples")
+
+
+def test_coarsen_clips_and_rounds():
+    from fedcare_workloads.release import coarsen
+
+    out = coarsen(
+        {"num-examples": 137, "val-accuracy": 1.2345, "val-loss": 1e9, "val-auroc": float("nan"),
+         "train-images-per-second": 1234.5, "train-seconds": 12.6, "dp-epsilon": 1.23456789},
+        2,
+    )
+    assert out["num-examples"] == 137 and out["val-accuracy"] == 1.0 and out["val-loss"] == 100.0
+    assert out["train-images-per-second"] == 1200.0 and out["train-seconds"] == 13.0
+    assert out["dp-epsilon"] == 1.23456789 and out["val-auroc"] != out["val-auroc"]

@@ -113,6 +113,7 @@ def test_an_update_with_a_huge_norm_is_clipped_and_recorded(federation, tmp_path
     moved = np.sqrt(sum(float(np.sum((g1[k].astype(np.float64) - g0[k]) ** 2)) for k in g0))
     assert moved <= 5.0 + 1e-3  # an average of updates each within 5 of the global model
     assert card["training"]["max_update_norm"] == 5.0
+    assert card["privacy"]["released_metrics"]["decimals"] == 2  # the model card says how metrics left sites
 
 
 def test_site_identity_comes_from_the_operator_table_not_the_payload(federation, tmp_path):
