@@ -33,14 +33,15 @@ def _crds(args: argparse.Namespace) -> int:
 def _hub(args: argparse.Namespace) -> int:
     from .hub.main import run_hub
 
-    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace)
+    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace,
+                   metrics_address=args.metrics)
 
 
 def _agent(args: argparse.Namespace) -> int:
     from .site.main import run_agent
 
     return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
-                     site_kubeconfig=args.site_kubeconfig)
+                     site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcare", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedcare {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="text (default) or json: one JSON object per line, for log pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     crds = sub.add_parser("crds", help="generate or check the CRDs from the pydantic models")
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
     hub.add_argument("--namespace", action="append", default=None,
                      help="watch only these namespaces for namespaced kinds (repeatable; default: all)")
+    hub.add_argument("--metrics", default=metrics_default(), type=metrics_address,
+                     help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
     hub.set_defaults(func=_hub)
 
     agent = sub.add_parser("agent", help="run the site agent for one hospital")
@@ -73,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--site-kubeconfig", default=None,
                        help="kubeconfig for the site cluster (default: in-cluster; '' = no site cluster)")
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
+    agent.add_argument("--metrics", default=metrics_default(), type=metrics_address,
+                       help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
     agent.set_defaults(func=_agent)
 
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
@@ -86,10 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def metrics_default() -> str:
+    from .metrics import DEFAULT_ADDRESS
+
+    return DEFAULT_ADDRESS
+
+
+def metrics_address(value: str) -> str:
+    from .metrics import parse_address
+
+    if value:
+        try:
+            parse_address(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logformat import configure_logging
+
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
     return args.func(args)
 
 

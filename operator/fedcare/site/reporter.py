@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import metrics
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.hospital_node import AgentVersions
@@ -50,11 +51,26 @@ class InventoryReporter:
         return int(self.capacity.gpus_free)
 
     async def poll(self) -> GPUInventory:
+        """One NVML poll, timed and counted (``fedcare_agent_nvml_*``, ``fedcare_agent_gpus``)."""
+        site = metrics.label_value(self.site)
+        with metrics.Timer() as timer:
+            inventory, error = await self._poll()
+        if self.reader is not None:
+            metrics.NVML_POLL_DURATION.labels(site).observe(timer.seconds)
+        if error:
+            metrics.NVML_ERRORS.labels(site, error).inc()
+        # after a failed poll this is the last usable inventory (kept), or none: 0 GPUs
+        metrics.GPUS.labels(site, "healthy").set(sum(1 for d in inventory.devices if d.healthy))
+        metrics.GPUS.labels(site, "total").set(len(inventory.devices))
+        return inventory
+
+    async def _poll(self) -> tuple[GPUInventory, str]:
+        """(inventory, error kind or '')."""
         if self.reader is None:
-            return GPUInventory(nvml_error="NVML is disabled for this agent")
+            return GPUInventory(nvml_error="NVML is disabled for this agent"), ""
         self.invalid = ""
         try:
-            return await self.reader.poll_async(timeout=NVML_TIMEOUT)
+            return await self.reader.poll_async(timeout=NVML_TIMEOUT), ""
         except ValidationError as err:
             # The driver answered nonsense: report that, keep the last good inventory.
             first = err.errors(include_input=False)[0]
@@ -62,12 +78,13 @@ class InventoryReporter:
             self.invalid = (f"NVML returned an inventory the model rejects ({err.error_count()} problem(s)); "
                             f"first: {first['msg']} at {where or 'the inventory'}")[:1024]
             log.warning("Rejected a malformed NVML inventory: %s", self.invalid)
-            return self.inventory or GPUInventory(nvml_error=self.invalid)
+            return self.inventory or GPUInventory(nvml_error=self.invalid), "InvalidInventory"
         except NVMLUnavailable as err:
-            return GPUInventory(nvml_error=str(err))
+            return GPUInventory(nvml_error=str(err)), "Unavailable"
         except asyncio.TimeoutError:
             log.warning("NVML did not answer within %.0fs; keeping the last inventory", NVML_TIMEOUT)
-            return self.inventory or GPUInventory(nvml_error=f"NVML did not answer within {NVML_TIMEOUT:.0f}s")
+            return (self.inventory or GPUInventory(nvml_error=f"NVML did not answer within {NVML_TIMEOUT:.0f}s"),
+                    "Timeout")
 
     async def read_allocatable(self) -> int | None:
         if self.site_kube is None:
@@ -116,6 +133,7 @@ class InventoryReporter:
             await check_site_exists(self.hub, self.site)
         self._reported = (self.inventory, verdict, self.capacity, versions)
         self.writes += 1
+        metrics.INVENTORY_REPORTS.labels(metrics.label_value(self.site)).inc()
         log.info("Reported inventory of site %s: GPUReady=%s (%s)", self.site, verdict[0], verdict[2])
         return True
 
@@ -128,6 +146,7 @@ class InventoryReporter:
                 failures = 0
                 delay = self.poll_interval
             except KubeError as err:
+                metrics.INVENTORY_REPORT_FAILURES.labels(metrics.label_value(self.site)).inc()
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
                     log.warning("Could not report the inventory of site %s (%d failures; kept for the next "
