@@ -21,12 +21,17 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
+                               disable_created_metrics, start_http_server)
 from prometheus_client.registry import Collector
 
 from . import __version__
 
 log = logging.getLogger(__name__)
+
+# No ``*_created`` series: they would double the series count (and the scrape) for a timestamp
+# nobody graphs. Process-wide, as prometheus-client offers it.
+disable_created_metrics()
 
 #: ``--metrics`` default: every interface, port 9102 (the chart's ``metrics`` port).
 DEFAULT_ADDRESS = "0.0.0.0:9102"

@@ -21,6 +21,9 @@ from ..metrics import label_value
 
 CONDITIONS = ("Ready", "Available", "GPUReady", "Enrolled")
 STATUSES = ("True", "False", "Unknown")
+#: The phase label of an object not reconciled yet (or with a phase this version does not know):
+#: Prometheus drops empty labels, so it cannot be ''.
+UNKNOWN_PHASE = "Unknown"
 
 
 class PhaseIndex:
@@ -36,21 +39,21 @@ class PhaseIndex:
         if event_type == "DELETED":
             self._phase.pop(key, None)
         else:
-            self._phase[key] = str((body.get("status") or {}).get("phase") or "")
+            self._phase[key] = str((body.get("status") or {}).get("phase") or UNKNOWN_PHASE)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(self.phases, 0)
         for phase in list(self._phase.values()):
-            counts[phase if phase in counts else ""] += 1       # an unknown phase counts as ''
+            counts[phase if phase in counts else UNKNOWN_PHASE] += 1
         return counts
 
 
 def round_index() -> PhaseIndex:
-    return PhaseIndex(("",) + tuple(p.value for p in RoundPhase))
+    return PhaseIndex((UNKNOWN_PHASE,) + tuple(p.value for p in RoundPhase))
 
 
 def release_index() -> PhaseIndex:
-    return PhaseIndex(("",) + tuple(p.value for p in ReleasePhase))
+    return PhaseIndex((UNKNOWN_PHASE,) + tuple(p.value for p in ReleasePhase))
 
 
 def _conditions(body: dict[str, Any]) -> dict[str, str]:
@@ -79,9 +82,9 @@ class HubStateCollector(Collector):
                               "Lease renewed (since the hub started, when none was seen since).", labels=["site"]),
             GaugeMetricFamily("fedcare_site_gpus", "GPUs the site's agent last reported, by state (healthy, total, "
                               "free).", labels=["site", "state"]),
-            GaugeMetricFamily("fedcare_rounds", "FederatedRounds by phase ('' before the first reconcile).",
+            GaugeMetricFamily("fedcare_rounds", "FederatedRounds by phase (Unknown before the first reconcile).",
                               labels=["phase"]),
-            GaugeMetricFamily("fedcare_releases", "ModelReleases by phase ('' before the first reconcile).",
+            GaugeMetricFamily("fedcare_releases", "ModelReleases by phase (Unknown before the first reconcile).",
                               labels=["phase"]),
         )
 
