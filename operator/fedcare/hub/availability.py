@@ -147,7 +147,8 @@ class AvailabilityMonitor:
             updates = [] if status is None else [c.make(c.ConditionType.AVAILABLE, status, reason, message,
                                                         generation=view.generation)]
             fields = {"lastHeartbeatTime": _utc_now()} if stamp is not None else None
-            before = (c.raw_condition(view.body or {}, c.ConditionType.AVAILABLE.value) or {}).get("reason")
+            previous = c.raw_condition(view.body or {}, c.ConditionType.AVAILABLE.value) or {}
+            before = (previous.get("status"), previous.get("reason"))
             try:
                 obj = await write_hub_status(self.kube(), view.name, updates, generation=view.generation,
                                              cordoned=bool(view.spec.get("cordoned")), fields=fields,
@@ -172,12 +173,14 @@ class AvailabilityMonitor:
         if status is not None:
             await self._event(view.name, obj, status, before, message)
 
-    async def _event(self, name: str, obj: dict[str, Any], status: ConditionStatus, before: str | None,
-                     message: str) -> None:
+    async def _event(self, name: str, obj: dict[str, Any], status: ConditionStatus,
+                     before: tuple[str | None, str | None], message: str) -> None:
+        """Events on transitions a user cares about; a site that never connected was never lost."""
         if status is ConditionStatus.UNKNOWN:
-            await events.post(self.kube(), obj, events.WARNING, "SiteUnavailable",
-                              f"Site {name} became unavailable: {message}")
-        elif before == c.Reason.LEASE_UPDATE_STOPPED.value:
+            if before[0] == TRUE:
+                await events.post(self.kube(), obj, events.WARNING, "SiteUnavailable",
+                                  f"Site {name} became unavailable: {message}")
+        elif before[1] == c.Reason.LEASE_UPDATE_STOPPED.value:
             await events.post(self.kube(), obj, events.NORMAL, "SiteRecovered",
                               f"Site {name} recovered: its agent renews its Lease again")
         else:
