@@ -44,6 +44,18 @@ def _agent(args: argparse.Namespace) -> int:
                      site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics)
 
 
+def _status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .status_view import run
+
+    try:
+        return asyncio.run(run(kubeconfig=args.kubeconfig, context=args.context, output=args.output,
+                               watch=args.watch, interval=args.interval))
+    except KeyboardInterrupt:
+        return 0
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from .sandbox.demo import main as demo_main
 
@@ -81,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--metrics", default=metrics_default(), type=metrics_address,
                        help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
     agent.set_defaults(func=_agent)
+
+    status = sub.add_parser("status", help="the federation at a glance: sites, rounds, releases")
+    status.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
+    status.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table", help="table (default) or json")
+    status.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
+    status.set_defaults(func=_status)
 
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
     sandbox.add_argument("action", choices=["demo"])

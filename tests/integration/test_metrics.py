@@ -235,14 +235,15 @@ def _phase_reported(ctx) -> bool:
     return ctx.rounds.counts().get("Pending", 0) >= 1 and ctx.releases.counts().get("Pending", 0) >= 1
 
 
-async def _assign(api, site: str, gpus: int) -> None:
+async def _assign(api, site: str, gpus: int, *, wait: bool = True) -> None:
     rnd = example("federatedround-ultrasound.yaml")
     await api.create(Ref(API_VERSION, "roundassignments", site_namespace(site)), {
         "apiVersion": API_VERSION, "kind": "RoundAssignment", "metadata": {"name": f"r-{site}"},
         "spec": {"roundRef": {"namespace": "default", "name": rnd["metadata"]["name"]}, "nodeName": site,
                  "training": {"image": rnd["spec"]["training"]["image"], "gpusPerSite": gpus}}})
     ref = Ref(API_VERSION, "roundassignments", site_namespace(site), f"r-{site}")
-    await eventually(lambda: _answered(api, ref), timeout=15)
+    if wait:
+        await eventually(lambda: _answered(api, ref), timeout=15)
 
 
 async def _answered(api, ref) -> bool:
