@@ -56,6 +56,12 @@ def _status(args: argparse.Namespace) -> int:
         return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import main as plot_main
+
+    return plot_main(args)
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from .sandbox.demo import main as demo_main
 
@@ -101,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted")
     status.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
     status.set_defaults(func=_status)
+
+    plot = sub.add_parser("plot", help="write a PNG of one FederatedRound's progress and per-site metrics")
+    plot.add_argument("round", help="the FederatedRound name")
+    plot.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+    plot.add_argument("-o", "--output", default=None, help="PNG path (default: ROUND.png)")
+    plot.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
+    plot.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    plot.set_defaults(func=_plot)
 
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
     sandbox.add_argument("action", choices=["demo"])
