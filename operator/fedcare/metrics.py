@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector,
-                               disable_created_metrics, start_http_server)
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info,
+                               ProcessCollector, disable_created_metrics, generate_latest)
 from prometheus_client.registry import Collector
 
 from . import __version__
@@ -40,11 +43,10 @@ KINDS = ("HospitalNode", "FederatedRound", "ModelRelease", "RoundAssignment")
 RECONCILE_ERRORS = ("InvalidSpec", "APIError", "Unexpected")
 
 # -- the Kubernetes API client (hub and agent) ---------------------------------------------------
+# By verb only: a histogram costs a series per bucket, and the resource is on the counters.
 KUBE_REQUEST_DURATION = Histogram(
-    "fedcare_kube_request_duration_seconds",
-    "Kubernetes API calls from fedcare, retries included, by verb and resource.",
-    ["verb", "resource"], registry=None,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+    "fedcare_kube_request_duration_seconds", "Kubernetes API calls from fedcare, retries included, by verb.",
+    ["verb"], registry=None, buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0))
 KUBE_REQUESTS = Counter(
     "fedcare_kube_requests_total",
     "Kubernetes API request attempts by verb, resource and HTTP code (2xx: success; 0: no answer: connection error or "
@@ -246,16 +248,47 @@ def parse_address(address: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
-class MetricsServer:
-    """``/metrics`` on its own thread (prometheus-client's WSGI server): a scrape never waits
-    on the event loop, so it is answered during an API outage or a busy reconcile."""
+#: Pre-rendered exposition text appended to the registry's (the hub's per-site families).
+Extra = Callable[[], bytes]
 
-    def __init__(self, address: str, registry: CollectorRegistry):
+
+def exposition(registry: CollectorRegistry, extras: Iterable[Extra] = ()) -> bytes:
+    """What ``/metrics`` answers: the registry in text format 0.0.4, then each extra."""
+    return generate_latest(registry) + b"".join(extra() for extra in extras)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 - the stdlib's name
+        pass
+
+
+class MetricsServer:
+    """``/metrics`` on its own threads (a stdlib WSGI server, as prometheus-client's own): a
+    scrape never waits on the event loop, so it is answered during an API outage or a busy
+    reconcile. Our own small app rather than prometheus-client's ``start_http_server``: the
+    hub appends its per-site families as pre-rendered text (see ``hub/metrics_state.py``)."""
+
+    def __init__(self, address: str, registry: CollectorRegistry, extras: Iterable[Extra] = ()):
         host, port = parse_address(address)
-        self.server, self.thread = start_http_server(port, addr=host, registry=registry)
+        self.registry, self.extras = registry, list(extras)
+        self.server = make_server(host, port, self._app, _Server, handler_class=_Quiet)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        self.thread.start()
         self.port = self.server.server_port
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}/metrics"
         log.info("Serving Prometheus metrics on %s:%d/metrics", host, self.port)
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"Not found: the metrics are at /metrics\n"]
+        body = exposition(self.registry, self.extras)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -263,5 +296,5 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def serve(address: str, registry: CollectorRegistry) -> MetricsServer | None:
-    return MetricsServer(address, registry) if address else None
+def serve(address: str, registry: CollectorRegistry, extras: Iterable[Extra] = ()) -> MetricsServer | None:
+    return MetricsServer(address, registry, extras) if address else None

@@ -77,7 +77,8 @@ async def site_agent(emulator, site: str, nvml: FakeNVML):
 
 @contextlib.asynccontextmanager
 async def metrics_servers(ctx):
-    hub_srv = metrics.MetricsServer("127.0.0.1:0", metrics.build_registry("hub", [HubStateCollector(ctx)]))
+    state = HubStateCollector(ctx)
+    hub_srv = metrics.MetricsServer("127.0.0.1:0", metrics.build_registry("hub", [state]), [state.site_exposition])
     agent_srv = metrics.MetricsServer("127.0.0.1:0", metrics.build_registry("agent"))
     try:
         yield hub_srv, agent_srv
@@ -198,6 +199,9 @@ async def _check_values(prom, truth: list[dict]) -> None:
     assert await _value(prom, 'sum(fedcare_sites{condition="Ready"})') == len(truth) == 2
     assert await _value(prom, 'sum(fedcare_site_gpus{state="healthy"})') == 3
     assert await _value(prom, 'sum(fedcare_site_gpus{state="total"})') == 4
+    conditions = (await prom.query('fedcare_site_condition{condition="Ready"}'))["result"]
+    assert {s["metric"]["site"]: float(s["value"][1]) for s in conditions} == {
+        n["metadata"]["name"]: {"True": 1.0, "False": 0.0}.get(cond(n, "Ready").get("status"), -1.0) for n in truth}
     ages = (await prom.query("fedcare_site_heartbeat_age_seconds"))["result"]
     assert {s["metric"]["site"] for s in ages} == {"rouen", "lyon"}
     assert all(0 <= float(s["value"][1]) < 10 for s in ages)        # renewed within one lease duration
@@ -292,9 +296,25 @@ def test_what_each_role_serves_passes_promtool_and_is_documented(role):
 
 
 def _exposition(role: str) -> str:
-    from prometheus_client import generate_latest
-
+    from fedcare.hub.availability import SiteView
     from fedcare.hub.context import HubContext
 
-    extra = [HubStateCollector(HubContext())] if role == "hub" else []
-    return generate_latest(metrics.build_registry(role, extra)).decode()
+    if role != "hub":
+        return metrics.exposition(metrics.build_registry(role)).decode()
+    ctx = HubContext()
+    body = {"status": {"capacity": {"gpusHealthy": 1, "gpusTotal": 2},
+                       "conditions": [{"type": "Ready", "status": "False"}, {"type": "Available", "status": "True"}]}}
+    for name in ("rouen", ODD_SITE):
+        ctx.availability.sites[name] = SiteView(name, 40.0, 1, {}, "True", body=body)
+    state = HubStateCollector(ctx)
+    return metrics.exposition(metrics.build_registry(role, [state]), [state.site_exposition]).decode()
+
+
+def test_site_families_render_every_site_and_escape_odd_names():
+    text = _exposition("hub")
+    odd = metrics.label_value(ODD_SITE).replace("\\", "\\\\").replace('"', '\\"')
+    assert f'fedcare_site_condition{{site="{odd}",condition="Ready"}} 0.0' in text
+    assert 'fedcare_site_condition{site="rouen",condition="Available"} 1.0' in text
+    assert 'fedcare_site_condition{site="rouen",condition="GPUReady"} -1.0' in text
+    assert 'fedcare_site_gpus{site="rouen",state="healthy"} 1.0' in text
+    assert text.count("fedcare_site_heartbeat_age_seconds{") == 2

@@ -22,7 +22,8 @@ def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: li
         os.environ["KUBECONFIG"] = kubeconfig    # read by kopf's own login and by our client alike
     ctx = HubContext(kubeconfig=kubeconfig)
     registry = make_registry(ctx, login=True)
-    server = metrics.serve(metrics_address, metrics.build_registry("hub", [HubStateCollector(ctx)]))
+    state = HubStateCollector(ctx)
+    server = metrics.serve(metrics_address, metrics.build_registry("hub", [state]), [state.site_exposition])
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")

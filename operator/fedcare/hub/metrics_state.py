@@ -65,9 +65,34 @@ def _conditions(body: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+#: Per-site condition encoding: one series per (site, condition) instead of three.
+CONDITION_VALUE = {"True": "1.0", "False": "0.0", "Unknown": "-1.0"}
+SITE_CONDITIONS = ("Ready", "Available", "GPUReady")
+SITE_FAMILIES = (
+    ("fedcare_site_condition", "Each site's condition: 1 True, 0 False, -1 Unknown (or not written yet)."),
+    ("fedcare_site_heartbeat_age_seconds", "Seconds since the hub last saw the site's Lease renewed (since the hub "
+                                           "started, when none was seen since)."),
+    ("fedcare_site_gpus", "GPUs in the site's last inventory report, by state (healthy, total)."),
+)
+
+
+def _escape(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 class HubStateCollector(Collector):
+    """Aggregates through prometheus-client; the per-site families (the only ones that grow with
+    the federation: 6 series per site) as pre-rendered text from ``site_exposition``.
+
+    Why by hand: prometheus-client renders each sample through generic label validation and
+    escaping (~10-90 µs a sample here); at 1,000 sites that made a scrape cost 0.5-1.5 s of hub
+    CPU. The site's escaped label prefix is cached, so a scrape only formats the values.
+    """
+
     def __init__(self, ctx: Any):
         self.ctx = ctx
+        self._prefix: dict[str, str] = {}
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(self._families())
@@ -76,12 +101,6 @@ class HubStateCollector(Collector):
         return (
             GaugeMetricFamily("fedcare_sites", "HospitalNodes by condition and status (a missing condition counts "
                               "as Unknown).", labels=["condition", "status"]),
-            GaugeMetricFamily("fedcare_site_condition", "1 for the status each site's condition has, 0 for the "
-                              "others (as kube-state-metrics).", labels=["site", "condition", "status"]),
-            GaugeMetricFamily("fedcare_site_heartbeat_age_seconds", "Seconds since the hub last saw the site's "
-                              "Lease renewed (since the hub started, when none was seen since).", labels=["site"]),
-            GaugeMetricFamily("fedcare_site_gpus", "GPUs the site's agent last reported, by state (healthy, total, "
-                              "free).", labels=["site", "state"]),
             GaugeMetricFamily("fedcare_rounds", "FederatedRounds by phase (Unknown before the first reconcile).",
                               labels=["phase"]),
             GaugeMetricFamily("fedcare_releases", "ModelReleases by phase (Unknown before the first reconcile).",
@@ -89,29 +108,47 @@ class HubStateCollector(Collector):
         )
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        sites, per_site, age, gpus, rounds, releases = self._families()
-        ctx = self.ctx
+        sites, rounds, releases = self._families()
         counts = {(cond, status): 0 for cond in CONDITIONS for status in STATUSES}
-        tracker = ctx.heartbeats
-        now = tracker.clock()
-        for view in list(ctx.availability.sites.values()):
-            body = view.body or {}
-            site = label_value(view.name)
-            have = _conditions(body)
+        for view in list(self.ctx.availability.sites.values()):
+            have = _conditions(view.body or {})
             for cond in CONDITIONS:
-                status = have.get(cond, "Unknown")
-                counts[(cond, status)] += 1
-                for candidate in STATUSES:
-                    per_site.add_metric([site, cond, candidate], 1.0 if candidate == status else 0.0)
-            seen = tracker.last_seen(view.name)
-            age.add_metric([site], max(0.0, now - (seen if seen is not None else tracker.started)))
-            cap = (body.get("status") or {}).get("capacity") or {}
-            if cap:
-                for state, key in (("healthy", "gpusHealthy"), ("total", "gpusTotal"), ("free", "gpusFree")):
-                    gpus.add_metric([site, state], float(cap.get(key) or 0))
+                counts[(cond, have.get(cond, "Unknown"))] += 1
         for (cond, status), n in counts.items():
             sites.add_metric([cond, status], n)
-        for family, index in ((rounds, ctx.rounds), (releases, ctx.releases)):
+        for family, index in ((rounds, self.ctx.rounds), (releases, self.ctx.releases)):
             for phase, n in index.counts().items():
                 family.add_metric([phase], n)
-        return iter((sites, per_site, age, gpus, rounds, releases))
+        return iter((sites, rounds, releases))
+
+    def site_exposition(self) -> bytes:
+        """The per-site families in text format 0.0.4."""
+        tracker = self.ctx.heartbeats
+        now = tracker.clock()
+        cond_lines: list[str] = []
+        age_lines: list[str] = []
+        gpu_lines: list[str] = []
+        prefixes: dict[str, str] = {}
+        for view in list(self.ctx.availability.sites.values()):
+            prefix = self._prefix.get(view.name)
+            if prefix is None:
+                prefix = f'{{site="{_escape(label_value(view.name))}"'
+            prefixes[view.name] = prefix
+            body = view.body or {}
+            have = _conditions(body)
+            for cond in SITE_CONDITIONS:
+                cond_lines.append(f'fedcare_site_condition{prefix},condition="{cond}"}} '
+                                  f'{CONDITION_VALUE[have.get(cond, "Unknown")]}\n')
+            seen = tracker.last_seen(view.name)
+            age = max(0.0, now - (seen if seen is not None else tracker.started))
+            age_lines.append(f"fedcare_site_heartbeat_age_seconds{prefix}}} {age:.3f}\n")
+            cap = (body.get("status") or {}).get("capacity") or {}
+            if cap:
+                gpu_lines.append(f'fedcare_site_gpus{prefix},state="healthy"}} {float(cap.get("gpusHealthy") or 0)}\n')
+                gpu_lines.append(f'fedcare_site_gpus{prefix},state="total"}} {float(cap.get("gpusTotal") or 0)}\n')
+        self._prefix = prefixes            # forget sites that are gone
+        parts = []
+        for (name, help_text), lines in zip(SITE_FAMILIES, (cond_lines, age_lines, gpu_lines), strict=True):
+            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+            parts.extend(lines)
+        return "".join(parts).encode()

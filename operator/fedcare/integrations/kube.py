@@ -132,7 +132,7 @@ class Kube:
         try:
             return await self._request(method, path, resource, body=body, query=query, content_type=content_type)
         finally:
-            metrics.KUBE_REQUEST_DURATION.labels(method, resource).observe(time.perf_counter() - started)
+            metrics.KUBE_REQUEST_DURATION.labels(method).observe(time.perf_counter() - started)
 
     async def _request(self, method: str, path: str, resource: str, *, body: Any, query: dict[str, str] | None,
                        content_type: str) -> dict[str, Any]:
