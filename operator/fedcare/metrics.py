@@ -297,4 +297,13 @@ class MetricsServer:
 
 
 def serve(address: str, registry: CollectorRegistry, extras: Iterable[Extra] = ()) -> MetricsServer | None:
-    return MetricsServer(address, registry, extras) if address else None
+    """Serve ``/metrics`` on ``address`` ('' = off). A port that cannot be bound is logged as an
+    error and the process runs on without metrics: the controller matters more than its metrics."""
+    if not address:
+        return None
+    try:
+        return MetricsServer(address, registry, extras)
+    except OSError as err:
+        log.error("Cannot serve metrics on %s (%s): pass --metrics HOST:PORT with a free port, or --metrics '' "
+                  "to turn them off; running without metrics", address, err.strerror or err)
+        return None

@@ -49,3 +49,25 @@ def test_unknown_extras_are_dropped_not_serialised():
 def test_bad_format_is_refused():
     with pytest.raises(ValueError, match="expected text or json"):
         configure_logging(fmt="xml")
+
+
+def test_a_busy_metrics_port_is_an_error_not_a_crash(caplog):
+    import socket
+
+    from fedcare import metrics
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with caplog.at_level(logging.ERROR, logger="fedcare.metrics"):
+            assert metrics.serve(f"127.0.0.1:{port}", metrics.build_registry("agent")) is None
+    assert f"Cannot serve metrics on 127.0.0.1:{port}" in caplog.text and "--metrics ''" in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["nowhere", "host:", "host:99999", "9102"])
+def test_metrics_address_must_be_host_port(bad):
+    from fedcare.metrics import parse_address
+
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_address(bad)
