@@ -76,6 +76,13 @@ async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free
 
     Callers serialise answers (one at a time per site), so two assignments cannot both be
     promised the same GPUs."""
+    result = await answer_with_reason(hub, site, agent_id, body, free_gpus, gpu_ready)
+    return None if result is None else result[0]
+
+
+async def answer_with_reason(hub: Kube, site: str, agent_id: str, body: dict[str, Any],
+                             free_gpus: int | None, gpu_ready: str = "True") -> tuple[bool, str] | None:
+    """``answer``, returning (accepted, reason) — the reason is one of a small fixed set."""
     if not needs_answer(body):
         return None
     md = body["metadata"]
@@ -89,4 +96,4 @@ async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free
               "attempt": (body.get("spec") or {}).get("attempt", 1)}
     ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
     await write_status(hub, ref, owned_types=AGENT_TYPES, updates=updates, fields=fields)
-    return accepted
+    return accepted, str(getattr(reason, "value", reason))

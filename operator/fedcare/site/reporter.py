@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import metrics
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.hospital_node import AgentVersions
@@ -64,13 +65,28 @@ class InventoryReporter:
         return int(self.capacity.gpus_free)
 
     async def poll(self) -> GPUInventory:
+        """One NVML poll, timed and counted (``fedcare_agent_nvml_*``, ``fedcare_agent_gpus``)."""
+        site = metrics.label_value(self.site)
+        with metrics.Timer() as timer:
+            inventory, error = await self._poll()
+        if self.reader is not None:
+            metrics.NVML_POLL_DURATION.labels(site).observe(timer.seconds)
+        if error:
+            metrics.NVML_ERRORS.labels(site, error).inc()
+        # after a failed poll this is the last usable inventory (kept), or none: 0 GPUs
+        metrics.GPUS.labels(site, "healthy").set(sum(1 for d in inventory.devices if d.healthy))
+        metrics.GPUS.labels(site, "total").set(len(inventory.devices))
+        return inventory
+
+    async def _poll(self) -> tuple[GPUInventory, str]:
+        """(inventory, error kind or '')."""
         if self.reader is None:
-            return GPUInventory(nvml_error="NVML is disabled for this agent")
+            return GPUInventory(nvml_error="NVML is disabled for this agent"), ""
         self.invalid = ""
         try:
             inventory = await self.reader.poll_async(timeout=NVML_TIMEOUT)
         except asyncio.TimeoutError:
-            return self._timed_out()
+            return self._timed_out(), "Timeout"
         except ValidationError as err:
             self.timeouts, self.unresponsive = 0, ""   # NVML answered (nonsense): not hung
             # The driver answered nonsense: report that, keep the last good inventory.
@@ -79,12 +95,12 @@ class InventoryReporter:
             self.invalid = (f"NVML returned an inventory the model rejects ({err.error_count()} problem(s)); "
                             f"first: {first['msg']} at {where or 'the inventory'}")[:1024]
             log.warning("Rejected a malformed NVML inventory: %s", self.invalid)
-            return self.inventory or GPUInventory(nvml_error=self.invalid)
+            return self.inventory or GPUInventory(nvml_error=self.invalid), "InvalidInventory"
         except NVMLUnavailable as err:
             self.timeouts, self.unresponsive = 0, ""
-            return GPUInventory(nvml_error=str(err))
+            return GPUInventory(nvml_error=str(err)), "Unavailable"
         self.timeouts, self.unresponsive = 0, ""
-        return inventory
+        return inventory, ""
 
     def _timed_out(self) -> GPUInventory:
         """A slow poll keeps the last inventory; MAX_NVML_TIMEOUTS in a row make GPUReady Unknown
@@ -151,6 +167,7 @@ class InventoryReporter:
             await check_site_exists(self.hub, self.site)
         self._reported = (self.inventory, verdict, self.capacity, versions)
         self.writes += 1
+        metrics.INVENTORY_REPORTS.labels(metrics.label_value(self.site)).inc()
         log.info("Reported inventory of site %s: GPUReady=%s (%s)", self.site, verdict[0], verdict[2])
         return True
 
@@ -163,6 +180,7 @@ class InventoryReporter:
                 failures = 0
                 delay = self.poll_interval
             except KubeError as err:
+                metrics.INVENTORY_REPORT_FAILURES.labels(metrics.label_value(self.site)).inc()
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
                     log.warning("Could not report the inventory of site %s (%d failures; kept for the next "
