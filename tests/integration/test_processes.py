@@ -76,7 +76,8 @@ async def test_hub_and_agent_commands(emulator, api, tmp_path):
         body["spec"].update(leaseDurationSeconds=10, gpu={"count": 0})   # a CPU-only site: no NVML here
         await api.create(Ref(API_VERSION, "hospitalnodes"), body)
         node = Ref(API_VERSION, "hospitalnodes", None, "rouen")
-        await eventually(lambda: healthy(f"http://127.0.0.1:{hub_port}/healthz"), timeout=20)
+        # generous: importing kopf and both Kubernetes clients takes seconds on a loaded 2-core machine
+        await eventually(lambda: healthy(f"http://127.0.0.1:{hub_port}/healthz"), timeout=90)
         await eventually(lambda: _cond_is(api, node, "Enrolled", "True"), timeout=20)
 
         agent = await spawn("agent", "--site", "rouen", "--hub-kubeconfig", str(kubeconfig), "--site-kubeconfig",
