@@ -39,7 +39,8 @@ def settings(node: Anvil, address: str = "", **kw: object) -> ChainSettings:
     kw.setdefault("confirmations", 1)
     kw.setdefault("receipt_timeout", 20.0)
     kw.setdefault("poll_interval", 0.05)
-    return ChainSettings(node.url, node.chain_id, address, policy=FAST_RPC, **kw)  # type: ignore[arg-type]
+    kw.setdefault("policy", FAST_RPC)
+    return ChainSettings(node.url, node.chain_id, address, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture()

@@ -412,6 +412,7 @@ class ChainClient:
                 log.warning("%s transaction %s was %s; looking the record up before sending again",
                             name, tx_hash, state)
                 notes.append(f"{state} {tx_hash}")
+                self._next_nonce = None      # a dropped nonce must be reused: ask the node again
                 tx_hash = nonce = None
                 continue
             if receipt["status"] != 1:
