@@ -11,6 +11,7 @@ from ..integrations.kube import Kube
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
+from .release_service import ReleaseConfig
 
 
 @dataclass
@@ -19,6 +20,8 @@ class HubContext:
     kube: Kube | None = None
     #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
+    #: Chain and signing configuration of the ModelRelease pipeline (from the environment by default).
+    release: ReleaseConfig = field(default_factory=ReleaseConfig.from_env)
     availability: AvailabilityMonitor = field(init=False)
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
@@ -42,6 +45,7 @@ class HubContext:
                     await task
         self._monitor = self._leases = None
         await self.availability.close()
+        await self.release.close()
         if self.kube is not None:
             await self.kube.close()
             self.kube = None

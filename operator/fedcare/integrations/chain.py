@@ -371,8 +371,9 @@ class ChainClient:
                                                       "followed on the next attempt", transient=True)
             await asyncio.sleep(self.settings.poll_interval)
 
-    async def _await_confirmations(self, tx_hash: str, block: int, deadline: float) -> int:
-        need = max(self.settings.confirmations, 1)
+    async def _await_confirmations(self, tx_hash: str, block: int, deadline: float,
+                                   need: int | None = None) -> int:
+        need = max(self.settings.confirmations if need is None else need, 1)
         while True:
             head = await self.block_number()
             confirmations = head - block + 1
@@ -386,7 +387,7 @@ class ChainClient:
 
     async def _once(self, *, name: str, done: Callable[[], Awaitable[TxResult | None]],
                     data: Callable[[], str], known_tx: str | None, known_nonce: int | None,
-                    on_sent: OnSent | None) -> TxResult:
+                    on_sent: OnSent | None, confirmations: int | None) -> TxResult:
         """The exactly-once loop shared by anchor and revoke."""
         await self.check()
         deadline = time.monotonic() + self.settings.receipt_timeout
@@ -423,18 +424,18 @@ class ChainClient:
                 raise ChainError("TransactionReverted", f"{name} transaction {tx_hash} reverted in block "
                                                         f"{receipt['blockNumber']}")
             block = int(receipt["blockNumber"])
-            confirmations = await self._await_confirmations(tx_hash, block, deadline)
+            got = await self._await_confirmations(tx_hash, block, deadline, confirmations)
             state, receipt = await self._tx_state(tx_hash)     # still in the canonical chain?
             if state != "mined":
                 notes.append(f"reorged out {tx_hash}")
                 continue
-            return TxResult(tx_hash, int(receipt["blockNumber"]), confirmations, notes=notes)
+            return TxResult(tx_hash, int(receipt["blockNumber"]), got, notes=notes)
         raise ChainError("TooManyRetries", f"{name}: the transaction was dropped or replaced too many times",
                          transient=True)
 
     async def anchor(self, model_hash: str | bytes, provenance_root: str | bytes, round_id: str | bytes,
                      uri: str, *, known_tx: str | None = None, known_nonce: int | None = None,
-                     on_sent: OnSent | None = None) -> TxResult:
+                     on_sent: OnSent | None = None, confirmations: int | None = None) -> TxResult:
         h, root, rid = _h32(model_hash), _h32(provenance_root), _h32(round_id)
 
         async def done() -> TxResult | None:
@@ -446,15 +447,16 @@ class ChainClient:
                                                         "provenance root or round id; it cannot be re-anchored")
             deadline = time.monotonic() + self.settings.receipt_timeout
             tx = await self.event_tx("Anchored", h, rec.block_number)
-            confirmations = await self._await_confirmations(tx, rec.block_number, deadline)
-            return TxResult(tx, rec.block_number, confirmations)
+            got = await self._await_confirmations(tx, rec.block_number, deadline, confirmations)
+            return TxResult(tx, rec.block_number, got)
 
         return await self._once(name="anchor", done=done, known_tx=known_tx, known_nonce=known_nonce,
-                                on_sent=on_sent,
+                                on_sent=on_sent, confirmations=confirmations,
                                 data=lambda: self.contract.encode_abi("anchor", args=[h, root, rid, uri]))
 
     async def revoke(self, model_hash: str | bytes, reason: str, *, known_tx: str | None = None,
-                     known_nonce: int | None = None, on_sent: OnSent | None = None) -> TxResult:
+                     known_nonce: int | None = None, on_sent: OnSent | None = None,
+                     confirmations: int | None = None) -> TxResult:
         h = _h32(model_hash)
 
         async def done() -> TxResult | None:
@@ -465,11 +467,11 @@ class ChainClient:
                 return None
             deadline = time.monotonic() + self.settings.receipt_timeout
             tx = await self.event_tx("Revoked", h, rec.revoked_block)
-            confirmations = await self._await_confirmations(tx, rec.revoked_block, deadline)
-            return TxResult(tx, rec.revoked_block, confirmations)
+            got = await self._await_confirmations(tx, rec.revoked_block, deadline, confirmations)
+            return TxResult(tx, rec.revoked_block, got)
 
         return await self._once(name="revoke", done=done, known_tx=known_tx, known_nonce=known_nonce,
-                                on_sent=on_sent,
+                                on_sent=on_sent, confirmations=confirmations,
                                 data=lambda: self.contract.encode_abi("revoke", args=[h, reason[:1024]]))
 
     async def deploy(self) -> tuple[str, str]:
