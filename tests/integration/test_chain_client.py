@@ -250,3 +250,16 @@ async def test_the_key_never_reaches_logs_or_errors(anvil, registry, monkeypatch
     assert err.value.reason == "RevertNotRegistrar"
     key_hex = DEV_KEY_2.removeprefix("0x")
     assert key_hex not in stream.getvalue() and key_hex not in str(err.value) and key_hex not in repr(err.value)
+
+
+async def test_key_used_elsewhere_between_sends_is_recovered(anvil, dev_key, registry) -> None:
+    me = Account.from_key(DEV_KEY)
+    async with ChainClient(settings(anvil, registry), dev_key) as client:
+        await client.anchor(H, ROOT, RID, "u")
+        nonce = int(anvil.rpc("eth_getTransactionCount", me.address, "pending"), 16)
+        other = Account.sign_transaction({"type": 2, "chainId": anvil.chain_id, "nonce": nonce, "to": me.address,
+                                          "value": 0, "gas": 21000, "maxFeePerGas": 10**11,
+                                          "maxPriorityFeePerGas": 10**9}, DEV_KEY)
+        anvil.rpc("eth_sendRawTransaction", "0x" + bytes(other.raw_transaction).hex())
+        result = await client.anchor("12" * 32, ROOT, RID, "u")     # its local nonce is now stale
+    assert result.block_number > 0 and len(anchored_events(anvil, registry)) == 2

@@ -21,9 +21,9 @@ from tests.support.chain import KEY_VAR, settings
 from tests.support.releases import LocalSigner, make_model, release
 
 
-def publish(anvil, registry, dev_key, folder, *, anchor: bool = True):
+def publish(anvil, registry, dev_key, folder, *, anchor: bool = True, size: int = 4096):
     """What the hub does for a release: verify, write proofs, sign, anchor, write release.json."""
-    path, digest = make_model(folder)
+    path, digest = make_model(folder, size=size)
     spec = ModelReleaseSpec.model_validate(release("r", path, digest)["spec"])
     signer = LocalSigner()
 

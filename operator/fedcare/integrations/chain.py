@@ -9,8 +9,8 @@ Guarantees, and how:
   node no longer knows is *dropped* (sent again with a fresh nonce) or *replaced* (its nonce was
   used by another transaction: the record is looked up again, then it is sent again if needed).
 - *Nonces*. One lock per sending account: nonce allocation, signing and broadcast happen under
-  it, the next nonce is max(local counter, the node's pending count), and any failed or
-  ambiguous broadcast resets the counter to the node's view.
+  it; the next nonce is a local counter read from the node's pending count on first use and
+  after any failed, ambiguous or dropped broadcast ("nonce too low": re-read and re-signed once).
 - *Fees*. EIP-1559: maxPriorityFeePerGas from the node (eth_maxPriorityFeePerGas, or fixed),
   maxFeePerGas = 2 × baseFee + tip, both capped by configuration; gas is estimated (a revert in
   estimation is decoded to the contract's error) plus 20 %, and refused above ``gas_cap``.
@@ -25,9 +25,12 @@ Guarantees, and how:
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -169,6 +172,11 @@ class ChainClient:
         provider = AsyncHTTPProvider(settings.rpc_url, exception_retry_configuration=None,
                                      request_kwargs={"timeout": aiohttp.ClientTimeout(total=settings.policy.timeout)})
         self.w3 = AsyncWeb3(provider)
+        # We check the chain id once ourselves (check()), sign locally with it, set fees and gas
+        # ourselves and use no ENS names: web3's per-request validation (an eth_chainId round trip
+        # before every call), ENS, gas-price and gas-estimate middleware only add round trips.
+        for name in ("validation", "ens_name_to_address", "gas_price_strategy", "gas_estimate"):
+            self.w3.middleware_onion.remove(name)
         self.contract = self.w3.eth.contract(
             address=to_checksum_address(settings.contract_address) if settings.contract_address else None, abi=ABI)
         self._checked = False
@@ -176,8 +184,18 @@ class ChainClient:
         self._next_nonce: int | None = None
         self._fees: tuple[float, int, int] | None = None     # (when, maxFee, tip)
         self._address: str | None = None
+        self._watcher: asyncio.Task | None = None
+        self._new_block = asyncio.Event()
+        self._head = 0
+        self._blocks: collections.deque[tuple[int, list[str]]] = collections.deque()
+        self._mined: dict[str, int] = {}
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+            self._watcher = None
         await self.w3.provider.disconnect()
 
     async def __aenter__(self) -> ChainClient:
@@ -304,37 +322,40 @@ class ChainClient:
             tx["to"] = to
         gas = await self._estimate(tx)
         max_fee, tip = await self._fees_now()
-        balance = await self.rpc("eth_getBalance", lambda: self.w3.eth.get_balance(sender))
-        if balance < gas * max_fee:
-            raise self._no_funds(balance, gas * max_fee)
+        tx.pop("from")
         async with self._lock:
-            pending = await self.rpc("eth_getTransactionCount",
-                                     lambda: self.w3.eth.get_transaction_count(sender, "pending"))
-            nonce = max(self._next_nonce or 0, pending)
-            tx.update({"type": 2, "chainId": self.settings.chain_id, "nonce": nonce, "gas": gas,
-                       "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip})
-            tx.pop("from")
-            signed = Account.sign_transaction(tx, key)
-            tx_hash = "0x" + bytes(signed.hash).hex()
-            if on_sent is not None:
-                await on_sent(tx_hash, nonce)     # recorded before broadcast: a crash leaves a hash to follow
-            try:
-                await self.rpc("eth_sendRawTransaction", lambda: self.w3.eth.send_raw_transaction(
-                    signed.raw_transaction))
-            except w3e.Web3RPCError as err:
-                self._next_nonce = None
-                text = str(err).lower()
-                if "insufficient funds" in text:
-                    raise self._no_funds(balance, gas * max_fee) from None
-                if "already known" in text or "already imported" in text:
-                    return tx_hash, nonce
-                raise ChainError("SendFailed", f"the node refused the transaction: {str(err)[:300]}",
-                                 transient="nonce" in text) from None
-            except BaseException:
-                self._next_nonce = None       # ambiguous: re-read the node's view next time
-                raise
-            self._next_nonce = nonce + 1
-        return tx_hash, nonce
+            for attempt in range(2):
+                if self._next_nonce is None:      # first use, or after any doubt: the node's view
+                    self._next_nonce = await self.rpc(
+                        "eth_getTransactionCount", lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+                nonce = self._next_nonce
+                tx.update({"type": 2, "chainId": self.settings.chain_id, "nonce": nonce, "gas": gas,
+                           "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip})
+                signed = Account.sign_transaction(tx, key)
+                tx_hash = "0x" + bytes(signed.hash).hex()
+                if on_sent is not None:
+                    await on_sent(tx_hash, nonce)     # recorded before broadcast: a crash leaves a hash to follow
+                try:
+                    await self.rpc("eth_sendRawTransaction", lambda: self.w3.eth.send_raw_transaction(
+                        signed.raw_transaction))
+                except w3e.Web3RPCError as err:
+                    self._next_nonce = None
+                    text = str(err).lower()
+                    if "insufficient funds" in text:
+                        balance = await self.rpc("eth_getBalance", lambda: self.w3.eth.get_balance(sender))
+                        raise self._no_funds(balance, gas * max_fee) from None
+                    if "already known" in text or "already imported" in text:
+                        return tx_hash, nonce
+                    if "nonce too low" in text and attempt == 0:
+                        continue                   # the key was used elsewhere: re-read and sign again
+                    raise ChainError("SendFailed", f"the node refused the transaction: {str(err)[:300]}",
+                                     transient="nonce" in text) from None
+                except BaseException:
+                    self._next_nonce = None       # ambiguous: re-read the node's view next time
+                    raise
+                self._next_nonce = nonce + 1
+                return tx_hash, nonce
+        raise AssertionError("unreachable")
 
     async def _tx_state(self, tx_hash: str) -> tuple[str, Any]:
         """("mined", receipt) | ("pending", tx) | ("unknown", None)."""
@@ -350,32 +371,75 @@ class ChainClient:
         except w3e.TransactionNotFound:
             return "unknown", None
 
-    async def _await_included(self, tx_hash: str, deadline: float, nonce: int | None = None) -> tuple[str, Any]:
-        """Wait until mined (("mined", receipt)) or gone (("dropped"|"replaced", None))."""
-        sender = self.account() if self.key_ref is not None else None
+    # -- one block watcher per client: waiters sleep until a new block, instead of each polling --
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_blocks(), name="chain-block-watcher")
+
+    async def _watch_blocks(self) -> None:
+        """Follow new blocks; remember which transactions they hold (the last 256 blocks)."""
+        last: int | None = None
         while True:
-            state, obj = await self._tx_state(tx_hash)
-            if state == "mined":
-                return state, obj
-            if state == "pending":
-                nonce = int(obj["nonce"])
-            if state == "unknown":
-                if nonce is not None and sender is not None:
-                    used = await self.rpc("eth_getTransactionCount",
-                                          lambda: self.w3.eth.get_transaction_count(sender, "latest"))
-                    if used > nonce:
-                        return "replaced", None
-                return "dropped", None
+            try:
+                head = await self.block_number()
+                for n in range(head if last is None else last + 1, head + 1):
+                    blk = await self.rpc("eth_getBlockByNumber", lambda n=n: self.w3.eth.get_block(n))
+                    hashes = ["0x" + bytes(t).hex() for t in blk["transactions"]]
+                    self._blocks.append((n, hashes))
+                    for t in hashes:
+                        self._mined[t] = n
+                while len(self._blocks) > 256:
+                    for t in self._blocks.popleft()[1]:
+                        self._mined.pop(t, None)
+                if last is None or head > last:
+                    self._head = head
+                    self._new_block.set()
+                    self._new_block = asyncio.Event()
+                last = head
+            except ChainError as err:        # RPC down: waiters time out on their own deadlines
+                log.debug("block watcher: %s", err)
+            await asyncio.sleep(self.settings.poll_interval)
+
+    async def _next_block(self, timeout: float) -> None:
+        self._ensure_watcher()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._new_block.wait(), timeout)
+
+    async def _await_included(self, tx_hash: str, deadline: float, nonce: int | None = None) -> tuple[str, Any]:
+        """Wait until mined (("mined", receipt)) or gone (("dropped"|"replaced", None)).
+
+        The receipt is asked for at once (an automining node has it), then whenever the block
+        watcher sees the transaction in a block, and at least every ``recheck`` seconds (which is
+        also when a transaction the node forgot is found dropped or replaced).
+        """
+        sender = self.account() if self.key_ref is not None else None
+        recheck = max(1.0, 8 * self.settings.poll_interval)
+        checked = -math.inf
+        while True:
+            if tx_hash in self._mined or time.monotonic() - checked >= recheck:
+                checked = time.monotonic()
+                state, obj = await self._tx_state(tx_hash)
+                if state == "mined":
+                    return state, obj
+                if state == "pending":
+                    nonce = int(obj["nonce"])
+                if state == "unknown":
+                    if nonce is not None and sender is not None:
+                        used = await self.rpc("eth_getTransactionCount",
+                                              lambda: self.w3.eth.get_transaction_count(sender, "latest"))
+                        if used > nonce:
+                            return "replaced", None
+                    return "dropped", None
             if time.monotonic() > deadline:
                 raise ChainError("AwaitingInclusion", f"transaction {tx_hash} is still pending; it will be "
                                                       "followed on the next attempt", transient=True)
-            await asyncio.sleep(self.settings.poll_interval)
+            await self._next_block(self.settings.poll_interval * 4)
 
     async def _await_confirmations(self, tx_hash: str, block: int, deadline: float,
                                    need: int | None = None) -> int:
         need = max(self.settings.confirmations if need is None else need, 1)
+        head = await self.block_number()
         while True:
-            head = await self.block_number()
             confirmations = head - block + 1
             if confirmations >= need:
                 return confirmations
@@ -383,7 +447,8 @@ class ChainClient:
                 raise ChainError("AwaitingConfirmations", f"transaction {tx_hash} has {confirmations} of {need} "
                                                           "confirmations; waiting continues on the next attempt",
                                  transient=True)
-            await asyncio.sleep(self.settings.poll_interval)
+            await self._next_block(self.settings.poll_interval * 4)
+            head = max(head, self._head)
 
     async def _once(self, *, name: str, done: Callable[[], Awaitable[TxResult | None]],
                     data: Callable[[], str], known_tx: str | None, known_nonce: int | None,
@@ -393,8 +458,11 @@ class ChainClient:
         deadline = time.monotonic() + self.settings.receipt_timeout
         notes: list[str] = []
         tx_hash, nonce = known_tx or None, known_nonce
-        for _ in range(5):    # bounded: each turn is a send, a drop or a replacement
-            found = await done()
+        for turn in range(6):    # bounded: each turn is a send, a drop or a replacement
+            # The look-up before sending: on a fresh start it is the gas estimate itself (a simulation
+            # of anchor()/revoke() against the current contract state, which reverts AlreadyAnchored /
+            # AlreadyRevoked / NotAnchored, then read with done()); after that, an explicit read.
+            found = None if (turn == 0 and tx_hash is None) else await done()
             if found is not None:
                 found.notes = notes + found.notes
                 found.already = tx_hash is None and not notes
@@ -403,8 +471,8 @@ class ChainClient:
                 try:
                     tx_hash, nonce = await self._send(data(), self.contract.address, on_sent)
                 except ChainError as err:
-                    if err.reason in ("RevertAlreadyAnchored", "RevertAlreadyRevoked"):
-                        continue       # someone else got there first: done() will find it
+                    if err.reason in ("RevertAlreadyAnchored", "RevertAlreadyRevoked", "RevertNotAnchored"):
+                        continue       # already there (or nothing to revoke): done() reads and says which
                     raise
             else:
                 notes.append(f"resumed {tx_hash}")
@@ -424,6 +492,9 @@ class ChainClient:
                 raise ChainError("TransactionReverted", f"{name} transaction {tx_hash} reverted in block "
                                                         f"{receipt['blockNumber']}")
             block = int(receipt["blockNumber"])
+            need = self.settings.confirmations if confirmations is None else confirmations
+            if need <= 1:                                      # inclusion is the one confirmation
+                return TxResult(tx_hash, block, 1, notes=notes)
             got = await self._await_confirmations(tx_hash, block, deadline, confirmations)
             state, receipt = await self._tx_state(tx_hash)     # still in the canonical chain?
             if state != "mined":
