@@ -65,6 +65,22 @@ ERROR_SELECTORS = {
     for e in ABI if e["type"] == "error"}
 
 
+class RpcError(Exception):
+    """A JSON-RPC error answer (not a transport failure): the node refused or the call reverted."""
+
+    def __init__(self, method: str, error: Any) -> None:
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        self.method, self.code = method, error.get("code")
+        self.message = str(error.get("message", ""))
+        data = error.get("data")
+        self.data = data.get("data") if isinstance(data, dict) else data
+        super().__init__(f"{method}: {self.message[:300]}")
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
 class ChainError(RuntimeError):
     """A chain operation failed. ``reason`` is a CamelCase condition reason; the message says what to do."""
 
@@ -151,16 +167,7 @@ _TRANSIENT = (aiohttp.ClientError, asyncio.TimeoutError, OSError, w3e.ProviderCo
 def _is_transient(err: BaseException) -> bool:
     if isinstance(err, _TRANSIENT):
         return True
-    return isinstance(err, w3e.Web3RPCError) and "timeout" in str(err).lower()
-
-
-def _revert_name(err: BaseException) -> str | None:
-    data = getattr(err, "data", None)
-    if isinstance(data, dict):
-        data = data.get("data")
-    if isinstance(data, str) and len(data) >= 10:
-        return ERROR_SELECTORS.get(data.removeprefix("0x")[:8])
-    return None
+    return False
 
 
 class ChainClient:
@@ -223,6 +230,20 @@ class ChainClient:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def raw(self, method: str, *params: Any) -> Any:
+        """One JSON-RPC call straight through the provider: no web3 request/response formatters.
+
+        The hot path of anchoring (estimate, send, receipt, nonce, blocks) uses it: web3's
+        formatters cost more CPU than the node's own work on a local chain, and these answers
+        are few and simple (hex quantities, a receipt's status and block). Reads that need ABI
+        decoding (the contract record) go through web3's contract layer.
+        """
+        resp = await self.rpc(method, lambda: self.w3.provider.make_request(method, list(params)))  # type: ignore[arg-type]
+        err = resp.get("error")
+        if err:
+            raise RpcError(method, err)
+        return resp.get("result")
+
     # -- identity -------------------------------------------------------------------------------
     def account(self) -> str:
         if self._address is None:
@@ -241,14 +262,14 @@ class ChainClient:
         """The node serves the configured chain and the contract address holds code."""
         if self._checked:
             return
-        node_id = await self.rpc("eth_chainId", lambda: self.w3.eth.chain_id)
+        node_id = _int(await self.raw("eth_chainId"))
         if node_id != self.settings.chain_id:
             raise ChainError("ChainIdMismatch", f"the RPC node serves chain id {node_id} but chain id "
                                                 f"{self.settings.chain_id} is configured; nothing was sent. "
                                                 "Fix the RPC URL or the configured chain id.")
         if self.contract.address is not None:
-            code = await self.rpc("eth_getCode", lambda: self.w3.eth.get_code(self.contract.address))
-            if not code:
+            code = await self.raw("eth_getCode", self.contract.address, "latest")
+            if not code or code in ("0x", "0x0"):
                 raise ChainError("NoContractCode", f"no contract code at {self.contract.address} on chain "
                                                    f"{node_id}; deploy it with `fedcare chain deploy` and set "
                                                    "the address it prints")
@@ -263,7 +284,7 @@ class ChainClient:
         return Record(bytes(root), bytes(rid), registrar, int(block), int(revoked))
 
     async def block_number(self) -> int:
-        return await self.rpc("eth_blockNumber", lambda: self.w3.eth.block_number)
+        return _int(await self.raw("eth_blockNumber"))
 
     async def event_tx(self, event: str, model_hash: bytes, block: int) -> str:
         """Hash of the transaction that emitted ``event`` for this model hash in ``block``."""
@@ -277,11 +298,11 @@ class ChainClient:
         now = time.monotonic()
         if self._fees is not None and now - self._fees[0] < 1.0:
             return self._fees[1], self._fees[2]
-        block = await self.rpc("eth_getBlockByNumber", lambda: self.w3.eth.get_block("latest"))
-        base = int(block.get("baseFeePerGas") or 0)
+        block = await self.raw("eth_getBlockByNumber", "latest", False)
+        base = _int(block.get("baseFeePerGas") or 0)
         tip = self.settings.priority_fee
         if tip is None:
-            tip = int(await self.rpc("eth_maxPriorityFeePerGas", lambda: self.w3.eth.max_priority_fee))
+            tip = _int(await self.raw("eth_maxPriorityFeePerGas"))
         cap = self.settings.max_fee_per_gas_cap
         if base + 1 > cap:
             raise ChainError("FeeCapExceeded", f"the base fee ({base} wei/gas) is above the configured cap "
@@ -292,16 +313,18 @@ class ChainClient:
         return max_fee, tip
 
     async def _estimate(self, tx: dict[str, Any]) -> int:
+        call = {k: v for k, v in tx.items() if k in ("from", "to", "data")}
         try:
-            est = await self.rpc("eth_estimateGas", lambda: self.w3.eth.estimate_gas(tx))
-        except (w3e.ContractLogicError, w3e.ContractCustomError) as err:
-            name = _revert_name(err) or "revert"
-            raise ChainError(f"Revert{name}" if name != "revert" else "Reverted",
-                             f"the contract refuses this transaction ({name})") from None
-        except w3e.Web3RPCError as err:
-            if "insufficient funds" in str(err).lower():
+            est = _int(await self.raw("eth_estimateGas", call))
+        except RpcError as err:
+            name = ERROR_SELECTORS.get(str(err.data or "").removeprefix("0x")[:8]) if err.data else None
+            if name:
+                raise ChainError(f"Revert{name}", f"the contract refuses this transaction ({name})") from None
+            if "insufficient funds" in err.message.lower():
                 raise self._no_funds(0, 0) from None
-            raise ChainError("EstimateFailed", f"gas estimation failed: {str(err)[:300]}") from None
+            if "revert" in err.message.lower():
+                raise ChainError("Reverted", f"the contract refuses this transaction ({err.message[:200]})") from None
+            raise ChainError("EstimateFailed", f"gas estimation failed: {err.message[:300]}") from None
         gas = int(est * 1.2) + 1
         if gas > self.settings.gas_cap:
             raise ChainError("GasCapExceeded", f"the transaction needs about {gas} gas, above the configured cap "
@@ -326,8 +349,7 @@ class ChainClient:
         async with self._lock:
             for attempt in range(2):
                 if self._next_nonce is None:      # first use, or after any doubt: the node's view
-                    self._next_nonce = await self.rpc(
-                        "eth_getTransactionCount", lambda: self.w3.eth.get_transaction_count(sender, "pending"))
+                    self._next_nonce = _int(await self.raw("eth_getTransactionCount", sender, "pending"))
                 nonce = self._next_nonce
                 tx.update({"type": 2, "chainId": self.settings.chain_id, "nonce": nonce, "gas": gas,
                            "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip})
@@ -336,19 +358,18 @@ class ChainClient:
                 if on_sent is not None:
                     await on_sent(tx_hash, nonce)     # recorded before broadcast: a crash leaves a hash to follow
                 try:
-                    await self.rpc("eth_sendRawTransaction", lambda: self.w3.eth.send_raw_transaction(
-                        signed.raw_transaction))
-                except w3e.Web3RPCError as err:
+                    await self.raw("eth_sendRawTransaction", "0x" + bytes(signed.raw_transaction).hex())
+                except RpcError as err:
                     self._next_nonce = None
-                    text = str(err).lower()
+                    text = err.message.lower()
                     if "insufficient funds" in text:
-                        balance = await self.rpc("eth_getBalance", lambda: self.w3.eth.get_balance(sender))
+                        balance = _int(await self.raw("eth_getBalance", sender, "latest"))
                         raise self._no_funds(balance, gas * max_fee) from None
                     if "already known" in text or "already imported" in text:
                         return tx_hash, nonce
                     if "nonce too low" in text and attempt == 0:
                         continue                   # the key was used elsewhere: re-read and sign again
-                    raise ChainError("SendFailed", f"the node refused the transaction: {str(err)[:300]}",
+                    raise ChainError("SendFailed", f"the node refused the transaction: {err.message[:300]}",
                                      transient="nonce" in text) from None
                 except BaseException:
                     self._next_nonce = None       # ambiguous: re-read the node's view next time
@@ -358,18 +379,15 @@ class ChainClient:
         raise AssertionError("unreachable")
 
     async def _tx_state(self, tx_hash: str) -> tuple[str, Any]:
-        """("mined", receipt) | ("pending", tx) | ("unknown", None)."""
-        try:
-            receipt = await self.rpc("eth_getTransactionReceipt",
-                                     lambda: self.w3.eth.get_transaction_receipt(tx_hash))
-            return "mined", receipt
-        except w3e.TransactionNotFound:
-            pass
-        try:
-            tx = await self.rpc("eth_getTransactionByHash", lambda: self.w3.eth.get_transaction(tx_hash))
-            return "pending", tx
-        except w3e.TransactionNotFound:
-            return "unknown", None
+        """("mined", {"status", "blockNumber", "contractAddress"}) | ("pending", {"nonce"}) | ("unknown", None)."""
+        receipt = await self.raw("eth_getTransactionReceipt", tx_hash)
+        if receipt is not None and receipt.get("blockNumber") is not None:
+            return "mined", {"status": _int(receipt["status"]), "blockNumber": _int(receipt["blockNumber"]),
+                             "contractAddress": receipt.get("contractAddress")}
+        tx = await self.raw("eth_getTransactionByHash", tx_hash)
+        if tx is not None:
+            return "pending", {"nonce": _int(tx["nonce"])}
+        return "unknown", None
 
     # -- one block watcher per client: waiters sleep until a new block, instead of each polling --
     def _ensure_watcher(self) -> None:
@@ -383,8 +401,8 @@ class ChainClient:
             try:
                 head = await self.block_number()
                 for n in range(head if last is None else last + 1, head + 1):
-                    blk = await self.rpc("eth_getBlockByNumber", lambda n=n: self.w3.eth.get_block(n))
-                    hashes = ["0x" + bytes(t).hex() for t in blk["transactions"]]
+                    blk = await self.raw("eth_getBlockByNumber", hex(n), False)
+                    hashes = [str(t).lower() for t in (blk or {}).get("transactions") or []]
                     self._blocks.append((n, hashes))
                     for t in hashes:
                         self._mined[t] = n
@@ -425,8 +443,7 @@ class ChainClient:
                     nonce = int(obj["nonce"])
                 if state == "unknown":
                     if nonce is not None and sender is not None:
-                        used = await self.rpc("eth_getTransactionCount",
-                                              lambda: self.w3.eth.get_transaction_count(sender, "latest"))
+                        used = _int(await self.raw("eth_getTransactionCount", sender, "latest"))
                         if used > nonce:
                             return "replaced", None
                     return "dropped", None
@@ -547,7 +564,7 @@ class ChainClient:
 
     async def deploy(self) -> tuple[str, str]:
         """Deploy ModelRegistry from the committed artifact; returns (address, tx hash)."""
-        node_id = await self.rpc("eth_chainId", lambda: self.w3.eth.chain_id)
+        node_id = _int(await self.raw("eth_chainId"))
         if node_id != self.settings.chain_id:
             raise ChainError("ChainIdMismatch", f"the RPC node serves chain id {node_id}, not the configured "
                                                 f"{self.settings.chain_id}; nothing was deployed")
