@@ -22,7 +22,7 @@ function build() {
       optimizer: { enabled: true, runs: 200 },
       evmVersion: "cancun",
       metadata: { bytecodeHash: "none" },
-      outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+      outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "evm.methodIdentifiers"] } },
     },
   };
   const out = JSON.parse(solc.compile(JSON.stringify(input)));
@@ -36,6 +36,7 @@ function build() {
     settings: { optimizer: input.settings.optimizer, evmVersion: input.settings.evmVersion },
     sourceSha256: crypto.createHash("sha256").update(source).digest("hex"),
     abi: c.abi,
+    methodIdentifiers: c.evm.methodIdentifiers,
     bytecode: "0x" + c.evm.bytecode.object,
     deployedBytecode: "0x" + c.evm.deployedBytecode.object,
   };

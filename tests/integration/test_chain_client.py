@@ -263,3 +263,25 @@ async def test_key_used_elsewhere_between_sends_is_recovered(anvil, dev_key, reg
         anvil.rpc("eth_sendRawTransaction", "0x" + bytes(other.raw_transaction).hex())
         result = await client.anchor("12" * 32, ROOT, RID, "u")     # its local nonce is now stale
     assert result.block_number > 0 and len(anchored_events(anvil, registry)) == 2
+
+
+async def test_verify_reader_agrees_with_the_client(anvil, dev_key, registry) -> None:
+    from fedcare.release.registry_reader import ReaderError, RegistryReader
+
+    async with ChainClient(settings(anvil, registry), dev_key) as client:
+        await client.anchor(H, ROOT, RID, "u")
+        await client.revoke(H, "x")
+        rec = await client.lookup(H)
+    reader = RegistryReader(anvil.url)
+    got = await asyncio.to_thread(reader.get, registry, H)
+    assert (got.provenance_root, got.round_id, got.block_number, got.revoked_block) == (
+        rec.provenance_root.hex(), rec.round_id.hex(), rec.block_number, rec.revoked_block)
+    assert got.registrar == rec.registrar.lower() and got.revoked
+    assert not (await asyncio.to_thread(reader.get, registry, "77" * 32)).exists
+    assert await asyncio.to_thread(reader.has_code, registry)
+    assert not await asyncio.to_thread(reader.has_code, "0x" + "42" * 20)
+    down = RegistryReader(f"http://127.0.0.1:{__import__('fedcare.sandbox.anvil').sandbox.anvil.free_port()}",
+                          timeout=0.5, attempts=3, base_delay=0.01)
+    with pytest.raises(ReaderError) as err:
+        await asyncio.to_thread(down.chain_id)
+    assert "3 times" in str(err.value)

@@ -15,8 +15,6 @@ import random
 import urllib.parse
 from dataclasses import dataclass
 
-import aiohttp
-
 PROVENANCE = "provenance.json"
 PROOFS = "provenance-proofs.json"
 MANIFEST = "release.json"
@@ -89,6 +87,8 @@ def sha256_file(path: pathlib.Path) -> str:
 
 
 async def _get(uri: str, policy: FetchPolicy, sink) -> None:
+    import aiohttp     # only http(s) artifacts need it; `fedcare verify` of a file stays light
+
     timeout = aiohttp.ClientTimeout(total=policy.timeout, connect=policy.connect_timeout)
     for attempt in range(policy.attempts):
         try:

@@ -16,12 +16,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from ..integrations.chain import ChainClient, ChainError, ChainSettings, RpcPolicy
 from ..integrations.signing import verify as verify_signature
 from . import artifact as art
 from . import manifest as mf
 from . import merkle
 from .digest import ReleaseDigest
+from .registry_reader import ReaderError, RegistryReader
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Inputs:
     chain_id: int | None = None
     confirmations: int = 1
     site: str | None = None
+    sha256: Any = None        # a precomputed hash of the artifact (a concurrent.futures.Future or str)
 
 
 def _load_json(path: pathlib.Path | None) -> tuple[dict[str, Any] | None, str]:
@@ -76,7 +77,12 @@ async def check(inp: Inputs) -> list[Row]:
     rows: list[Row] = []
     if not inp.artifact.is_file():
         return [Row("artifact", False, f"{inp.artifact} is not a file")]
-    sha = await asyncio.to_thread(art.sha256_file, inp.artifact)
+    if inp.sha256 is None:
+        sha = await asyncio.to_thread(art.sha256_file, inp.artifact)
+    elif isinstance(inp.sha256, str):
+        sha = inp.sha256
+    else:
+        sha = await asyncio.wrap_future(inp.sha256)
     man = inp.manifest or {}
     claimed = str(man.get("modelSha256", ""))
     if man:
@@ -140,29 +146,28 @@ async def check(inp: Inputs) -> list[Row]:
 
 
 async def _chain_rows(inp: Inputs, sha: str, man: dict[str, Any], rows: list[Row]) -> str | None:
-    policy = RpcPolicy(timeout=10.0, attempts=3, base_delay=0.3, max_delay=2.0)
-    probe = ChainClient(ChainSettings(inp.rpc or "", inp.chain_id or 1, "", policy=policy))
+    return await asyncio.to_thread(_chain_rows_sync, inp, sha, man, rows)
+
+
+def _chain_rows_sync(inp: Inputs, sha: str, man: dict[str, Any], rows: list[Row]) -> str | None:
+    reader = RegistryReader(inp.rpc or "")
+    contract = inp.contract or ""
     try:
-        node_id = await probe.rpc("eth_chainId", lambda: probe.w3.eth.chain_id)
-    except ChainError as err:
+        node_id = reader.chain_id()
+        want = inp.chain_id or (man.get("chain") or {}).get("chainId") or node_id
+        if want != node_id:
+            rows.append(Row("chain id", False, f"the node serves chain {node_id}, the release was anchored on {want}"))
+            return None
+        if not reader.has_code(contract):
+            rows.append(Row("on-chain record", False, f"no contract code at {contract} on chain {node_id}"))
+            return None
+        rec = reader.get(contract, sha)
+        head = reader.block_number()
+    except ReaderError as err:
         rows.append(Row("on-chain record", False, str(err)))
         return None
-    finally:
-        await probe.close()
-    want = inp.chain_id or (man.get("chain") or {}).get("chainId") or node_id
-    if want != node_id:
-        rows.append(Row("chain id", False, f"the node serves chain {node_id}, the release was anchored on {want}"))
-        return None
-    async with ChainClient(ChainSettings(inp.rpc or "", node_id, inp.contract or "", policy=policy)) as client:
-        try:
-            rec = await client.lookup(sha)
-            head = await client.block_number()
-        except ChainError as err:
-            rows.append(Row("on-chain record", False, str(err)))
-            return None
     if not rec.exists:
-        rows.append(Row("on-chain record", False, f"sha256 {sha} is not anchored on chain {node_id} at "
-                                                  f"{inp.contract}"))
+        rows.append(Row("on-chain record", False, f"sha256 {sha} is not anchored on chain {node_id} at {contract}"))
         return None
     confirmations = head - rec.block_number + 1
     rows.append(Row("on-chain record", True, f"block {rec.block_number} on chain {node_id}, registrar "
@@ -171,16 +176,16 @@ async def _chain_rows(inp: Inputs, sha: str, man: dict[str, Any], rows: list[Row
                     f"{confirmations} (need {inp.confirmations})"))
     root = man.get("provenanceRoot")
     if root:
-        rows.append(Row("anchored root", rec.provenance_root.hex() == root,
-                        "matches the release" if rec.provenance_root.hex() == root
-                        else f"chain has {rec.provenance_root.hex()}, the release says {root}"))
+        rows.append(Row("anchored root", rec.provenance_root == root,
+                        "matches the release" if rec.provenance_root == root
+                        else f"chain has {rec.provenance_root}, the release says {root}"))
     rid = man.get("roundId")
     if rid:
-        rows.append(Row("anchored round id", rec.round_id.hex() == rid,
-                        rid if rec.round_id.hex() == rid else f"chain has {rec.round_id.hex()}, release says {rid}"))
+        rows.append(Row("anchored round id", rec.round_id == rid,
+                        rid if rec.round_id == rid else f"chain has {rec.round_id}, release says {rid}"))
     rows.append(Row("not revoked", not rec.revoked, "no revocation on chain" if not rec.revoked
                     else f"REVOKED in block {rec.revoked_block}"))
-    return rec.provenance_root.hex()
+    return rec.provenance_root
 
 
 def _proof_rows(inp: Inputs, root_hex: str, leaves: set[merkle.Leaf] | None, against: str) -> list[Row]:
