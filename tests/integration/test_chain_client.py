@@ -285,3 +285,24 @@ async def test_verify_reader_agrees_with_the_client(anvil, dev_key, registry) ->
     with pytest.raises(ReaderError) as err:
         await asyncio.to_thread(down.chain_id)
     assert "3 times" in str(err.value)
+
+
+async def test_batched_anchors_share_transactions_and_stay_verifiable(anvil, dev_key, registry) -> None:
+    sent: dict[str, list[str]] = {}
+
+    def recorder(key: str):
+        async def on_sent(tx: str, nonce: int) -> None:
+            sent.setdefault(key, []).append(tx)
+        return on_sent
+
+    cfg = settings(anvil, registry, batch_window=0.1, batch_max=10)
+    async with ChainClient(cfg, dev_key) as client:
+        await client.anchor("05" * 32, ROOT, RID, "first")            # already there: its batch falls back
+        hashes = ["05" * 32] + [f"{i:064x}" for i in range(1, 25)]
+        results = await asyncio.gather(*(client.anchor(x, ROOT, RID, "u", on_sent=recorder(x)) for x in hashes))
+        records = [await client.lookup(x) for x in hashes]
+    assert all(r.exists for r in records)
+    assert len(anchored_events(anvil, registry)) == 25                     # exactly once each
+    assert len({r.tx_hash for r in results[1:]}) < 24                      # shared transactions
+    for x, r in zip(hashes[1:], results[1:], strict=True):
+        assert r.tx_hash in sent[x]                                        # recorded before broadcast

@@ -113,6 +113,10 @@ class ChainSettings:
     receipt_timeout: float = 120.0           # how long anchor() waits for inclusion + confirmations
     poll_interval: float = 0.25
     policy: RpcPolicy = field(default_factory=RpcPolicy)
+    #: Anchors started within this many seconds of each other share one anchorBatch transaction
+    #: (each keeps its own record and event, so each stays verifiable on its own). 0 = off.
+    batch_window: float = 0.0
+    batch_max: int = 20                      # at most this many anchors per transaction (gas)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,9 @@ class ChainClient:
         self._head = 0
         self._blocks: collections.deque[tuple[int, list[str]]] = collections.deque()
         self._mined: dict[str, int] = {}
+        self._batch: list[Any] = []
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._batch_tasks: set[asyncio.Task] = set()
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -389,6 +396,63 @@ class ChainClient:
             return "pending", {"nonce": _int(tx["nonce"])}
         return "unknown", None
 
+    # -- batching: concurrent anchors share one anchorBatch transaction ----------------------------
+    async def _batched(self, item: tuple[bytes, bytes, bytes, str], on_sent: OnSent | None) -> tuple[str, int]:
+        """Join the open batch (or open one); returns the shared (tx hash, nonce).
+
+        Each member's ``on_sent`` runs with the shared hash before the broadcast, so each release
+        follows that transaction after a crash like any other. If the batch cannot be sent (a
+        member is already anchored: the whole batch would revert), every member falls back to its
+        own transaction, whose estimate finds out which.
+        """
+        fut: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self._batch.append((item, on_sent, fut))
+        if len(self._batch) >= self.settings.batch_max:
+            self._flush_batch()
+        elif self._batch_timer is None:
+            self._batch_timer = asyncio.get_running_loop().call_later(self.settings.batch_window, self._flush_batch)
+        try:
+            return await fut
+        except ChainError as err:
+            if err.reason.startswith("Revert"):
+                return await self._send(self.contract.encode_abi("anchor", args=list(item)),
+                                        self.contract.address, on_sent)
+            raise
+
+    def _flush_batch(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        members, self._batch = self._batch, []
+        if members:
+            task = asyncio.create_task(self._send_batch(members))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _send_batch(self, members: list[Any]) -> None:
+        items = [m[0] for m in members]
+        if len(items) == 1:
+            data = self.contract.encode_abi("anchor", args=list(items[0]))
+        else:
+            data = self.contract.encode_abi("anchorBatch", args=[[i[0] for i in items], [i[1] for i in items],
+                                                                  [i[2] for i in items], [i[3] for i in items]])
+
+        async def all_sent(tx: str, nonce: int) -> None:
+            for _, on_sent, _ in members:
+                if on_sent is not None:
+                    await on_sent(tx, nonce)
+
+        try:
+            result = await self._send(data, self.contract.address, all_sent)
+        except BaseException as err:     # noqa: BLE001 - handed to every member
+            for _, _, fut in members:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        for _, _, fut in members:
+            if not fut.done():
+                fut.set_result(result)
+
     # -- one block watcher per client: waiters sleep until a new block, instead of each polling --
     def _ensure_watcher(self) -> None:
         if self._watcher is None or self._watcher.done():
@@ -469,8 +533,9 @@ class ChainClient:
 
     async def _once(self, *, name: str, done: Callable[[], Awaitable[TxResult | None]],
                     data: Callable[[], str], known_tx: str | None, known_nonce: int | None,
-                    on_sent: OnSent | None, confirmations: int | None) -> TxResult:
-        """The exactly-once loop shared by anchor and revoke."""
+                    on_sent: OnSent | None, confirmations: int | None,
+                    batch: tuple[bytes, bytes, bytes, str] | None = None) -> TxResult:
+        """The exactly-once loop shared by anchor and revoke (``batch``: an anchor that may share a transaction)."""
         await self.check()
         deadline = time.monotonic() + self.settings.receipt_timeout
         notes: list[str] = []
@@ -486,7 +551,10 @@ class ChainClient:
                 return found
             if tx_hash is None:
                 try:
-                    tx_hash, nonce = await self._send(data(), self.contract.address, on_sent)
+                    if batch is not None and turn == 0:
+                        tx_hash, nonce = await self._batched(batch, on_sent)
+                    else:
+                        tx_hash, nonce = await self._send(data(), self.contract.address, on_sent)
                 except ChainError as err:
                     if err.reason in ("RevertAlreadyAnchored", "RevertAlreadyRevoked", "RevertNotAnchored"):
                         continue       # already there (or nothing to revoke): done() reads and says which
@@ -538,8 +606,9 @@ class ChainClient:
             got = await self._await_confirmations(tx, rec.block_number, deadline, confirmations)
             return TxResult(tx, rec.block_number, got)
 
+        batch = (h, root, rid, uri) if self.settings.batch_window > 0 else None
         return await self._once(name="anchor", done=done, known_tx=known_tx, known_nonce=known_nonce,
-                                on_sent=on_sent, confirmations=confirmations,
+                                on_sent=on_sent, confirmations=confirmations, batch=batch,
                                 data=lambda: self.contract.encode_abi("anchor", args=[h, root, rid, uri]))
 
     async def revoke(self, model_hash: str | bytes, reason: str, *, known_tx: str | None = None,
