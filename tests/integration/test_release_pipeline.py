@@ -278,3 +278,15 @@ def test_signature_fixture_is_real_ed25519():
     flipped[0] ^= 1
     assert not verify(signer.public_key_pem(sig.key_id), b"m",
                       Signature(sig.key_id, "ed25519", base64.b64encode(bytes(flipped)).decode()))
+
+
+async def test_concurrent_releases_with_batching_each_anchor_once(hub, api, anvil, dev_key, registry, tmp_path):
+    names = [f"b{i}" for i in range(6)]
+    async with hub(release=config(anvil, dev_key, batch_window=0.3)):
+        for i, name in enumerate(names):
+            path, digest = make_model(tmp_path / name)
+            await api.create(ref(None), release(name, path, digest, anchor=(31337, registry, 1), version=f"1.0.{i}"))
+        objs = [await condition(api, name, "Ready", timeout=40) for name in names]
+    assert len(anchored_events(anvil, registry)) == len(names)   # exactly once each, shared or not
+    for o in objs:
+        assert o["status"]["anchor"]["txHash"] and not o["status"]["anchor"].get("pendingTx")

@@ -65,6 +65,7 @@ class ReleaseConfig:
     poll_interval: float = 0.5
     retry_delay: float = 10.0                 # how soon a waiting step (round running, tx pending) is retried
     error_delay: float = 60.0                 # how soon a configuration/funding problem is retried
+    batch_window: float = 0.0                 # > 0: concurrent releases share anchorBatch transactions
     _clients: dict[tuple[int, str], ChainClient] = field(default_factory=dict, init=False, repr=False)
     _promotions: dict[str, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
@@ -77,6 +78,7 @@ class ReleaseConfig:
                    contract_address=e.get("FEDCARE_CHAIN_CONTRACT", ""),
                    confirmations=int(e.get("FEDCARE_CHAIN_CONFIRMATIONS", "2")),
                    gas_cap=int(e.get("FEDCARE_CHAIN_GAS_CAP", "2000000")),
+                   batch_window=float(e.get("FEDCARE_CHAIN_BATCH_WINDOW", "0")),
                    key_ref=parse_key_ref(key) if key else None)
 
     def client(self, chain_id: int, contract: str) -> ChainClient:
@@ -85,7 +87,8 @@ class ReleaseConfig:
             self._clients[k] = ChainClient(ChainSettings(
                 self.rpc_url, chain_id, contract, confirmations=self.confirmations, gas_cap=self.gas_cap,
                 max_fee_per_gas_cap=self.max_fee_per_gas_cap, receipt_timeout=self.receipt_timeout,
-                poll_interval=self.poll_interval, policy=self.rpc_policy), self.key_ref)
+                poll_interval=self.poll_interval, policy=self.rpc_policy, batch_window=self.batch_window),
+                self.key_ref)
         return self._clients[k]
 
     def promotion_lock(self, key: str) -> asyncio.Lock:
