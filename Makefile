@@ -12,13 +12,14 @@ PYTEST_FLAGS ?=
 KUBE_SRC := $(wildcard tools/kube/*.go) tools/kube/go.mod tools/kube/go.sum scripts/build-kube.sh
 PROMETHEUS := /usr/bin/prometheus
 
-.PHONY: help venv tools kube cluster prometheus test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
+.PHONY: help venv tools kube cluster prometheus contracts-deps contracts contracts-check test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
 
 help:
 	@echo "make demo   - run the hub and site agents on the built-in sandbox (emulated Kubernetes)"
 	@echo "make test   - unit, emulator and real-control-plane tiers, CRD freshness and chart checks"
 	@echo "make kube   - build the real Kubernetes control plane (tools/kube) into .tools/bin/fedcare-kube"
 	@echo "make cluster - start a real control plane in .cluster/ (kubeconfig .cluster/kubeconfig; Ctrl-C stops it)"
+	@echo "make contracts - recompile contracts/ModelRegistry.sol into the committed ABI + bytecode"
 	@echo "make crds   - regenerate crds/ and the chart's CRD templates from the pydantic models"
 	@echo "make bench  - run the benchmarks (see docs/performance.md)"
 
@@ -60,11 +61,26 @@ crds: $(STAMP)
 crds-check: $(STAMP)
 	$(BIN)/fedcare crds check
 
+# The contract toolchain (pinned solcjs and anvil, contracts/package-lock.json) in contracts/node_modules.
+CONTRACTS_STAMP := contracts/node_modules/.fedcare-stamp
+$(CONTRACTS_STAMP): contracts/package.json contracts/package-lock.json
+	@echo "Installing the contract toolchain (solc, anvil): npm ci --prefix contracts"
+	npm ci --prefix contracts --no-audit --no-fund
+	touch $@
+
+contracts-deps: $(CONTRACTS_STAMP)
+
+contracts: contracts-deps
+	node contracts/compile.js
+
+contracts-check: contracts-deps
+	node contracts/compile.js --check
+
 chart-check: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit/test_chart.py
 
-test: $(STAMP) tools kube prometheus crds-check
-	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests workloads/tests
+test: $(STAMP) tools kube prometheus crds-check contracts-check
+	FEDCARE_REQUIRE_ANVIL=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests workloads/tests
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit

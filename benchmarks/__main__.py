@@ -5,6 +5,7 @@ The full forms (the numbers in docs/performance.md) take longer:
     python benchmarks/metrics_scrape.py       # the hub's /metrics with 1,000 sites, ~1 min
     python benchmarks/aggregation.py          # N = 3, 8, 18 x 1M, 25M, 100M params, ~2 min, ~10 GB RAM
     python benchmarks/train_throughput.py     # CPU (and CUDA when present)
+    python benchmarks/anchoring.py            # chain anchoring on anvil and fedcare verify, ~3 min
 """
 
 import pathlib
@@ -12,7 +13,8 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"], ["train_throughput.py", "--quick"]]
+QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"],
+         ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"]]
 
 if __name__ == "__main__":
     failed = 0

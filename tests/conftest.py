@@ -91,3 +91,7 @@ async def emulator() -> AsyncIterator[RealisticEmulator]:
 async def kube(emulator: RealisticEmulator) -> AsyncIterator[KubeClient]:
     async with KubeClient(emulator.url) as client:
         yield client
+
+
+# Chain fixtures (real anvil): anvil, dev_key, registry.
+from tests.support.chain import anvil, dev_key, registry  # noqa: E402,F401

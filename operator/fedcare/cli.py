@@ -74,6 +74,64 @@ def _sandbox(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _verify(args: argparse.Namespace) -> int:
+    import asyncio
+    import concurrent.futures
+    import hashlib
+
+    # Hash the artifact on a thread from the start (hashlib releases the GIL): the imports and
+    # the chain reads below overlap with it, so the command takes about as long as the hash.
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    sha = None
+    if args.artifact and not args.release and pathlib.Path(args.artifact).is_file():
+        def digest(path: str) -> str:
+            with open(path, "rb", buffering=0) as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
+        sha = pool.submit(digest, args.artifact)
+
+    from .release import verify as v
+
+    common = {"rpc": args.rpc, "contract": args.contract, "chain_id": args.chain_id,
+              "confirmations": args.confirmations, "site": args.site}
+    if args.release:
+        pem = pathlib.Path(args.public_key).read_text() if args.public_key else None
+        inputs, rows = asyncio.run(v.inputs_from_release(args.kubeconfig, args.namespace, args.release,
+                                                         public_key_pem=pem, **common))
+    elif args.artifact:
+        opt = lambda x: pathlib.Path(x) if x else None  # noqa: E731
+        inputs, rows = v.inputs_from_files(pathlib.Path(args.artifact), manifest=opt(args.manifest),
+                                           provenance=opt(args.provenance), proofs=opt(args.proofs),
+                                           public_key=opt(args.public_key), sha256=sha, **common)
+    else:
+        print("fedcare verify: give an artifact file or --release NAME", file=sys.stderr)
+        return 2
+    rows += asyncio.run(v.check(inputs))
+    pool.shutdown()
+    return v.render(rows)
+
+
+def _chain(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .integrations.chain import ChainClient, ChainError, ChainSettings
+    from .integrations.keyref import KeyRefError, parse_key_ref
+
+    async def deploy() -> tuple[str, str]:
+        async with ChainClient(ChainSettings(args.rpc, args.chain_id, confirmations=args.confirmations),
+                               parse_key_ref(args.key_ref)) as client:
+            return await client.deploy()
+
+    try:
+        address, tx = asyncio.run(deploy())
+    except (ChainError, KeyRefError) as err:
+        print(f"fedcare chain deploy: {err}", file=sys.stderr)
+        return 1
+    print(address)
+    print(f"deployed ModelRegistry at {address} on chain {args.chain_id} (tx {tx}); set it as the chain "
+          "contract address (Helm: chain.contractAddress)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcare", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedcare {__version__}")
@@ -138,6 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--no-train", dest="train", action="store_false",
                          help="skip the federated training step (the slowest, about a minute)")
     sandbox.set_defaults(func=_sandbox)
+    verify = sub.add_parser("verify", help="prove a released model: hash, signature, chain record, site proofs")
+    verify.add_argument("artifact", nargs="?", help="the model file (release.json, provenance.json and "
+                                                    "provenance-proofs.json are read from beside it)")
+    verify.add_argument("--release", help="verify a ModelRelease by name instead (needs a kubeconfig)")
+    verify.add_argument("--namespace", default="default", help="namespace of --release")
+    verify.add_argument("--kubeconfig", default=None, help="kubeconfig for --release")
+    verify.add_argument("--rpc", help="chain JSON-RPC URL")
+    verify.add_argument("--contract", help="ModelRegistry address")
+    verify.add_argument("--chain-id", type=int, default=None, help="expected chain id (default: the release's)")
+    verify.add_argument("--confirmations", type=int, default=1, help="confirmations required")
+    verify.add_argument("--public-key", help="PEM of the release signing key (exported from Vault transit)")
+    verify.add_argument("--manifest", help="release.json (default: beside the artifact)")
+    verify.add_argument("--provenance", help="provenance.json (default: beside the artifact)")
+    verify.add_argument("--proofs", help="provenance-proofs.json (default: beside the artifact)")
+    verify.add_argument("--site", help="check only this site's contribution proofs")
+    verify.set_defaults(func=_verify)
+
+    chain = sub.add_parser("chain", help="ModelRegistry contract operations")
+    chain.add_argument("action", choices=["deploy"])
+    chain.add_argument("--rpc", required=True, help="chain JSON-RPC URL")
+    chain.add_argument("--chain-id", type=int, required=True, help="expected chain id (checked against the node)")
+    chain.add_argument("--key-ref", required=True, help="sending key reference: env:VAR or file:/path")
+    chain.add_argument("--confirmations", type=int, default=1, help="confirmations to wait for")
+    chain.set_defaults(func=_chain)
     return parser
 
 

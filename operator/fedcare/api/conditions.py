@@ -27,6 +27,11 @@ class ConditionType(str, enum.Enum):
     GPU_READY = "GPUReady"              # HospitalNode, agent: NVML health of the site's GPUs
     ACCEPTED = "Accepted"               # RoundAssignment, agent: the site took the work or refused it
     VALID = "Valid"                     # FederatedRound/ModelRelease, hub: the spec passed validation
+    VERIFIED = "Verified"               # ModelRelease, hub: artifact digest, round and provenance checked
+    SIGNED = "Signed"                   # ModelRelease, hub: release digest signed
+    ANCHORED = "Anchored"               # ModelRelease, hub: on chain with the required confirmations
+    PROMOTED = "Promoted"               # ModelRelease, hub: spec.stage in effect (or why not)
+    REVOKED = "Revoked"                 # ModelRelease, hub: revocation confirmed on chain
 
 
 #: Who may write each condition type, per kind. Tests assert that writers only touch their own.
@@ -39,6 +44,11 @@ WRITERS: dict[tuple[str, str], Writer] = {
     ("FederatedRound", ConditionType.VALID.value): Writer.HUB,
     ("ModelRelease", ConditionType.READY.value): Writer.HUB,
     ("ModelRelease", ConditionType.VALID.value): Writer.HUB,
+    ("ModelRelease", ConditionType.VERIFIED.value): Writer.HUB,
+    ("ModelRelease", ConditionType.SIGNED.value): Writer.HUB,
+    ("ModelRelease", ConditionType.ANCHORED.value): Writer.HUB,
+    ("ModelRelease", ConditionType.PROMOTED.value): Writer.HUB,
+    ("ModelRelease", ConditionType.REVOKED.value): Writer.HUB,
     # A RoundAssignment's status belongs to the site agent alone (the hub writes its spec).
     ("RoundAssignment", ConditionType.READY.value): Writer.AGENT,
     ("RoundAssignment", ConditionType.ACCEPTED.value): Writer.AGENT,

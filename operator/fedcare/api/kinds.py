@@ -79,10 +79,12 @@ ROUND_ASSIGNMENT = Kind(r.ROUND_ASSIGNMENTS, RoundAssignmentSpec, RoundAssignmen
 MODEL_RELEASE = Kind(r.MODEL_RELEASES, ModelReleaseSpec, ModelReleaseStatus, (
     column("Model", ".spec.modelName"),
     column("Version", ".spec.version"),
-    column("Stage", ".spec.stage"),
+    column("Stage", ".status.stage", description="Stage in effect"),
     column("Phase", ".status.phase"),
     column("Ready", _cond("Ready")),
+    column("Tx", ".status.anchor.txHash", description="Anchoring transaction"),
     AGE,
+    column("Requested", ".spec.stage", priority=1),
     column("Digest", ".spec.artifact.digest", priority=1),
 ))
 

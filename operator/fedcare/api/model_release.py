@@ -45,14 +45,24 @@ class AnchorSpec(FedcareModel):
 
 class Revocation(FedcareModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
-        "rule": "!has(oldSelf.revoked) || !oldSelf.revoked || self.revoked",
+        "rule": "!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)",
         "message": "a revocation cannot be undone; create a new release instead"}]})
 
     revoked: bool = Field(default=False, description="One-way: once true it stays true.")
     reason: str = Field(default="", max_length=1024, description="Why the release was revoked.")
 
 
+#: One-way revocation over the whole spec: removing ``revocation`` (or unsetting ``revoked``) is refused
+#: too, which the rule on the Revocation object alone cannot see (it does not run when the field is gone).
+REVOCATION_STAYS = {
+    "rule": "!has(oldSelf.revocation) || !has(oldSelf.revocation.revoked) || !oldSelf.revocation.revoked || "
+            "(has(self.revocation) && has(self.revocation.revoked) && self.revocation.revoked)",
+    "message": "a revocation cannot be removed or undone; create a new release instead"}
+
+
 class ModelReleaseSpec(FedcareModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [REVOCATION_STAYS]})
+
     model_name: DNSLabel = Field(description="Model name; one Production release per name.",
                                  json_schema_extra=immutable("modelName is immutable"))
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,62}$", description="Version, for example 1.2.0.",
@@ -76,6 +86,11 @@ class ReleasePhase(str, enum.Enum):
 
 
 class ChainRecord(StatusModel):
+    chain_id: int | None = Field(default=None, ge=1, description="Chain the record lives on.")
+    contract_address: str = Field(default="", description="ModelRegistry contract.")
+    pending_tx: str = Field(default="", description="Transaction sent and not yet confirmed (followed by hash "
+                                                    "after a restart, never re-sent blindly).")
+    pending_nonce: int | None = Field(default=None, ge=0, description="Nonce of the pending transaction.")
     tx_hash: str = Field(default="", description="Anchoring transaction hash.")
     block_number: int | None = Field(default=None, ge=0, description="Block that included it.")
     confirmations: int = Field(default=0, ge=0, description="Confirmations seen.")
@@ -83,9 +98,38 @@ class ChainRecord(StatusModel):
                                                                         "confirmations.")
 
 
+class RevocationRecord(StatusModel):
+    pending_tx: str = Field(default="", description="Revocation transaction sent and not yet confirmed.")
+    pending_nonce: int | None = Field(default=None, ge=0, description="Nonce of the pending transaction.")
+    tx_hash: str = Field(default="", description="Revocation transaction hash.")
+    block_number: int | None = Field(default=None, ge=0, description="Block that included it.")
+    revoked_time: dt.datetime | None = Field(default=None, description="When the revocation was confirmed.")
+
+
+class ReleaseSignature(StatusModel):
+    key_id: str = Field(default="", description="Signing key and version, e.g. vault:transit/fedcare-release:v1.")
+    algorithm: str = Field(default="", description="Signature algorithm (ed25519).")
+    signature: str = Field(default="", description="Base64 signature over the release digest "
+                                                   "(fedcare-release-digest/v1, see docs/chain.md).")
+
+
+class StageChange(StatusModel):
+    stage: Stage = Field(description="The stage that took effect.")
+    time: dt.datetime = Field(description="When it took effect.")
+    reason: str = Field(default="", description="Why (Promoted, Superseded, Revoked).")
+
+
 class ModelReleaseStatus(StatusModel):
     observed_generation: int | None = Field(default=None, ge=0, description="Last spec generation handled.")
     phase: ReleasePhase | None = Field(default=None, description="Summary of the conditions, for display.")
     conditions: list[Condition] = Field(default_factory=list, description="Current state, one entry per type.")
     verified_digest: str = Field(default="", description="Digest recomputed from the artifact.")
+    provenance_root: str = Field(default="", description="Merkle root over the round's provenance (hex).")
+    round_id: str = Field(default="", description="sha256 of <namespace>/<round> (hex), as anchored.")
+    signature: ReleaseSignature | None = Field(default=None, description="Signature over the release digest.")
     anchor: ChainRecord | None = Field(default=None, description="On-chain record.")
+    revocation: RevocationRecord | None = Field(default=None, description="On-chain revocation.")
+    stage: Stage | None = Field(default=None, description="The stage in effect (spec.stage once allowed).")
+    stage_history: list[StageChange] = Field(default_factory=list, max_length=1000,
+                                             description="Every stage that took effect, oldest first; append-only.")
+    superseded_by: str = Field(default="", description="The release that replaced this one in Production.")

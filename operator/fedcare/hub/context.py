@@ -12,6 +12,7 @@ from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
 from .metrics_state import PhaseIndex, release_index, round_index
+from .release_service import ReleaseConfig
 
 
 @dataclass
@@ -20,6 +21,8 @@ class HubContext:
     kube: Kube | None = None
     #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
+    #: Chain and signing configuration of the ModelRelease pipeline (from the environment by default).
+    release: ReleaseConfig = field(default_factory=ReleaseConfig.from_env)
     availability: AvailabilityMonitor = field(init=False)
     #: Phase of every FederatedRound / ModelRelease, for the fedcare_rounds/fedcare_releases gauges.
     rounds: PhaseIndex = field(default_factory=round_index)
@@ -46,6 +49,7 @@ class HubContext:
                     await task
         self._monitor = self._leases = None
         await self.availability.close()
+        await self.release.close()
         if self.kube is not None:
             await self.kube.close()
             self.kube = None

@@ -11,7 +11,7 @@ import kopf
 from ..api.resources import FEDERATED_ROUNDS, GROUP, HOSPITAL_NODES, MODEL_RELEASES, VERSION
 from ..integrations.kube import KubeError
 from . import hospital_node_service as nodes
-from . import round_service
+from . import release_service, round_service
 from .context import HubContext
 from .errors import handled
 from ..kopf_setup import add_hub_login, configure
@@ -93,7 +93,12 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     @kopf.on.update(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry)
     async def model_release(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
         async with handled(body, retry, logger):
-            await round_service.reconcile_release(ctx.api, plain(body))
+            await release_service.reconcile(ctx.api, ctx.release, plain(body))
+
+    @kopf.on.delete(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry)
+    async def model_release_deleted(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
+        async with handled(body, retry, logger):
+            await release_service.finalize(ctx.api, ctx.release, plain(body))
 
     return registry
 

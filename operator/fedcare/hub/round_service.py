@@ -1,9 +1,8 @@
-"""FederatedRound and ModelRelease reconciles, as far as this version of fedcare goes.
+"""FederatedRound reconcile, as far as this version of fedcare goes (ModelRelease: release_service.py).
 
-Both validate the spec at the edge and report it in conditions. A FederatedRound also
-reports how many sites could run it now (the admission check the scheduler will use); a
-ModelRelease reports that anchoring is not done yet. Neither claims more than it does:
-Ready stays False with a reason that says what is still to come.
+It validates the spec at the edge and reports it in conditions, and how many sites could run
+it now (the admission check the scheduler will use). It claims no more than it does: Ready
+stays False with a reason that says what is still to come.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from ..api import conditions as c
 from ..api import resources as r
 from ..api.base import Condition
 from ..api.federated_round import FederatedRoundSpec, RoundPhase
-from ..api.model_release import ReleasePhase
 from ..api.validation import SpecError, parse
 from ..integrations.kube import Kube, Ref
 from ..status_writer import write_status
@@ -72,20 +70,3 @@ async def _validated(kube: Kube, before: dict[str, Any], obj: dict[str, Any] | N
     await events.post(kube, obj, events.NORMAL, "Validated",
                       f"Validated {obj.get('kind', '')} {md.get('namespace')}/{md['name']} (generation {gen}): "
                       f"{detail}")
-
-
-async def reconcile_release(kube: Kube, body: dict[str, Any]) -> None:
-    res = r.MODEL_RELEASES
-    try:
-        parse(res.kind, body)
-    except SpecError as err:
-        await _invalid(kube, res, body, err, ReleasePhase.INVALID.value)
-        raise
-    gen = body["metadata"].get("generation")
-    updates = [c.make(c.ConditionType.VALID, True, c.Reason.RECONCILED, "spec is valid", generation=gen),
-               c.make(c.ConditionType.READY, False, c.Reason.AWAITING_ANCHORING,
-                      "artifact verification, signing and on-chain anchoring are not part of this fedcare "
-                      "version", generation=gen)]
-    obj = await write_status(kube, _ref(res, body), owned_types=c.owned(res.kind, c.Writer.HUB), updates=updates,
-                             fields={"phase": ReleasePhase.PENDING.value, "observedGeneration": gen})
-    await _validated(kube, body, obj, "verification and anchoring are still to come")

@@ -4,7 +4,8 @@ An emulated Kubernetes API (no cluster needed), the real hub operator (kopf), an
 site agent per hospital with simulated GPUs. The demo enrolls the hospitals, shows their
 heartbeats and GPU health, admits a FederatedRound, lets the sites answer their work, loses a
 site and gets it back, trains a federated model on synthetic ultrasound data with the Flower
-app in workloads/ (when it is installed), and finally removes a hospital.
+app in workloads/ (when it is installed), releases it (verified, signed and anchored on a local
+anvil chain by the hub, then checked with `fedcare verify`), and finally removes a hospital.
 While it runs, `kubectl --kubeconfig .sandbox/kubeconfig get fedcare` works from another shell.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import logging
 import pathlib
@@ -34,6 +36,8 @@ from ..site.reporter import InventoryReporter
 from .emulator import fedcare_emulator
 from .kubeconfig import write_kubeconfig
 from .simulated_nvml import FakeNVML, gpus
+from . import release as sandbox_release
+from .anvil import run_anvil
 from .training import run_training
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -128,12 +132,20 @@ async def wait_for(api: Kube, what: str, check, timeout: float = 30.0) -> Any:
 
 async def demo(sites: list[str], keep: float, workdir: pathlib.Path, train: bool = True) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        chain = stack.enter_context(run_anvil()) if train and sandbox_release.available() else None
+        return await _demo(sites, keep, workdir, train, chain)
+
+
+async def _demo(sites: list[str], keep: float, workdir: pathlib.Path, train: bool, chain: Any) -> int:
+    release_cfg = sandbox_release.release_config(chain.url, chain.chain_id) if chain else None
     async with fedcare_emulator(max_history=1000) as k:
         kubeconfig = write_kubeconfig(k.url, workdir / "kubeconfig")
         say(f"Sandbox Kubernetes API at {k.url} (kubeconfig: {kubeconfig})")
         api = Kube.from_url(k.url, policy=POLICY)
         ops = Operators(k.url)
-        ops.start(make_registry(HubContext(kube=Kube.from_url(k.url, policy=POLICY))))
+        extra = {"release": release_cfg} if release_cfg else {}
+        ops.start(make_registry(HubContext(kube=Kube.from_url(k.url, policy=POLICY), **extra)))
         nodes_ref = Ref(API_VERSION, "hospitalnodes")
         agents: dict[str, Site] = {}
         try:
@@ -205,8 +217,8 @@ async def demo(sites: list[str], keep: float, workdir: pathlib.Path, train: bool
             await agents[lost].start()
             table(await wait_for(api, f"{lost} available", lambda: _available_is(api, lost, "True")))
 
-            if train:
-                await run_training(sites, workdir / "training")
+            if train and await run_training(sites, workdir / "training"):
+                await _release(api, release_cfg, workdir / "training" / "out")
 
             gone = sites[-1]
             say(f"Removing hospital {gone}: the hub deletes its namespace and identity; its agent stops")
@@ -226,6 +238,28 @@ async def demo(sites: list[str], keep: float, workdir: pathlib.Path, train: bool
                 await site.halt()
             await ops.close()
             await api.close()
+
+
+async def _release(api: Kube, cfg: Any, out: pathlib.Path) -> None:
+    if cfg is None:
+        say("Release skipped: anvil is not installed (make contracts-deps)")
+        return
+    address = await sandbox_release.deploy(cfg)
+    say(f"Local chain: anvil at {cfg.rpc_url}; ModelRegistry deployed at {address} (fedcare chain deploy)")
+    say("Releasing the trained model: the hub verifies its sha256 and provenance, signs the release digest, "
+        "anchors it on chain and promotes it to Staging")
+    obj = await sandbox_release.release_model(api, cfg, out, say)
+    if obj is None:
+        return
+    st = obj["status"]
+    print(f"   phase={st.get('phase')} stage={st.get('stage')} tx={st['anchor']['txHash']} "
+          f"block={st['anchor']['blockNumber']} provenanceRoot={st.get('provenanceRoot', '')[:16]}…")
+    say(f"Anyone can now check it: fedcare verify {out / 'model.safetensors'} --rpc {cfg.rpc_url} "
+        f"--contract {address}")
+    from ..cli import main as cli_main
+    code = await asyncio.to_thread(cli_main, ["verify", str(out / "model.safetensors"), "--rpc", cfg.rpc_url,
+                                              "--contract", address])
+    print(f"   fedcare verify exit status {code}")
 
 
 async def _with_status(api: Kube, ref: Ref, field: str = "conditions") -> Any:

@@ -1,0 +1,178 @@
+"""Fetch a release artifact (and the files beside it) and hash it.
+
+Supported URIs: ``file:///absolute/path`` (no ``..`` segments) and ``http(s)://`` (a GET with a
+bounded timeout and a bounded, jittered retry on connection errors and 5xx/429). The files the
+pipeline reads or writes beside the artifact (provenance.json, provenance-proofs.json,
+release.json) are siblings in the same directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pathlib
+import random
+import urllib.parse
+from dataclasses import dataclass
+
+PROVENANCE = "provenance.json"
+PROOFS = "provenance-proofs.json"
+MANIFEST = "release.json"
+MAX_SIDE_FILE = 64 << 20          # provenance/proof/manifest files are small; refuse anything huge
+_CHUNK = 1 << 20
+
+
+class ArtifactError(ValueError):
+    """The artifact cannot be fetched or is not what it should be. ``reason`` is a condition reason."""
+
+    def __init__(self, reason: str, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    timeout: float = 300.0        # total seconds for one GET (model files can be large)
+    connect_timeout: float = 10.0
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 5.0
+
+
+def _scheme(uri: str) -> str:
+    return urllib.parse.urlsplit(uri).scheme.lower()
+
+
+def local_path(uri: str) -> pathlib.Path:
+    """The path of a file:// URI; absolute, no '..', no host."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "file":
+        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} is not a file:// URI")
+    if parts.netloc not in ("", "localhost"):
+        raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} names a host; use file:///absolute/path")
+    path = urllib.parse.unquote(parts.path)
+    if not path.startswith("/"):
+        raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} must hold an absolute path")
+    if ".." in pathlib.PurePosixPath(path).parts:
+        raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} contains '..'; give the real path")
+    return pathlib.Path(path)
+
+
+def check_uri(uri: str) -> None:
+    scheme = _scheme(uri)
+    if scheme == "file":
+        local_path(uri)
+    elif scheme not in ("http", "https"):
+        raise ArtifactError("UnsupportedURI", f"artifact URI scheme {scheme or '(none)'!r} is not supported: "
+                                              "use file:///absolute/path or http(s)://")
+
+
+def sibling(uri: str, name: str) -> str:
+    check_uri(uri)
+    return urllib.parse.urljoin(uri, name)
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    """sha256 of a file with OpenSSL's hashing over large reads (close to sha256sum's speed)."""
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ArtifactError("ArtifactNotFound", f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise ArtifactError("ArtifactNotFound", f"{path} is a directory, not a model file") from None
+    except PermissionError:
+        raise ArtifactError("ArtifactUnreadable", f"{path} is not readable by the hub") from None
+
+
+async def _get(uri: str, policy: FetchPolicy, sink) -> None:
+    import aiohttp     # only http(s) artifacts need it; `fedcare verify` of a file stays light
+
+    timeout = aiohttp.ClientTimeout(total=policy.timeout, connect=policy.connect_timeout)
+    for attempt in range(policy.attempts):
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(uri) as resp:
+                if resp.status == 404:
+                    raise ArtifactError("ArtifactNotFound", f"{uri[:200]} answered 404 Not Found")
+                if resp.status in (429, 500, 502, 503, 504):
+                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                if resp.status != 200:
+                    raise ArtifactError("ArtifactUnreadable", f"{uri[:200]} answered HTTP {resp.status}")
+                sink.reset()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    sink.feed(chunk)
+                return
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            if attempt + 1 == policy.attempts:
+                raise ArtifactError("ArtifactUnreachable", f"GET {uri[:200]} failed {policy.attempts} times "
+                                                           f"({type(err).__name__}); check the storage server",
+                                    transient=True) from None
+            await asyncio.sleep(random.uniform(0, min(policy.max_delay, policy.base_delay * 2 ** attempt)))
+
+
+class _Hasher:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.h = hashlib.sha256()
+
+    def feed(self, chunk: bytes) -> None:
+        self.h.update(chunk)
+
+
+class _Buffer:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            raise ArtifactError("ArtifactUnreadable", f"file is larger than {self.limit} bytes")
+
+
+async def sha256_uri(uri: str, policy: FetchPolicy = FetchPolicy()) -> str:
+    """Fetch the artifact and return its sha256 (64 hex)."""
+    check_uri(uri)
+    if _scheme(uri) == "file":
+        return await asyncio.to_thread(sha256_file, local_path(uri))
+    hasher = _Hasher()
+    await _get(uri, policy, hasher)
+    return hasher.h.hexdigest()
+
+
+async def read_uri(uri: str, policy: FetchPolicy = FetchPolicy(), limit: int = MAX_SIDE_FILE) -> bytes | None:
+    """A small file (provenance, proofs, manifest); None when it does not exist."""
+    check_uri(uri)
+    if _scheme(uri) == "file":
+        path = local_path(uri)
+        try:
+            if path.stat().st_size > limit:
+                raise ArtifactError("ArtifactUnreadable", f"{path} is larger than {limit} bytes")
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+    buf = _Buffer(limit)
+    try:
+        await _get(uri, policy, buf)
+    except ArtifactError as err:
+        if err.reason == "ArtifactNotFound":
+            return None
+        raise
+    return bytes(buf.data)
+
+
+def write_beside(uri: str, name: str, data: bytes) -> str | None:
+    """Write a file beside a file:// artifact (atomically); None for remote stores (read-only to us)."""
+    if _scheme(uri) != "file":
+        return None
+    target = local_path(uri).parent / name
+    tmp = target.with_name(f".{name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target.as_uri()
