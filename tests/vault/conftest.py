@@ -20,6 +20,8 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
         mounts = root.sys.list_mounted_secrets_engines()["data"]
         if "fedcare/" not in mounts:
             root.sys.enable_secrets_engine("kv", path="fedcare", options={"version": "2"})
+        if "transit/" not in mounts:
+            root.sys.enable_secrets_engine("transit", path="transit")
         yield server
 
 
@@ -40,4 +42,6 @@ def root_settings(server: DevServer, **kw) -> v.VaultSettings:
 
 @pytest.fixture()
 def root_client(openbao: DevServer) -> v.VaultClient:
-    return v.VaultClient(root_settings(openbao))
+    client = v.VaultClient(root_settings(openbao))
+    client.login()
+    return client
