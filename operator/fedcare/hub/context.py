@@ -8,9 +8,11 @@ import contextlib
 from dataclasses import dataclass, field
 
 from ..integrations.kube import Kube
+from ..integrations.vault import VaultClient
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
+from .vault_footprint import FootprintSettings
 
 
 @dataclass
@@ -20,6 +22,9 @@ class HubContext:
     #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
     availability: AvailabilityMonitor = field(init=False)
+    #: The process's Vault client; None with secrets.backend=kubernetes (no per-site footprint).
+    vault: VaultClient | None = None
+    vault_footprint: FootprintSettings = field(default_factory=FootprintSettings)
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
 

@@ -322,3 +322,24 @@ async def remove_site(vault: VaultClient | None, fs: FootprintSettings, body: di
     logger.info("Removed the Vault footprint of site %s: revoked %d token(s); deleted %s; kept %s", sv.site,
                 done["revoked_tokens"], ", ".join(done["deleted"]) or "nothing",
                 ", ".join(done["kept"]) or "nothing")
+
+
+async def enroll(ctx: Any, body: dict[str, Any], logger: logging.Logger) -> None:
+    """The HospitalNode handler's hook (after Kubernetes enrollment): ensure the footprint and
+    write CredentialsReady. A VaultError is re-raised after the condition is written, so the
+    handler retries with backoff and recovers on its own when Vault does."""
+    from .hospital_node_service import offers_gpus, write_hub_status
+
+    md = body["metadata"]
+    try:
+        cond = await reconcile_site(ctx.vault, ctx.vault_footprint, body, logger)
+        failure: VaultError | None = None
+    except VaultError as err:
+        cond, failure = getattr(err, "condition", None), err
+        if cond is None:
+            raise
+    await write_hub_status(ctx.api, md["name"], [cond], generation=md.get("generation"),
+                           cordoned=bool((body.get("spec") or {}).get("cordoned")), offers_gpus=offers_gpus(body),
+                           spec_checked=True)
+    if failure is not None:
+        raise failure
