@@ -92,9 +92,12 @@ def policy_hcl(sv: SiteVault) -> str:
     return (f"{POLICY_MARKER} (site {sv.site})\n"
             f'path "{data}/*" {{\n  capabilities = ["read"]\n}}\n'
             f'path "{meta}/*" {{\n  capabilities = ["read", "list"]\n}}\n'
-            "# The site generates its SuperNode key pair and keeps the private key here.\n"
+            "# The site generates its SuperNode key pair: the private key stays in supernode (the hub's\n"
+            "# policy denies it), the public key is published in supernode-public.\n"
             f'path "{data}/supernode" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
-            f'path "{meta}/supernode" {{\n  capabilities = ["read", "update"]\n}}\n')
+            f'path "{meta}/supernode" {{\n  capabilities = ["read", "update"]\n}}\n'
+            f'path "{data}/supernode-public" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
+            f'path "{meta}/supernode-public" {{\n  capabilities = ["read", "update"]\n}}\n')
 
 
 def role_body(sv: SiteVault, fs: FootprintSettings) -> dict[str, Any]:
@@ -120,12 +123,15 @@ def hub_policy_hcl(kv_mount: str = "fedcare", fs: FootprintSettings | None = Non
         f'path "auth/{fs.mount}/role/fedcare-site-*" {{\n  capabilities = [{verbs}]\n}}\n'
         f'path "{kv_mount}/data/sites/*" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
         f'path "{kv_mount}/metadata/sites/*" {{\n  capabilities = ["read", "list", "update", "delete"]\n}}\n'
+        "# A site's SuperNode private key is the site's alone (the hub may still delete it at removal).\n"
+        f'path "{kv_mount}/data/sites/+/supernode" {{\n  capabilities = ["deny"]\n}}\n'
         'path "auth/token/accessors" {\n  capabilities = ["list", "sudo"]\n}\n'
         'path "auth/token/lookup-accessor" {\n  capabilities = ["update"]\n}\n'
         'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}\n'
         f'path "{transit_mount}/keys/fedcare-release" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
         f'path "{transit_mount}/sign/fedcare-release" {{\n  capabilities = ["update"]\n}}\n'
         f'path "{pki_mount}/issue/fedcare-superlink" {{\n  capabilities = ["update"]\n}}\n'
+        f'path "{pki_mount}/issuer/default/json" {{\n  capabilities = ["read"]\n}}\n'
     )
 
 
