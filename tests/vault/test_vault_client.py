@@ -273,3 +273,25 @@ def test_one_client_per_process(openbao: DevServer) -> None:
             v.get_client(root_settings(openbao, kv_mount="other"))
     finally:
         v.reset_client()
+
+
+def test_secrets_backend_seam(caplog) -> None:
+    from fedcare.integrations import secrets_backend as sb
+
+    with caplog.at_level("WARNING"):
+        assert sb.vault_from_env({"FEDCARE_SECRETS_BACKEND": "kubernetes"}) is None
+    assert "WITHOUT Vault" in caplog.text and "never with patient data" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert sb.vault_from_env({}) is None               # a bare shell: kubernetes, loudly
+    assert "WITHOUT Vault" in caplog.text
+    with pytest.raises(ValueError, match="no Vault address"):
+        sb.vault_from_env({"FEDCARE_SECRETS_BACKEND": "vault"})
+    with pytest.raises(ValueError, match="expected vault or kubernetes"):
+        sb.backend({"FEDCARE_SECRETS_BACKEND": "consul"})
+    v.reset_client()
+    try:
+        client = sb.vault_from_env({"FEDCARE_VAULT_ADDR": "http://127.0.0.1:1", "FEDCARE_VAULT_ROLE": "hub"})
+        assert client is v.get_client() and client.settings.auth_method == "kubernetes"
+    finally:
+        v.reset_client()

@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None) -> int:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig    # read by kopf's own login and by our client alike
-    registry = make_registry(HubContext(kubeconfig=kubeconfig), login=True)
+    from ..integrations.secrets_backend import vault_from_env
+    from .vault_footprint import FootprintSettings
+
+    registry = make_registry(HubContext(kubeconfig=kubeconfig, vault=vault_from_env(),
+                                        vault_footprint=FootprintSettings.from_env()), login=True)
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")

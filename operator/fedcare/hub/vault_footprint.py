@@ -52,6 +52,18 @@ class FootprintSettings:
     def mount(self) -> str:
         return self.auth_mount or self.auth_method
 
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "FootprintSettings":
+        """Site roles are made on the auth mount the chart names for sites (vault.siteAuth)."""
+        import os
+
+        e = os.environ if env is None else env
+        return cls(auth_method=e.get("FEDCARE_VAULT_SITE_AUTH_METHOD", "kubernetes"),
+                   auth_mount=e.get("FEDCARE_VAULT_SITE_AUTH_MOUNT", ""),
+                   audience=e.get("FEDCARE_VAULT_SITE_AUDIENCE", "fedcare-vault"),
+                   token_ttl=e.get("FEDCARE_VAULT_SITE_TOKEN_TTL", "15m"),
+                   token_max_ttl=e.get("FEDCARE_VAULT_SITE_TOKEN_MAX_TTL", "1h"))
+
 
 @dataclass(frozen=True)
 class SiteVault:
