@@ -12,6 +12,7 @@ from ..integrations.vault import VaultClient
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
+from .hub_credential import HubCredentialSettings
 from .vault_footprint import FootprintSettings
 
 
@@ -25,6 +26,8 @@ class HubContext:
     #: The process's Vault client; None with secrets.backend=kubernetes (no per-site footprint).
     vault: VaultClient | None = None
     vault_footprint: FootprintSettings = field(default_factory=FootprintSettings)
+    #: Mint the agents' hub tokens (TokenRequest) into Vault; None: sites bring a kubeconfig.
+    hub_credential: HubCredentialSettings | None = None
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
 

@@ -57,6 +57,15 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
             await nodes.finalize(ctx.api, plain(body), logger)
             await vault_footprint.remove_site(ctx.vault, ctx.vault_footprint, plain(body), logger)
 
+    if ctx.hub_credential is not None:
+        interval = max(30.0, ctx.hub_credential.ttl_seconds * ctx.hub_credential.refresh_fraction / 4)
+
+        @kopf.timer(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, interval=interval,
+                    initial_delay=interval)
+        async def hospital_node_credential(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
+            async with handled(body, retry, logger):
+                await vault_footprint.rotate_credential(ctx, plain(body), logger)
+
     @kopf.on.event(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, id=QUIET_HANDLER)
     async def hospital_node_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":

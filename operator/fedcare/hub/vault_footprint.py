@@ -356,8 +356,32 @@ async def enroll(ctx: Any, body: dict[str, Any], logger: logging.Logger) -> None
         cond, failure = getattr(err, "condition", None), err
         if cond is None:
             raise
+    settings = getattr(ctx, "hub_credential", None)
+    if failure is None and settings is not None and ctx.vault is not None and cond.status.value == "True":
+        from .hub_credential import rotate
+
+        sv = site_vault(body, ctx.vault.settings.kv_mount)
+        try:
+            await rotate(ctx.api, ctx.vault, sv.site, settings, prefix=sv.prefix, kv_mount=sv.kv_mount)
+        except VaultError as err:
+            cond = condition(False, c.Reason.VAULT_UNAVAILABLE, f"hub credential not stored: {err}",
+                             md.get("generation"))
+            failure = err
     await write_hub_status(ctx.api, md["name"], [cond], generation=md.get("generation"),
                            cordoned=bool((body.get("spec") or {}).get("cordoned")), offers_gpus=offers_gpus(body),
                            spec_checked=True)
     if failure is not None:
         raise failure
+
+
+async def rotate_credential(ctx: Any, body: dict[str, Any], logger: logging.Logger) -> None:
+    """Timer hook: re-mint the site's hub token when it is due (cheap when not: one Vault read)."""
+    from .hub_credential import rotate
+
+    if ctx.vault is None or ctx.hub_credential is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    try:
+        sv = site_vault(body, ctx.vault.settings.kv_mount)
+    except VaultPathRefused:
+        return
+    await rotate(ctx.api, ctx.vault, sv.site, ctx.hub_credential, prefix=sv.prefix, kv_mount=sv.kv_mount)
