@@ -44,6 +44,10 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    if args.action == "cluster":
+        from .sandbox.cluster import main as cluster_main
+
+        return cluster_main(args.dir, args.port)
     from .sandbox.demo import main as demo_main
 
     return demo_main(args)
@@ -75,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
     agent.set_defaults(func=_agent)
 
-    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
-    sandbox.add_argument("action", choices=["demo"])
+    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox: the demo (emulated Kubernetes), or a "
+                                              "real Kubernetes control plane (cluster)")
+    sandbox.add_argument("action", choices=["demo", "cluster"],
+                         help="demo: the narrated demo; cluster: run etcd, kube-apiserver, controller-manager "
+                              "and scheduler in the foreground (needs `make kube`), Ctrl-C or SIGTERM stops them")
+    sandbox.add_argument("--dir", default=".cluster",
+                         help="cluster: state folder (etcd data, certificates, logs, kubeconfig)")
+    sandbox.add_argument("--port", type=int, default=0, help="cluster: API server port on 127.0.0.1 (0: a free one)")
     sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
     sandbox.add_argument("--seconds", type=float, default=0,
                          help="keep the sandbox API up this long after the demo (for kubectl)")
