@@ -39,6 +39,28 @@ class HubCredentialSettings:
     ca_data: str = ""                  # base64 PEM of the hub API's CA, for the agent's kubeconfig
 
 
+def settings_from_env(env: dict[str, str] | None = None) -> HubCredentialSettings | None:
+    """Enabled by FEDCARE_HUB_CREDENTIAL_TTL (the chart's vault.hubCredential); the server URL and CA
+    written beside the token default to the hub pod's own view of its API (in-cluster)."""
+    import os
+
+    e = os.environ if env is None else env
+    ttl = e.get("FEDCARE_HUB_CREDENTIAL_TTL", "")
+    if not ttl:
+        return None
+    ca_data = ""
+    ca_path = e.get("FEDCARE_HUB_CREDENTIAL_CA", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    try:
+        import base64
+
+        with open(ca_path, "rb") as fh:
+            ca_data = base64.b64encode(fh.read()).decode()
+    except OSError:
+        pass
+    return HubCredentialSettings(ttl_seconds=int(ttl), server=e.get("FEDCARE_HUB_CREDENTIAL_SERVER", ""),
+                                 ca_data=ca_data)
+
+
 def path(site: str, prefix: str | None = None) -> str:
     return f"{prefix or f'sites/{site}'}/{KEY}"
 

@@ -17,8 +17,11 @@ def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: li
     from ..integrations.secrets_backend import vault_from_env
     from .vault_footprint import FootprintSettings
 
-    registry = make_registry(HubContext(kubeconfig=kubeconfig, vault=vault_from_env(),
-                                        vault_footprint=FootprintSettings.from_env()), login=True)
+    from .hub_credential import settings_from_env
+
+    vault = vault_from_env()
+    registry = make_registry(HubContext(kubeconfig=kubeconfig, vault=vault, vault_footprint=FootprintSettings.from_env(),
+                                        hub_credential=settings_from_env() if vault else None), login=True)
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")
