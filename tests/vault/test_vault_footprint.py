@@ -40,7 +40,7 @@ def test_enrollment_creates_a_least_privilege_footprint(openbao: DevServer, root
     a, b = fp.site_vault(node(f"{unique}a"), "fedcare"), fp.site_vault(node(f"{unique}b"), "fedcare")
     for sv in (a, b):
         res = fp.ensure(root_client, sv, fs)
-        assert res.ok and len(res.created) == 2, res
+        assert res.ok and len(res.created) == 3, res          # 2 policies, 1 role
     assert fp.ensure(root_client, a, fs).created == []             # idempotent
     root = openbao.client()
     assert root.sys.read_acl_policy(a.policy)["data"]["policy"] == fp.policy_hcl(a)
@@ -95,19 +95,20 @@ def test_a_hub_without_rights_reports_exactly_what_is_missing(openbao: DevServer
     hub = v.VaultClient(v.VaultSettings(addr=openbao.addr, auth_method="token", token=token, retry=fast_retry()))
     sv = fp.site_vault(node(f"{unique}w"), "fedcare")
     res = fp.ensure(hub, sv, fs)
-    assert res.missing == [f"policy {sv.policy}", f"auth role {fs.mount}/{sv.role}"]
+    assert res.missing == [f"policy {sv.policy}", f"policy {sv.training_policy}", f"auth role {fs.mount}/{sv.role}"]
     msg = fp.missing_message(sv, fs, res)
     assert fp.policy_hcl(sv) in msg and f"auth/{fs.mount}/role/{sv.role}" in msg
     assert token not in msg
     # The administrator applies exactly what the message says (here: with the root token).
     root.sys.create_or_update_acl_policy(sv.policy, fp.policy_hcl(sv))
+    root.sys.create_or_update_acl_policy(sv.training_policy, fp.training_policy_hcl(sv))
     root.adapter.post(f"/v1/auth/{fs.mount}/role/{sv.role}", json=fp.role_body(sv, fs))
     assert fp.ensure(hub, sv, fs).ok                                  # now found, nothing to create
     # A hub that may not even read them says so.
     blind = root.auth.token.create(policies=["default"], ttl="10m")["auth"]["client_token"]
     res = fp.ensure(v.VaultClient(v.VaultSettings(addr=openbao.addr, auth_method="token", token=blind,
                                                   retry=fast_retry())), sv, fs)
-    assert "may not even read it" in res.missing[0] and len(res.missing) == 3   # and no KV write
+    assert "may not even read it" in res.missing[0] and len(res.missing) == 4   # and no KV write
 
 
 def test_hub_policy_is_enough_for_enrollment_and_removal(openbao: DevServer, jwt_mount, unique: str,
@@ -140,7 +141,7 @@ def test_deletion_revokes_and_removes_only_what_fedcare_made(openbao: DevServer,
     agent_token = agent.hvac.token
     done = fp.remove(root_client, sv, fs)
     assert done["revoked_tokens"] == 1
-    assert set(done["deleted"]) == {f"role {fs.mount}/{sv.role}", f"policy {sv.policy}",
+    assert set(done["deleted"]) == {f"role {fs.mount}/{sv.role}", f"policy {sv.policy}", f"policy {sv.training_policy}",
                                     f"secret fedcare/{sv.path('enrollment')}",
                                     f"secret fedcare/{sv.path('hub-credential')}",
                                     f"secret fedcare/{sv.path('nested/deeper')}"}

@@ -114,6 +114,7 @@ async def test_missing_rights_are_reported_then_recovered(hub, api, openbao, jwt
         # The administrator applies it; the hub's retry (backoff 5 s) finds it.
         root = openbao.client()
         root.sys.create_or_update_acl_policy(sv.policy, fp.policy_hcl(sv))
+        root.sys.create_or_update_acl_policy(sv.training_policy, fp.training_policy_hcl(sv))
         root.adapter.post(f"/v1/auth/{jwt_fs.mount}/role/{sv.role}", json=fp.role_body(sv, jwt_fs))
 
         async def recovered():

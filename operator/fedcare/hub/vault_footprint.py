@@ -77,6 +77,11 @@ class SiteVault:
     namespace: str
     service_account: str = e.AGENT_SA
 
+    @property
+    def training_policy(self) -> str:
+        """What a training pod's token may do: read <prefix>/training/* and nothing else."""
+        return f"{self.policy}-training"
+
     def path(self, key: str) -> str:
         return f"{self.prefix}/{key}"
 
@@ -109,11 +114,18 @@ def policy_hcl(sv: SiteVault) -> str:
             f'path "{data}/supernode" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
             f'path "{meta}/supernode" {{\n  capabilities = ["read", "update"]\n}}\n'
             f'path "{data}/supernode-public" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
-            f'path "{meta}/supernode-public" {{\n  capabilities = ["read", "update"]\n}}\n')
+            f'path "{meta}/supernode-public" {{\n  capabilities = ["read", "update"]\n}}\n'
+            "# Short-lived child tokens for training pods (policy fedcare-site-<site>-training only).\n"
+            'path "auth/token/create" {\n  capabilities = ["update"]\n}\n')
+
+
+def training_policy_hcl(sv: SiteVault) -> str:
+    return (f"{POLICY_MARKER} (site {sv.site}, training pods)\n"
+            f'path "{sv.kv_mount}/data/{sv.prefix}/training/*" {{\n  capabilities = ["read"]\n}}\n')
 
 
 def role_body(sv: SiteVault, fs: FootprintSettings) -> dict[str, Any]:
-    common = {"token_policies": [sv.policy], "token_ttl": fs.token_ttl, "token_max_ttl": fs.token_max_ttl,
+    common = {"token_policies": [sv.policy, sv.training_policy], "token_ttl": fs.token_ttl, "token_max_ttl": fs.token_max_ttl,
               "token_type": "service"}
     if fs.auth_method == "jwt":
         return {**common, "role_type": "jwt", "bound_audiences": [fs.audience], "user_claim": "sub",
@@ -168,21 +180,8 @@ def _same_role(have: dict[str, Any], want: dict[str, Any]) -> bool:
 def ensure(vault: VaultClient, sv: SiteVault, fs: FootprintSettings) -> FootprintResult:
     """Create or check the footprint. Raises VaultError for anything but a missing right."""
     res = FootprintResult()
-    hcl = policy_hcl(sv)
-    ppath = f"sys/policies/acl/{sv.policy}"
-    try:
-        current = vault.call(lambda cl: cl.sys.read_acl_policy(sv.policy), ppath)["data"]["policy"]
-    except VaultNotFound:
-        current = None
-    except VaultForbidden:
-        current = ""          # cannot read: try writing, else report it
-    if current != hcl:
-        try:
-            vault.call(lambda cl: cl.sys.create_or_update_acl_policy(sv.policy, hcl), ppath)
-            res.created.append(f"policy {sv.policy}")
-        except VaultForbidden:
-            res.missing.append(f"policy {sv.policy}" + (" (the hub may not even read it to check)"
-                                                          if current == "" else ""))
+    for name, hcl in ((sv.policy, policy_hcl(sv)), (sv.training_policy, training_policy_hcl(sv))):
+        _ensure_policy(vault, name, hcl, res)
     rpath = f"auth/{fs.mount}/role/{sv.role}"
     want = role_body(sv, fs)
     try:
@@ -218,12 +217,30 @@ def ensure(vault: VaultClient, sv: SiteVault, fs: FootprintSettings) -> Footprin
     return res
 
 
+def _ensure_policy(vault: VaultClient, name: str, hcl: str, res: FootprintResult) -> None:
+    ppath = f"sys/policies/acl/{name}"
+    try:
+        current = vault.call(lambda cl: cl.sys.read_acl_policy(name), ppath)["data"]["policy"]
+    except VaultNotFound:
+        current = None
+    except VaultForbidden:
+        current = ""          # cannot read: try writing, else report it
+    if current != hcl:
+        try:
+            vault.call(lambda cl: cl.sys.create_or_update_acl_policy(name, hcl), ppath)
+            res.created.append(f"policy {name}")
+        except VaultForbidden:
+            res.missing.append(f"policy {name}" + (" (the hub may not even read it to check)"
+                                                   if current == "" else ""))
+
+
 def missing_message(sv: SiteVault, fs: FootprintSettings, res: FootprintResult) -> str:
     role = role_body(sv, fs)
     args = " ".join(f"{k}={','.join(x) if isinstance(x, list) else x}" for k, x in role.items())
     return (f"the hub's Vault identity may not create {', '.join(res.missing)}. An administrator must either "
             f"grant the hub the fedcare hub policy (docs/architecture.md) or apply, as policy {sv.policy}:\n"
-            f"{policy_hcl(sv)}and create the role: bao write auth/{fs.mount}/role/{sv.role} {args}")
+            f"{policy_hcl(sv)}as policy {sv.training_policy}:\n{training_policy_hcl(sv)}"
+            f"and create the role: bao write auth/{fs.mount}/role/{sv.role} {args}")
 
 
 def _revoke_role_tokens(vault: VaultClient, sv: SiteVault, fs: FootprintSettings) -> int:
@@ -262,16 +279,17 @@ def remove(vault: VaultClient, sv: SiteVault, fs: FootprintSettings) -> dict[str
             done["kept"].append(f"role {fs.mount}/{sv.role} (not fedcare's binding)")
     except VaultNotFound:
         pass
-    ppath = f"sys/policies/acl/{sv.policy}"
-    try:
-        text = vault.call(lambda cl: cl.sys.read_acl_policy(sv.policy), ppath)["data"]["policy"]
-        if text.startswith(POLICY_MARKER):
-            vault.call(lambda cl: cl.sys.delete_acl_policy(sv.policy), ppath)
-            done["deleted"].append(f"policy {sv.policy}")
-        else:
-            done["kept"].append(f"policy {sv.policy} (not written by fedcare)")
-    except VaultNotFound:
-        pass
+    for name in (sv.policy, sv.training_policy):
+        ppath = f"sys/policies/acl/{name}"
+        try:
+            text = vault.call(lambda cl: cl.sys.read_acl_policy(name), ppath)["data"]["policy"]
+            if text.startswith(POLICY_MARKER):
+                vault.call(lambda cl: cl.sys.delete_acl_policy(name), ppath)
+                done["deleted"].append(f"policy {name}")
+            else:
+                done["kept"].append(f"policy {name} (not written by fedcare)")
+        except VaultNotFound:
+            pass
     for key in _walk(vault, sv.kv_mount, sv.prefix):
         meta = vault.metadata(key, mount=sv.kv_mount) or {}
         if (meta.get("custom_metadata") or {}).get("managed-by") == v.MANAGED_BY:
