@@ -21,6 +21,7 @@ from tests.support.sa_issuer import SAIssuer
 from tests.vault.conftest import fast_retry
 
 SERVICE_DNS = "fedcare-superlink.fedcare.svc"
+APP_DIR = Path(__file__).resolve().parents[2] / "workloads"
 
 
 @pytest.fixture()
@@ -91,9 +92,14 @@ def test_insecure_needs_the_explicit_development_flag(caplog) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_real_flower_deployment_with_tls_and_node_authentication(federation, tmp_path: Path) -> None:
     hub, sites = federation
+    from fedcare_workloads.synth import generate_federation
+
+    data = tmp_path / "data"
+    summary = generate_federation(data, num_sites=2, images_per_site=24, holdout=8, image_size=32, seed=0)
+    site_dirs = [k for k in summary if k != "holdout"]
     with TLSDeployment(tmp_path / "flower") as dep:
         cert = fc.issue_superlink_certificate(hub, common_name=SERVICE_DNS, dns_names=["localhost"],
                                               ip_sans=["127.0.0.1"], ttl="1h")
@@ -119,7 +125,8 @@ def test_real_flower_deployment_with_tls_and_node_authentication(federation, tmp
                                                    name=site, workdir=dep.workdir, env=dep.env)
             key = fc.write_supernode_key(client, site, tmp_path / site / "supernode.key")
             assert oct(key.stat().st_mode & 0o777) == "0o600" and pub
-            dep.start_supernode(site, fc.supernode_args(ca, key), f'site="{site}" partition-id={i}')
+            dep.start_supernode(site, fc.supernode_args(ca, key),
+                                f'site="{site}" data-path="{data / site_dirs[i]}" data-root="{data}" torch-threads=1')
 
         def online() -> set[str]:
             nodes = dep.flwr("supernode", "list", "tls")["nodes"]
@@ -146,3 +153,21 @@ def test_real_flower_deployment_with_tls_and_node_authentication(federation, tmp
         assert proc.returncode != 0
         assert "2004" in (dep.workdir / "rogue.log").read_text(errors="replace")
         assert online() == set(node_ids.values())
+
+        # A real round over TLS with authenticated SuperNodes: the fedcare workload, one round.
+        out = tmp_path / "out"
+        run = dep.flwr("run", str(APP_DIR), "tls", "-c",
+                       f'num-server-rounds=1 fraction-evaluate=0.0 min-train-nodes=2 min-available-nodes=2 '
+                       f'image-size=32 batch-size=8 node-wait-timeout=60.0 round-timeout=120.0 out-dir="{out}"',
+                       timeout=120)
+        assert run.get("success"), run
+        deadline = time.monotonic() + 180
+        while True:
+            runs = dep.flwr("ls", "tls", "--run-id", run["run-id"])["runs"]
+            status = str((runs[0] if runs else {}).get("status", ""))
+            if status.startswith("finished"):
+                break
+            assert time.monotonic() < deadline, f"run not finished: {runs}\n{dep.logs()}"
+            time.sleep(2)
+        assert status == "finished:completed", f"{runs}\n{dep.logs()}"
+        assert (out / "model.safetensors").exists()
