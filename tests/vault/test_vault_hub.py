@@ -157,3 +157,33 @@ async def test_refused_spec_vault_path(hub, api, openbao, jwt_fs, unique):
 
         cond = await eventually(reported, timeout=20)
         assert "spec.vault.path" in cond["message"] or "another site" in cond["message"]
+
+
+async def test_sealed_vault_is_reported_and_recovery_is_automatic(hub, api, tmp_path, unique):
+    from tests.support.openbao import FileServer
+
+    server = FileServer(tmp_path / "bao")
+    server.start()
+    try:
+        root = server.client()
+        root.sys.enable_secrets_engine("kv", path="fedcare", options={"version": "2"})
+        issuer = SAIssuer()
+        issuer.configure(root, "jwt")
+        fs = fp.FootprintSettings(auth_method="jwt", audience=issuer.audience)
+        vault = v.VaultClient(v.VaultSettings(addr=server.addr, auth_method="token", token=server.root_token,
+                                              retry=fast_retry()))
+        root.sys.seal()
+        name = f"{unique}z"
+        async with hub(vault=vault, vault_footprint=fs):
+            await api.create(NODES, node_body(name))
+
+            async def reason_is(reason):
+                cond = credentials(await api.get_or_none(Ref(API_VERSION, "hospitalnodes", None, name)))
+                return cond if cond and cond["reason"] == reason else None
+
+            cond = await eventually(lambda: reason_is("VaultSealed"), timeout=20)
+            assert cond["status"] == "False" and "unseal" in cond["message"]
+            server.unseal()                      # the handler's backoff retry finds it unsealed
+            await eventually(lambda: reason_is("CredentialsProvisioned"), timeout=30)
+    finally:
+        server.stop()
