@@ -22,7 +22,6 @@ hvac is synchronous (requests); async callers use ``await asyncio.to_thread(...)
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import os
@@ -453,10 +452,6 @@ class VaultClient:
                                   authed=False))
         except VaultError:
             return False
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 # -- one client per process --------------------------------------------------------------------
