@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from fedcare.integrations import vault as v  # noqa: E402
 from fedcare.integrations.vault_transit import TransitSigner  # noqa: E402
-from tests.support.openbao import DevServer  # noqa: E402
+from fedcare.sandbox.openbao import DevServer  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 
 from fedcare.integrations import vault as v
-from tests.support.openbao import DevServer, dev_server
+from tests.support.openbao import INSTALL_HINT, BaoMissing, DevServer, bao_binary, dev_server
 
 
 @pytest.fixture(scope="session")
 def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     """A dev OpenBao on a free loopback port for the whole session, stopped after."""
+    try:
+        bao_binary()
+    except BaoMissing:
+        pytest.skip(INSTALL_HINT)
     with dev_server(tmp_path_factory.mktemp("openbao")) as server:
         root = server.client()
         mounts = root.sys.list_mounted_secrets_engines()["data"]

@@ -34,7 +34,7 @@ from ..site.reporter import InventoryReporter
 from .emulator import fedcare_emulator
 from .kubeconfig import write_kubeconfig
 from .simulated_nvml import FakeNVML, gpus
-from .training import run_training
+from .secure_training import run_training_tls as run_training   # TLS + SuperNode auth, material from Vault
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 LEASE = 10

@@ -58,7 +58,7 @@ class HubCredential:
         if changed:
             self.token, self._issued = token, dt.datetime.now(dt.UTC)
             for cfg in self._configs:
-                cfg.api_key = {"authorization": f"Bearer {token}"}
+                cfg.api_key["BearerToken"] = token
             log.info("Hub credential %s (expires %s)", "swapped" if self.expires else "loaded",
                      data["expirationTimestamp"])
         self.expires = expires
@@ -68,7 +68,9 @@ class HubCredential:
 
     def _configuration(self, server: str = "") -> k8s.Configuration:
         cfg = k8s.Configuration(host=(server or self.server).rstrip("/"))
-        cfg.api_key = {"authorization": f"Bearer {self.token}"}
+        # kubernetes_asyncio sends api_key["BearerToken"] with this prefix on every request.
+        cfg.api_key = {"BearerToken": self.token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
         if self.ca_data:
             ca = tempfile.NamedTemporaryFile("wb", prefix="hub-ca-", suffix=".pem", delete=False)
             ca.write(base64.b64decode(self.ca_data))
