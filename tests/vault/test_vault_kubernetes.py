@@ -153,3 +153,65 @@ async def test_kubernetes_auth_and_the_hub_credential_end_to_end(real_cluster, a
             await admin.delete(Ref("rbac.authorization.k8s.io/v1", "clusterroles", None, f"fedcare-site-{name}"))
             await admin.delete(Ref("rbac.authorization.k8s.io/v1", "clusterrolebindings", None,
                                    f"fedcare-site-{name}"))
+
+
+@pytest.mark.parametrize("apiserver", ["real"], indirect=True)
+async def test_the_hub_operator_provisions_and_rotates_on_the_real_control_plane(apiserver, real_cluster,
+                                                                                   openbao: DevServer, k8s_auth,
+                                                                                   tmp_path) -> None:
+    """The real hub (kopf) with Vault: CredentialsReady, a minted hub credential the agent can use,
+    and removal at deletion."""
+    import contextlib
+
+    from fedcare.hub.context import HubContext
+    from fedcare.hub.handlers import make_registry
+    from tests.support.harness import run_operator
+
+    fs, ca = k8s_auth
+    site = "h" + uuid.uuid4().hex[:6]
+    root = openbao.client()
+    root.sys.create_or_update_acl_policy(f"hub-{site}", fp.hub_policy_hcl("fedcare", fs))
+    hub_token = root.auth.token.create(policies=[f"hub-{site}"], ttl="30m")["auth"]["client_token"]
+    vault = v.VaultClient(v.VaultSettings(addr=openbao.addr, auth_method="token", token=hub_token,
+                                          retry=fast_retry()))
+    settings = hc.HubCredentialSettings(ttl_seconds=600, server=real_cluster.server,
+                                        ca_data=base64.b64encode(ca.encode()).decode())
+    api = await apiserver.kube(FAST)
+    ctx = HubContext(kube=await apiserver.kube(FAST), vault=vault, vault_footprint=fs, hub_credential=settings)
+    try:
+        async with run_operator(apiserver, make_registry(ctx)) as logs:
+            body = copy.deepcopy(NODE)
+            body["metadata"]["name"] = site
+            await api.create(Ref(API_VERSION, "hospitalnodes"), body)
+
+            async def provisioned():
+                obj = await api.get_or_none(Ref(API_VERSION, "hospitalnodes", None, site))
+                for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+                    if cond["type"] == "CredentialsReady" and cond["status"] == "True":
+                        return cond
+                return None
+
+            assert (await eventually(provisioned, timeout=60))["reason"] == "CredentialsProvisioned"
+            sa_token = tmp_path / "sa"
+            sa_token.write_text(real_cluster.token(site_namespace(site), "fedcare-agent", 600))
+            agent_vault = v.VaultClient(v.VaultSettings(addr=openbao.addr, auth_method="kubernetes",
+                                                        role=f"fedcare-site-{site}", auth_mount=fs.mount,
+                                                        jwt_path=str(sa_token), retry=fast_retry()), site=site)
+            cred = HubCredential(agent_vault, site)
+            hub_api = cred.connect(policy=FAST)
+            try:
+                assert (await hub_api.get(Ref(API_VERSION, "hospitalnodes", None, site)))["metadata"]["name"] == site
+            finally:
+                await hub_api.close()
+            await api.delete(Ref(API_VERSION, "hospitalnodes", None, site))
+
+            async def gone():
+                return await api.get_or_none(Ref(API_VERSION, "hospitalnodes", None, site)) is None
+
+            await eventually(gone, timeout=60)
+            assert logs.grep(f"Removed the Vault footprint of site {site}")
+        assert f"fedcare-site-{site}" not in root.sys.list_acl_policies()["data"]["keys"]
+        with pytest.raises(v.VaultError):
+            agent_vault.read(f"sites/{site}/hub-credential", fresh=True)
+    finally:
+        await api.close()
