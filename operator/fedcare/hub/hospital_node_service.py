@@ -56,7 +56,7 @@ def ready_condition(conditions: list[Condition], generation: int | None, *, offe
     if offers_gpus and gpu is None:
         return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY,
                       "waiting for the agent's first GPU report", generation=generation)
-    if offers_gpus and gpu.status is ConditionStatus.FALSE:
+    if offers_gpus and gpu.status is not ConditionStatus.TRUE:   # Unknown (NVML hung) is not ready either
         return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY, gpu.message, generation=generation)
     detail = f"; GPUs: {gpu.message}" if gpu is not None and gpu.message else ""
     return c.make(c.ConditionType.READY, True, c.Reason.RECONCILED,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 BUILD_HINT = ("build it with `make kube` (needs Go >= 1.24 and the Go module proxy; the first build takes "
-              "15-25 minutes on 2 cores, later ones seconds)")
+              "25-35 minutes on 2 cores, later ones seconds)")
 _READY = re.compile(r"^ready: Kubernetes (?P<version>\S+) API at (?P<server>\S+) in (?P<secs>[0-9.]+)s; "
                     r"kubeconfig (?P<kubeconfig>\S+)$")
 
@@ -153,6 +153,7 @@ def run_with_sites(directory: str, sites: list[str], port: int = 0) -> int:
     exactly as in production; the chart's admission policy is applied, so a site cannot
     write the hub's conditions.
     """
+    import json
     import sys
 
     import yaml
@@ -183,7 +184,7 @@ def run_with_sites(directory: str, sites: list[str], port: int = 0) -> int:
             for site in sites:
                 node = dict(example, metadata={"name": site, "labels": example["metadata"].get("labels", {})})
                 node["spec"] = dict(example["spec"], gpu={"count": 0})     # CPU-only: no GPU on this machine
-                _kubectl(kc, "apply", "-f", "-", input=yaml.safe_dump(node))
+                _kubectl(kc, "apply", "-f", "-", input=json.dumps(node))
             for site in sites:
                 _kubectl(kc, "wait", "--for=condition=Enrolled", f"hospitalnode/{site}", "--timeout=120s")
                 token = _kubectl(kc, "create", "token", "fedcare-agent", "-n", f"fedcare-site-{site}",

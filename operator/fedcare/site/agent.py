@@ -73,7 +73,8 @@ class SiteAgent:
             try:
                 async with self._answering:
                     accepted = await assignments.answer(self.hub, self.site, self.agent_id, raw,
-                                                        self.reporter.free_gpus)
+                                                        self.reporter.free_gpus,
+                                                        self.reporter.gpu_ready_status)
             except KubeError as err:     # the next event (or kopf's re-list) brings it back
                 logger.warning("Could not answer the assignment: %s", err)
                 return

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 AGENT_TYPES = c.owned(r.HOSPITAL_NODES.kind, c.Writer.AGENT)
 NVML_TIMEOUT = 5.0
+# Consecutive NVML poll timeouts after which GPUReady becomes Unknown (NVMLUnresponsive) and
+# the site stops accepting work. One slow poll keeps the last inventory; a hung driver does not.
+MAX_NVML_TIMEOUTS = 3
 
 
 class InventoryReporter:
@@ -41,10 +44,21 @@ class InventoryReporter:
         self.busy_gpus = 0
         self._reported: tuple[GPUInventory, tuple[str, str, str], Any, dict] | None = None
         self.invalid = ""     # why the last NVML reading was rejected by the model ("" when it was fine)
+        self.timeouts = 0     # consecutive NVML poll timeouts
+        self.unresponsive = ""  # GPUReady=Unknown message while NVML does not answer ("" otherwise)
         self.writes = 0
 
     @property
+    def gpu_ready_status(self) -> str:
+        """"Unknown" while NVML is unresponsive, else the status the inventory gives."""
+        if self.unresponsive:
+            return "Unknown"
+        return "Unknown" if self.inventory is None else gpu_health.gpu_ready(self.inventory)[0]
+
+    @property
     def free_gpus(self) -> int | None:
+        if self.unresponsive:
+            return 0
         if self.capacity is None or self.inventory is None or not self.inventory.devices:
             return None
         return int(self.capacity.gpus_free)
@@ -54,8 +68,11 @@ class InventoryReporter:
             return GPUInventory(nvml_error="NVML is disabled for this agent")
         self.invalid = ""
         try:
-            return await self.reader.poll_async(timeout=NVML_TIMEOUT)
+            inventory = await self.reader.poll_async(timeout=NVML_TIMEOUT)
+        except asyncio.TimeoutError:
+            return self._timed_out()
         except ValidationError as err:
+            self.timeouts, self.unresponsive = 0, ""   # NVML answered (nonsense): not hung
             # The driver answered nonsense: report that, keep the last good inventory.
             first = err.errors(include_input=False)[0]
             where = ".".join(str(x) for x in first["loc"])
@@ -64,10 +81,26 @@ class InventoryReporter:
             log.warning("Rejected a malformed NVML inventory: %s", self.invalid)
             return self.inventory or GPUInventory(nvml_error=self.invalid)
         except NVMLUnavailable as err:
+            self.timeouts, self.unresponsive = 0, ""
             return GPUInventory(nvml_error=str(err))
-        except asyncio.TimeoutError:
-            log.warning("NVML did not answer within %.0fs; keeping the last inventory", NVML_TIMEOUT)
+        self.timeouts, self.unresponsive = 0, ""
+        return inventory
+
+    def _timed_out(self) -> GPUInventory:
+        """A slow poll keeps the last inventory; MAX_NVML_TIMEOUTS in a row make GPUReady Unknown
+        and mark every GPU not usable (the message stays the same while it lasts: one write)."""
+        self.timeouts += 1
+        if self.timeouts < MAX_NVML_TIMEOUTS:
+            log.warning("NVML did not answer within %.0fs (%d/%d); keeping the last inventory",
+                        NVML_TIMEOUT, self.timeouts, MAX_NVML_TIMEOUTS)
             return self.inventory or GPUInventory(nvml_error=f"NVML did not answer within {NVML_TIMEOUT:.0f}s")
+        if not self.unresponsive:
+            log.error("NVML did not answer %d polls in a row; GPUReady is Unknown and the site accepts "
+                      "no work until it answers", self.timeouts)
+        self.unresponsive = (f"NVML did not answer {MAX_NVML_TIMEOUTS} or more consecutive polls "
+                             f"({NVML_TIMEOUT:.0f}s each): the driver may be hung or a GPU fell off the bus; "
+                             "GPU health is unknown and the site accepts no work until NVML answers")
+        return gpu_health.unresponsive(self.inventory or GPUInventory())
 
     async def read_allocatable(self) -> int | None:
         if self.site_kube is None:
@@ -97,6 +130,8 @@ class InventoryReporter:
         verdict = (str(status), str(getattr(reason, "value", reason)), message)
         if self.invalid:
             verdict = ("False", "InvalidInventory", self.invalid)
+        if self.unresponsive:
+            verdict = ("Unknown", gpu_health.GPUReadyReason.NVML_UNRESPONSIVE.value, self.unresponsive)
         versions = self.versions.model_dump(by_alias=True, mode="json")
         if not self._changed(verdict, versions):
             return False
