@@ -6,6 +6,7 @@ The full forms (the numbers in docs/performance.md) take longer:
     python benchmarks/aggregation.py          # N = 3, 8, 18 x 1M, 25M, 100M params, ~2 min, ~10 GB RAM
     python benchmarks/train_throughput.py     # CPU (and CUDA when present)
     python benchmarks/anchoring.py            # chain anchoring on anvil and fedcare verify, ~3 min
+    python benchmarks/vault.py                # fedcare's Vault client against a real OpenBao, ~1 min
 """
 
 import pathlib
@@ -14,7 +15,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"],
-         ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"]]
+         ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"], ["vault.py", "--quick"]]
 
 if __name__ == "__main__":
     failed = 0

@@ -40,8 +40,12 @@ def _hub(args: argparse.Namespace) -> int:
 def _agent(args: argparse.Namespace) -> int:
     from .site.main import run_agent
 
+    if args.hub_credential == "kubeconfig" and not args.hub_kubeconfig:
+        print("fedcare agent: give --hub-kubeconfig PATH, or --hub-credential vault", file=sys.stderr)
+        return 2
     return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
-                     site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics)
+                     site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics,
+                     hub_credential=args.hub_credential)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -156,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="run the site agent for one hospital")
     agent.add_argument("--site", required=True, help="the HospitalNode name of this site")
-    agent.add_argument("--hub-kubeconfig", required=True, help="kubeconfig for the hub API (the site's identity)")
+    agent.add_argument("--hub-kubeconfig", default="", help="kubeconfig for the hub API (the site's identity)")
+    agent.add_argument("--hub-credential", choices=["kubeconfig", "vault"], default="kubeconfig",
+                       help="vault: the short-lived hub token the hub stores in Vault (read with the site's own "
+                            "Vault identity, swapped before expiry) instead of --hub-kubeconfig")
     agent.add_argument("--site-kubeconfig", default=None,
                        help="kubeconfig for the site cluster (default: in-cluster; '' = no site cluster)")
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")

@@ -205,6 +205,7 @@ HUB_RULES = (
     grants(groups=["fedcare.io"], resources=[p for res in RESOURCES for p in (res.plural, f"{res.plural}/status")],
            verbs=[*CRUD, "update"])
     | grants(groups=[""], resources=["namespaces", "serviceaccounts"], verbs=CRUD)
+    | grants(groups=[""], resources=["serviceaccounts/token"], verbs=["create"])
     | grants(groups=["rbac.authorization.k8s.io"],
              resources=["roles", "rolebindings", "clusterroles", "clusterrolebindings"], verbs=CRUD)
     | grants(groups=["coordination.k8s.io"], resources=["leases"], verbs=[*CRUD, "update"])

@@ -57,7 +57,7 @@ manifest renders without it.
 {{- if or (gt (len $name) 50) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $name)) -}}
 {{- fail (printf "site.name %q is not a DNS-1123 label of at most 50 characters (lowercase letters, digits and '-', starting and ending with a letter or digit): it names the hub namespace fedcare-site-<name>" $name) -}}
 {{- end -}}
-{{- if not .Values.site.hubKubeconfigSecret -}}
+{{- if and (not .Values.site.hubKubeconfigSecret) (not (and (eq .Values.secrets.backend "vault") .Values.vault.hubCredential.enabled)) -}}
 {{- fail (printf "site.hubKubeconfigSecret is required when mode=site: the name of a Secret in namespace %s with key 'kubeconfig' holding the identity of ServiceAccount fedcare-agent in fedcare-site-%s on the hub (see docs/kind.md)" .Release.Namespace $name) -}}
 {{- end -}}
 {{- $name -}}

@@ -32,6 +32,7 @@ class ConditionType(str, enum.Enum):
     ANCHORED = "Anchored"               # ModelRelease, hub: on chain with the required confirmations
     PROMOTED = "Promoted"               # ModelRelease, hub: spec.stage in effect (or why not)
     REVOKED = "Revoked"                 # ModelRelease, hub: revocation confirmed on chain
+    CREDENTIALS_READY = "CredentialsReady"  # HospitalNode, hub: the site's Vault path, policy and role exist
 
 
 #: Who may write each condition type, per kind. Tests assert that writers only touch their own.
@@ -40,6 +41,7 @@ WRITERS: dict[tuple[str, str], Writer] = {
     ("HospitalNode", ConditionType.ENROLLED.value): Writer.HUB,
     ("HospitalNode", ConditionType.AVAILABLE.value): Writer.HUB,
     ("HospitalNode", ConditionType.GPU_READY.value): Writer.AGENT,
+    ("HospitalNode", ConditionType.CREDENTIALS_READY.value): Writer.HUB,
     ("FederatedRound", ConditionType.READY.value): Writer.HUB,
     ("FederatedRound", ConditionType.VALID.value): Writer.HUB,
     ("ModelRelease", ConditionType.READY.value): Writer.HUB,
@@ -81,6 +83,13 @@ class Reason(str, enum.Enum):
     ACCEPTED = "Accepted"
     INSUFFICIENT_GPU = "InsufficientGPU"
     WRONG_SITE = "WrongSite"
+    # CredentialsReady (hub, Vault footprint of a site)
+    CREDENTIALS_PROVISIONED = "CredentialsProvisioned"
+    VAULT_POLICY_MISSING = "VaultPolicyMissing"
+    VAULT_UNAVAILABLE = "VaultUnavailable"
+    VAULT_SEALED = "VaultSealed"
+    VAULT_PATH_REFUSED = "VaultPathRefused"
+    VAULT_DISABLED = "VaultDisabled"
 
 
 def now() -> dt.datetime:

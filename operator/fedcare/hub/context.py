@@ -8,11 +8,14 @@ import contextlib
 from dataclasses import dataclass, field
 
 from ..integrations.kube import Kube
+from ..integrations.vault import VaultClient
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
 from .metrics_state import PhaseIndex, release_index, round_index
 from .release_service import ReleaseConfig
+from .hub_credential import HubCredentialSettings
+from .vault_footprint import FootprintSettings
 
 
 @dataclass
@@ -27,6 +30,11 @@ class HubContext:
     #: Phase of every FederatedRound / ModelRelease, for the fedcare_rounds/fedcare_releases gauges.
     rounds: PhaseIndex = field(default_factory=round_index)
     releases: PhaseIndex = field(default_factory=release_index)
+    #: The process's Vault client; None with secrets.backend=kubernetes (no per-site footprint).
+    vault: VaultClient | None = None
+    vault_footprint: FootprintSettings = field(default_factory=FootprintSettings)
+    #: Mint the agents' hub tokens (TokenRequest) into Vault; None: sites bring a kubeconfig.
+    hub_credential: HubCredentialSettings | None = None
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
 

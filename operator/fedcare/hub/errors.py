@@ -13,6 +13,7 @@ import kopf
 from .. import metrics
 from ..api.validation import SpecError
 from ..integrations.kube import KubeError
+from ..integrations.vault import VaultError
 
 MAX_DELAY = 300.0
 
@@ -40,6 +41,10 @@ async def handled(body: Any, retry: int, logger: logging.Logger) -> AsyncIterato
         delay = retry_delay(retry)
         logger.warning("Kubernetes API call failed (%s); retrying in %.0fs", err, delay)
         raise kopf.TemporaryError(str(err), delay=delay) from None
+    except VaultError as err:       # the condition already says why; retry with the same backoff
+        delay = retry_delay(retry)
+        logger.warning("Vault: %s; retrying in %.0fs", err, delay)
+        raise kopf.TemporaryError(f"{err.reason}: {err}", delay=delay) from None
     except Exception:
         metrics.RECONCILE_ERRORS_TOTAL.labels(kind, "Unexpected").inc()
         raise

@@ -12,6 +12,7 @@ from ..api.resources import FEDERATED_ROUNDS, GROUP, HOSPITAL_NODES, MODEL_RELEA
 from ..integrations.kube import KubeError
 from . import hospital_node_service as nodes
 from . import release_service, round_service
+from . import vault_footprint
 from .context import HubContext
 from .errors import handled
 from ..kopf_setup import add_hub_login, configure
@@ -52,11 +53,22 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     async def hospital_node(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
         async with handled(body, retry, logger):
             await nodes.reconcile(ctx.api, plain(body), logger)
+            await vault_footprint.enroll(ctx, plain(body), logger)
 
     @kopf.on.delete(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry)
     async def hospital_node_deleted(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
         async with handled(body, retry, logger):
             await nodes.finalize(ctx.api, plain(body), logger)
+            await vault_footprint.remove_site(ctx.vault, ctx.vault_footprint, plain(body), logger)
+
+    if ctx.hub_credential is not None:
+        interval = max(30.0, ctx.hub_credential.ttl_seconds * ctx.hub_credential.refresh_fraction / 4)
+
+        @kopf.timer(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, interval=interval,
+                    initial_delay=interval)
+        async def hospital_node_credential(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
+            async with handled(body, retry, logger):
+                await vault_footprint.rotate_credential(ctx, plain(body), logger)
 
     @kopf.on.event(GROUP, VERSION, HOSPITAL_NODES.plural, registry=registry, id=QUIET_HANDLER)
     async def hospital_node_seen(body: kopf.Body, type: str | None, **_: Any) -> None:

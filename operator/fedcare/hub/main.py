@@ -17,7 +17,13 @@ log = logging.getLogger(__name__)
 
 def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None,
             metrics_address: str = "") -> int:
-    ctx = HubContext(kubeconfig=kubeconfig)
+    from ..integrations.secrets_backend import vault_from_env
+    from .hub_credential import settings_from_env
+    from .vault_footprint import FootprintSettings
+
+    vault = vault_from_env()
+    ctx = HubContext(kubeconfig=kubeconfig, vault=vault, vault_footprint=FootprintSettings.from_env(),
+                     hub_credential=settings_from_env() if vault else None)
     registry = make_registry(ctx, login=True)
     state = HubStateCollector(ctx)
     server = metrics.serve(metrics_address, metrics.build_registry("hub", [state]), [state.site_exposition])

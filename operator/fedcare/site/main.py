@@ -7,6 +7,7 @@ import importlib.metadata
 import logging
 import os
 import socket
+from typing import Any
 
 from .. import __version__, metrics
 from ..api import resources as r
@@ -47,18 +48,36 @@ async def _kubernetes_version(site: Kube | None) -> str:
         return ""
 
 
+async def _hub_from_vault(site: str):
+    """The hub API client from the short-lived token the hub stores in Vault (hub_credential)."""
+    from ..integrations.secrets_backend import vault_from_env
+    from .hub_credential import HubCredential
+
+    vault = vault_from_env(site=site)
+    if vault is None:
+        raise SystemExit("--hub-credential vault needs secrets.backend=vault and FEDCARE_VAULT_ADDR")
+    cred = HubCredential(vault, site)
+    await asyncio.to_thread(cred.refresh)
+    return cred, cred.connect()
+
+
 async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
-              metrics_address: str = "") -> int:
+              metrics_address: str = "", hub_credential: str = "kubeconfig") -> int:
     server = metrics.serve(metrics_address, metrics.build_registry("agent"))
     try:
-        return await _run(site, hub_kubeconfig, liveness, site_kubeconfig)
+        return await _run(site, hub_kubeconfig, liveness, site_kubeconfig, hub_credential)
     finally:
         if server is not None:
             server.close()
 
 
-async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None) -> int:
-    hub = await Kube.from_kubeconfig(hub_kubeconfig)
+async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
+               hub_credential: str = "kubeconfig") -> int:
+    cred = None
+    if hub_credential == "vault":
+        cred, hub = await _hub_from_vault(site)
+    else:
+        hub = await Kube.from_kubeconfig(hub_kubeconfig)
     site_kube = await _site_cluster(site_kubeconfig)
     versions = AgentVersions(agent=__version__, kubernetes=await _kubernetes_version(site_kube),
                              flwr=_flwr_version())
@@ -72,9 +91,18 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
         log.error("%s: enroll it on the hub first (kubectl apply -f a HospitalNode named %s)", err, site)
         return 2
     stop = asyncio.Event()
+    registry = agent.registry(hub_kubeconfig=None if cred else hub_kubeconfig)
+    if cred is not None:
+        import kopf
+
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo:    # the current token; kopf asks again on 401
+            return cred.login(**kwargs)
+
+        asyncio.create_task(cred.keep_fresh(stop), name="hub-credential")
     try:
         operator = asyncio.create_task(run_kopf(
-            registry=agent.registry(hub_kubeconfig=hub_kubeconfig), standalone=True, namespaces=[r.site_namespace(site)],
+            registry=registry, standalone=True, namespaces=[r.site_namespace(site)],
             liveness_endpoint=liveness or None, stop_flag=stop))
         operator.add_done_callback(lambda _: stop.set())   # kopf handles SIGTERM: then we stop too
         # run_kopf, not kopf.operator: on exit the latter cancels every task in the loop, ours too
@@ -89,5 +117,5 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
 
 
 def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None,
-              metrics_address: str = "") -> int:
-    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, metrics_address))
+              metrics_address: str = "", hub_credential: str = "kubeconfig") -> int:
+    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, metrics_address, hub_credential))
