@@ -36,13 +36,9 @@ from ..site.reporter import InventoryReporter
 from .emulator import fedcare_emulator
 from .kubeconfig import write_kubeconfig
 from .simulated_nvml import FakeNVML, gpus
-<<<<<<< HEAD
 from . import release as sandbox_release
 from .anvil import run_anvil
-from .training import run_training
-=======
 from .secure_training import run_training_tls as run_training   # TLS + SuperNode auth, material from Vault
->>>>>>> wip/vault
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 LEASE = 10
