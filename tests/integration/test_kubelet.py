@@ -8,15 +8,14 @@ import pytest
 
 from fedcare.integrations.kube import Ref
 from fedcare.sandbox.kubelet import running_kubelet
-from tests.support.kubelet import container, create, phase, pod, wait_pod
+from tests.support.kubelet import container, create, fast_kubelet_kwargs, phase, pod, wait_pod
 
 NODE = "node-a"
 
 
 @pytest.fixture()
 async def kubelet(api, tmp_path):
-    async with running_kubelet(api, NODE, tmp_path / "kubelet", bind=True, backoff_base=0.2, backoff_cap=1.0,
-                               shutdown_grace=2.0, lease_duration=8) as k:
+    async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
         yield k
 
 

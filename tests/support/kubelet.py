@@ -86,3 +86,14 @@ def kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def fast_kubelet_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Quick back-off, short grace caps, a short lease: what tests want."""
+    return {"bind": True, "backoff_base": 0.2, "backoff_cap": 1.0, "shutdown_grace": 2.0, "lease_duration": 8,
+            **overrides}
+
+
+def log_text(kubelet: Any, name: str, container_name: str = "main", namespace: str = "default") -> str:
+    path = kubelet.log_path(namespace, name, container_name)
+    return path.read_text() if path is not None else ""

@@ -56,8 +56,11 @@ What it does
 * **Not supported** (each reported on the pod, never silently skipped): initContainers
   (``CreateContainerConfigError``), other volume types, resourceFieldRef; probes are not run
   (logged: a running container is ready); ``securityContext`` is logged and ignored (a
-  process runs as the kubelet's user); ``readOnly`` is enforced for configMap/secret/
-  downwardAPI files only. ConfigMap/Secret volume files are written once per pod.
+  process runs as the kubelet's user); ``readOnly`` is enforced only through file modes
+  of configMap/secret/downwardAPI files (0444: binding for non-root processes; root
+  ignores modes), and a readOnly emptyDir/PVC/hostPath mount is writable (logged). ConfigMap/
+  Secret volume files are written once per pod. A process that leaves its process group
+  (``setsid``) escapes the kill of its container.
 """
 
 from __future__ import annotations

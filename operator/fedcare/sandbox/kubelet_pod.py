@@ -306,14 +306,21 @@ class PodWorker:
         if self.gpus:
             env["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpus))
         env.update({k: tr(v) for k, v in pod_env.items()})
-        cwd = tr(spec.get("workingDir") or "") or str(home)
-        if not pathlib.Path(cwd).is_dir():
-            if pathlib.Path(cwd).is_relative_to(self.dir):
-                pathlib.Path(cwd).mkdir(parents=True, exist_ok=True)
-            else:
-                raise Waiting("CreateContainerError", f'workingDir "{spec.get("workingDir")}" does not exist '
-                              f"(locally {cwd})")
+        cwd = self._working_dir(spec.get("workingDir") or "", tr, home)
         return [tr(x) for x in argv], env, cwd
+
+    def _working_dir(self, wanted: str, tr: Translator, home: pathlib.Path) -> str:
+        """Inside a volume: that folder (created, as a runtime creates a missing workingDir);
+        an existing host folder: itself; anything else: a folder of the pod's own
+        (``rootfs/<path>``), since the host's filesystem is not the container's."""
+        if not wanted:
+            return str(home)
+        local = tr(wanted)
+        if local != wanted or not pathlib.Path(local).is_dir():
+            path = pathlib.Path(local) if local != wanted else self.dir / "rootfs" / wanted.lstrip("/")
+            path.mkdir(parents=True, exist_ok=True)
+            return str(path)
+        return local
 
     def _with_status(self) -> dict[str, Any]:
         pod = dict(self.pod)
