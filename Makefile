@@ -9,11 +9,15 @@ TOOLS := .tools/bin
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 PYTEST_FLAGS ?=
 
-.PHONY: help venv tools test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
+KUBE_SRC := $(wildcard tools/kube/*.go) tools/kube/go.mod tools/kube/go.sum scripts/build-kube.sh
+
+.PHONY: help venv tools kube cluster test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
 
 help:
 	@echo "make demo   - run the hub and site agents on the built-in sandbox (emulated Kubernetes)"
-	@echo "make test   - unit + emulator tiers, CRD freshness and chart checks"
+	@echo "make test   - unit, emulator and real-control-plane tiers, CRD freshness and chart checks"
+	@echo "make kube   - build the real Kubernetes control plane (tools/kube) into .tools/bin/fedcare-kube"
+	@echo "make cluster - start a real control plane in .cluster/ (kubeconfig .cluster/kubeconfig; Ctrl-C stops it)"
 	@echo "make crds   - regenerate crds/ and the chart's CRD templates from the pydantic models"
 	@echo "make bench  - run the benchmarks (see docs/performance.md)"
 
@@ -30,6 +34,14 @@ $(TOOLS)/helm: scripts/fetch-tools.sh | $(STAMP)
 
 tools: $(TOOLS)/helm
 
+$(TOOLS)/fedcare-kube: $(KUBE_SRC)
+	scripts/build-kube.sh $(TOOLS)
+
+kube: $(TOOLS)/fedcare-kube
+
+cluster: $(STAMP) kube
+	$(BIN)/fedcare sandbox cluster --dir .cluster
+
 crds: $(STAMP)
 	$(BIN)/fedcare crds generate
 
@@ -39,7 +51,7 @@ crds-check: $(STAMP)
 chart-check: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit/test_chart.py
 
-test: $(STAMP) tools crds-check
+test: $(STAMP) tools kube crds-check
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests workloads/tests
 
 test-unit: $(STAMP)
@@ -58,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .tools
+	rm -rf $(VENV) .tools .cluster

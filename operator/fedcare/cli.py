@@ -48,6 +48,10 @@ def _sandbox(args: argparse.Namespace) -> int:
         from .sandbox.kubelet import main as kubelet_main
 
         return kubelet_main(args)
+    if args.action == "cluster":
+        from .sandbox.cluster import main as cluster_main
+
+        return cluster_main(args.dir or ".cluster", args.port)
     from .sandbox.demo import main as demo_main
 
     return demo_main(args)
@@ -79,9 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
     agent.set_defaults(func=_agent)
 
-    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
-    sandbox.add_argument("action", choices=["demo", "kubelet"],
-                         help="demo: the narrated sandbox; kubelet: a process kubelet (a Node running pods as processes)")
+    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox: the demo (emulated Kubernetes), a "
+                                              "real Kubernetes control plane (cluster), or a process kubelet")
+    sandbox.add_argument("action", choices=["demo", "cluster", "kubelet"],
+                         help="demo: the narrated demo; cluster: run etcd, kube-apiserver, controller-manager "
+                              "and scheduler in the foreground (needs `make kube`), Ctrl-C or SIGTERM stops them; "
+                              "kubelet: a process kubelet (a Node running pods as processes)")
+    sandbox.add_argument("--dir", default=None,
+                         help="cluster: state folder (etcd data, certificates, logs, kubeconfig; default .cluster); "
+                              "kubelet: folder for pod logs, volumes and homes (required)")
+    sandbox.add_argument("--port", type=int, default=0, help="cluster: API server port on 127.0.0.1 (0: a free one)")
     sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
     sandbox.add_argument("--seconds", type=float, default=0,
                          help="keep the sandbox API up this long after the demo (for kubectl)")
@@ -89,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="skip the federated training step (the slowest, about a minute)")
     from .sandbox.kubelet_cli import add_arguments as add_kubelet_arguments
 
-    add_kubelet_arguments(sandbox.add_argument_group("kubelet (fedcare sandbox kubelet --kubeconfig K --node NAME --dir D)"))
+    add_kubelet_arguments(sandbox.add_argument_group("kubelet (fedcare sandbox kubelet --kubeconfig K --node NAME --dir D)"),
+                          with_dir=False)
     sandbox.set_defaults(func=_sandbox)
     return parser
 

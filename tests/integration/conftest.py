@@ -16,20 +16,20 @@ FAST = RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, timeout=5.0)
 
 
 @pytest.fixture()
-async def api(emulator) -> AsyncIterator[Kube]:
-    kube = Kube.from_url(str(emulator.url), policy=FAST)
+async def api(apiserver) -> AsyncIterator[Kube]:
+    kube = await apiserver.kube(FAST)
     yield kube
     await kube.close()
 
 
 @pytest.fixture()
-def hub(emulator):
+def hub(apiserver):
     """``async with hub() as logs:`` runs the hub operator; can be entered again (a restart)."""
 
     @contextlib.asynccontextmanager
     async def start(**ctx_kwargs):
-        ctx = HubContext(kube=Kube.from_url(str(emulator.url), policy=FAST), **ctx_kwargs)
-        async with run_operator(emulator, make_registry(ctx)) as logs:
+        ctx = HubContext(kube=await apiserver.kube(FAST), **ctx_kwargs)
+        async with run_operator(apiserver, make_registry(ctx)) as logs:
             logs.ctx = ctx
             yield logs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pathlib
 
+import pytest
 import yaml
 
 from fedcare.api.resources import API_VERSION, FINALIZER
@@ -49,6 +50,7 @@ async def enrolled(api, name="rouen"):
     return obj if cond and cond["status"] == "True" else None
 
 
+@pytest.mark.tiers
 async def test_create_enrolls_the_site(hub, api):
     async with hub() as logs:
         await api.create(NODES, copy.deepcopy(NODE))
@@ -105,6 +107,7 @@ async def test_fixing_an_invalid_node_enrolls_it(hub, api):
     assert obj["status"]["observedGeneration"] == 2
 
 
+@pytest.mark.tiers
 async def test_delete_removes_every_child(hub, api):
     async with hub() as logs:
         await api.create(NODES, copy.deepcopy(NODE))
@@ -115,7 +118,11 @@ async def test_delete_removes_every_child(hub, api):
             return await api.get_or_none(node_ref()) is None
 
         await eventually(gone, timeout=15)
-    assert await children(api) == [None] * len(CHILDREN)
+
+    async def all_children_gone():   # a real namespace is Terminating until its controller empties it
+        return await children(api) == [None] * len(CHILDREN)
+
+    await eventually(all_children_gone, timeout=60, interval=0.5)
     assert logs.grep("Deleted Namespace fedcare-site-rouen")
 
 
@@ -151,3 +158,32 @@ async def _reason_is(api, ctype, reason, name="rouen"):
     obj = await api.get_or_none(node_ref(name))
     cond = obj and condition(obj, ctype)
     return obj if cond and cond["reason"] == reason else None
+
+
+@pytest.mark.tiers
+async def test_two_status_writers_never_overwrite_each_other(hub, api):
+    """The hub and the agent write one status; resourceVersion preconditions make both survive."""
+    import asyncio
+
+    from fedcare.api import conditions as c
+    from fedcare.status_writer import write_status
+
+    async with hub():
+        await api.create(NODES, copy.deepcopy(NODE))
+        obj = await eventually(lambda: enrolled(api), timeout=15)
+    stale = copy.deepcopy(obj)
+    gpu = c.make("GPUReady", True, "Healthy", "2/2 healthy")
+    enrolled_again = c.make("Enrolled", True, "Enrolled", "still enrolled, rewritten")
+    # Both writers start from the same (soon stale) copy: one of them must get 409 and re-read.
+    await asyncio.gather(
+        write_status(api, node_ref(), owned_types={"GPUReady"}, updates=[gpu], known=copy.deepcopy(stale)),
+        write_status(api, node_ref(), owned_types={"Enrolled"}, updates=[enrolled_again], known=copy.deepcopy(stale)))
+    final = c.parse((await api.get(node_ref()))["status"]["conditions"])
+    by_type = {x.type: x for x in final}
+    assert by_type["GPUReady"].message == "2/2 healthy"
+    assert by_type["Enrolled"].message == "still enrolled, rewritten"
+    # a write with a stale resourceVersion is refused by the server itself
+    from fedcare.integrations.kube import Conflict
+    with pytest.raises(Conflict):
+        await api.patch(node_ref(), {"metadata": {"resourceVersion": stale["metadata"]["resourceVersion"]},
+                                     "status": {"phase": "Pending"}}, status=True)

@@ -42,7 +42,7 @@ async def test_round_with_quorum_above_maximum_is_rejected(hub, api):
         events = await eventually(lambda: warnings_for(api, bad["metadata"]["name"]), timeout=10)
     ready = cond(obj, "Ready")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
-    assert "minAvailable (5) must not exceed maxParticipants (3)" in ready["message"]
+    assert "participants.minAvailable must not exceed participants.maxParticipants" in ready["message"]
     assert obj["status"]["phase"] == "Invalid" and cond(obj, "Valid")["status"] == "False"
     assert any("minAvailable" in e["message"] for e in events)
     # nothing was created for it

@@ -16,7 +16,7 @@ import kmock
 import kopf
 
 from fedcare.api.resources import ANNOTATION_PREFIX, FEDERATED_ROUNDS, FINALIZER
-from fedcare.hub.settings import configure
+from fedcare.kopf_setup import configure
 from fedcare.sandbox.emulator import RealisticEmulator
 from tests.support.harness import eventually, fast_settings, run_operator
 from tests.support.kube import KubeClient
@@ -26,7 +26,7 @@ ON = (FR.group, FR.version, FR.plural)
 
 
 def ours(server_timeout: float | None = None) -> Callable[[kopf.OperatorSettings], None]:
-    """Production names and storage (fedcare.hub.settings), test-speed retries."""
+    """Production names and storage (fedcare.kopf_setup), test-speed retries."""
     def hook(settings: kopf.OperatorSettings) -> None:
         configure(settings)
         fast_settings(settings)

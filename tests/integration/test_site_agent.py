@@ -54,12 +54,12 @@ async def condition_is(api, ctype, status, name="rouen", reason=None):
 
 
 @pytest.fixture()
-def make_agent(emulator):
+def make_agent(apiserver):
     """``async with make_agent(fake) as agent:`` runs one site agent until the block ends."""
 
     @contextlib.asynccontextmanager
     async def start(nvml, site="rouen", now=None, poll=0.3):
-        hub = Kube.from_url(str(emulator.url), policy=FAST)
+        hub = await apiserver.kube(FAST)
         reporter = InventoryReporter(hub, site, reader=NVMLReader(nvml), poll_interval=poll,
                                      versions=AgentVersions(agent="test", flwr="1.42.0"))
         agent = SiteAgent(site, hub, reporter, agent_id=f"{site}/agent-0",
@@ -84,6 +84,7 @@ async def enrolled(hub, api, name="rouen", gpu_count=2):
     await eventually(lambda: condition_is(api, "Enrolled", "True", name), timeout=15)
 
 
+@pytest.mark.tiers
 async def test_heartbeat_makes_the_site_available_and_ready(hub, api, make_agent):
     async with hub():
         await enrolled(hub, api)
@@ -100,6 +101,7 @@ async def test_heartbeat_makes_the_site_available_and_ready(hub, api, make_agent
     assert lease["spec"]["holderIdentity"] == "rouen/agent-0"
 
 
+@pytest.mark.tiers
 async def test_stale_heartbeat_flips_available_and_recovers(hub, api, make_agent):
     async with hub():
         await enrolled(hub, api)
@@ -236,7 +238,8 @@ async def test_agent_refuses_to_start_for_an_unknown_site(emulator):
         await hub.close()
 
 
-async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, emulator):
+@pytest.mark.tiers
+async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, apiserver):
     digest = "b" * 64
     ns = site_namespace("rouen")
 
@@ -250,7 +253,7 @@ async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, emulat
         await enrolled(hub, api)
         async with make_agent(FakeNVML(gpus(2))) as agent:
             await eventually(lambda: condition_is(api, "GPUReady", "True"), timeout=15)
-            async with run_operator(emulator, agent.registry(), namespaces=[ns]):
+            async with run_operator(apiserver, agent.registry(), namespaces=[ns]):
                 ras = Ref(API_VERSION, "roundassignments", ns)
 
                 async def phase(name):

@@ -29,7 +29,7 @@ from fedcare.sandbox.kubeconfig import write_kubeconfig
 __all__ = ["LogCollector", "Record", "eventually", "fast_settings", "run_operator", "write_kubeconfig"]
 
 #: The URL each registry's login handler answers with (one handler per registry, reused).
-_LOGIN_URLS: weakref.WeakKeyDictionary[kopf.OperatorRegistry, list[str]] = weakref.WeakKeyDictionary()
+_LOGIN_URLS: weakref.WeakKeyDictionary[kopf.OperatorRegistry, list[kopf.ConnectionInfo]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -93,23 +93,30 @@ async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], ti
         await asyncio.sleep(interval)
 
 
-def _ensure_login(registry: kopf.OperatorRegistry, url: str) -> None:
+def _connection(k: Any) -> kopf.ConnectionInfo:
+    """``k``: an emulator, or a tier (tests/support/cluster.py) that knows its credentials."""
+    if hasattr(k, "connection_info"):
+        return k.connection_info()
+    return kopf.ConnectionInfo(server=k.url, insecure=True, default_namespace="default")
+
+
+def _ensure_login(registry: kopf.OperatorRegistry, info: kopf.ConnectionInfo) -> None:
     if registry in _LOGIN_URLS:
-        _LOGIN_URLS[registry][0] = url  # a later run may be against another emulator
+        _LOGIN_URLS[registry][0] = info  # a later run may be against another API server
         return
-    holder = [url]
+    holder = [info]
     _LOGIN_URLS[registry] = holder
 
     @kopf.on.login(registry=registry, id="fedcare-test-emulator-login")
     def _login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=holder[0], insecure=True, default_namespace="default")
+        return holder[0]
 
 
 def fast_settings(settings: kopf.OperatorSettings) -> None:
     """Short API retries and watch-error delays, so a failure-path test takes < 1 s.
 
     Applied before ``settings_hook``; a hook that sets production values (e.g. our
-    ``fedcare.hub.settings.configure``) should call this again after them.
+    ``fedcare.kopf_setup.configure``) should call this again after them.
     """
     settings.networking.error_backoffs = [0.1, 0.2, 0.5]
     settings.queueing.error_delays = [0.1, 0.2, 0.5]
@@ -118,14 +125,14 @@ def fast_settings(settings: kopf.OperatorSettings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def run_operator(k: RealisticEmulator, registry: kopf.OperatorRegistry, *,
+async def run_operator(k: RealisticEmulator | Any, registry: kopf.OperatorRegistry, *,
                        settings_hook: Callable[[kopf.OperatorSettings], None] | None = None,
                        namespaces: Iterable[str] | None = None, watching: Iterable[Any] = (),
                        ready_timeout: float = 10.0, stop_timeout: float = 10.0) -> AsyncIterator[LogCollector]:
     """Run kopf until the block exits. ``watching``: resources (fedcare ``Resource`` or
     ``'group/version/plural'``) whose watch streams must be open before the block starts.
     """
-    _ensure_login(registry, k.url)
+    _ensure_login(registry, _connection(k))
     settings = kopf.OperatorSettings()
     fast_settings(settings)
     if settings_hook is not None:

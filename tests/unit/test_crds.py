@@ -116,3 +116,49 @@ def test_schema_rejects_what_the_model_rejects():
     doc["spec"]["artifact"]["digest"] = "sha256:1234"
     with pytest.raises(jsonschema.ValidationError, match="does not match"):
         jsonschema.validate(doc, schema)
+
+
+def _kubectl() -> str:
+    import shutil
+
+    path = ROOT / ".tools" / "bin" / "kubectl"
+    found = str(path) if path.exists() else shutil.which("kubectl")
+    if not found:
+        pytest.fail("kubectl not found in .tools/bin or on PATH: run `make tools`", pytrace=False)
+    return found
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.resource.kind)
+def test_go_yaml_reads_each_crd_as_python_meant(kind):
+    """kubectl's (Go) YAML parser reads the file exactly as the Python model intends.
+
+    `default: 1e-5` unquoted in a string field was read as a number by Go and the API server
+    rejected the whole CRD; PyYAML had read it as a string. kubectl converts offline here.
+    """
+    import json
+    import subprocess
+
+    path = ROOT / "crds" / f"{kind.resource.crd_name}.yaml"
+    out = subprocess.run([_kubectl(), "label", "--local", "-f", str(path), "fedcare.io/probe=1", "-o", "json"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    seen = json.loads(out)
+    seen["metadata"]["labels"].pop("fedcare.io/probe")
+    assert seen == crd.crd_manifest(kind)
+
+
+def test_string_that_looks_like_a_number_is_quoted():
+    text = crd.dump_yaml({"default": "1e-5", "enum": ["on", "1.0"], "pattern": "^a$", "x": "0x1F", "y": "plain"})
+    assert yaml.safe_load(text) == {"default": "1e-5", "enum": ["on", "1.0"], "pattern": "^a$", "x": "0x1F",
+                                    "y": "plain"}
+    for quoted in ('"1e-5"', '"on"', '"1.0"', '"0x1F"'):
+        assert quoted in text
+
+
+def test_defaulted_nested_objects_default_to_empty():
+    spec = CRDS["FederatedRound"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for name in ("model", "strategy", "privacy"):
+        assert spec["properties"][name].get("default") == {}, name
+    assert spec["properties"]["privacy"]["properties"]["differentialPrivacy"].get("default") == {}
+    node = CRDS["HospitalNode"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert node["properties"]["gpu"].get("default") == {}
+    assert "default" not in spec["properties"]["participants"]     # required: never defaulted

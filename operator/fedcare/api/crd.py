@@ -11,9 +11,12 @@ from __future__ import annotations
 import copy
 import difflib
 import pathlib
+import re
+import typing
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from .kinds import KINDS, Kind
 
@@ -73,9 +76,38 @@ def _tidy(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def schema_for(model: type) -> dict[str, Any]:
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``X`` or ``X | None``, else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
+def _parent_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
+    """``default: {}`` on every nested object the model defaults (``default_factory=Model``).
+
+    Without it the API server fills a nested object's defaulted fields only when the user
+    wrote the object: a HospitalNode with no ``gpu`` block would have no ``spec.gpu`` at all,
+    and readers would disagree on what its absence means. With it the server stores the
+    object with every default, exactly as the pydantic model reads it.
+    """
+    props = schema.get("properties") or {}
+    for name, field in model.model_fields.items():
+        prop = props.get(field.alias or name)
+        inner = _model_of(field.annotation)
+        if prop is None or inner is None:
+            continue
+        if field.default_factory is not None and isinstance(field.default_factory(), BaseModel):
+            prop["default"] = {}
+        _parent_defaults(inner, prop)
+
+
+def schema_for(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _resolve(raw, raw.get("$defs", {}))
+    schema = _resolve(raw, raw.get("$defs", {}))
+    _parent_defaults(model, schema)
+    return schema
 
 
 def openapi_schema(kind: Kind) -> dict[str, Any]:
@@ -117,13 +149,53 @@ def crd_manifest(kind: Kind) -> dict[str, Any]:
     }
 
 
+class _Quoted(str):
+    """A string written double-quoted, so every YAML parser reads it back as a string."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Quoted, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", str(v), style='"'))
+
+# Plain scalars that some YAML parser reads as something other than a string: Go's
+# (sigs.k8s.io/yaml, used by kubectl and helm) reads `1e-5` as a number where PyYAML's
+# YAML 1.1 resolver keeps it a string, and YAML 1.1 parsers read yes/no/on/off as booleans.
+_NOT_A_STRING = re.compile(r"""^(
+    [-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?   # decimal, float, exponent
+  | [-+]?0[xX][0-9a-fA-F_]+ | [-+]?0[oO]?[0-7_]+ | [-+]?0[bB][01_]+ # hex, octal, binary
+  | [-+]?\.(inf|Inf|INF) | \.(nan|NaN|NAN)
+  | [0-9]+(:[0-5]?[0-9])+(\.[0-9]*)?                               # YAML 1.1 sexagesimal
+  | [0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([Tt ].*)?                        # timestamps
+  | y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF
+  | ~|null|Null|NULL|
+)$""", re.VERBOSE)
+
+
+def _quote_strings(node: Any, *, force: bool = False) -> Any:
+    """Every string under ``default``/``enum`` (and any ambiguous one) becomes ``_Quoted``."""
+    if isinstance(node, dict):
+        return {k: _quote_strings(v, force=force or k in ("default", "enum")) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_quote_strings(v, force=force) for v in node]
+    if isinstance(node, str) and (force or _NOT_A_STRING.match(node)):
+        return _Quoted(node)
+    return node
+
+
+def dump_yaml(obj: Any) -> str:
+    """YAML that Go's parser (kubectl, helm, the API server) reads exactly as Python meant it."""
+    return yaml.dump(_quote_strings(obj), Dumper=_Dumper, sort_keys=False, width=120)
+
+
 def render_plain(kind: Kind) -> str:
-    return HEADER + yaml.safe_dump(crd_manifest(kind), sort_keys=False, width=120)
+    return HEADER + dump_yaml(crd_manifest(kind))
 
 
 def render_chart(kind: Kind) -> str:
     """The same CRD as a Helm template: installed and upgraded in hub mode when ``crds.install`` is true."""
-    body = yaml.safe_dump(crd_manifest(kind), sort_keys=False, width=120)
+    body = dump_yaml(crd_manifest(kind))
     marker = "  labels:\n"
     annotations = '  annotations:\n    {{- include "fedcare.crdAnnotations" . | nindent 4 }}\n'
     body = body.replace(marker, annotations + marker, 1)

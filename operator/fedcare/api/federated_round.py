@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from .base import Condition, Decimal, Digest, DNSLabel, DNSSubdomain, FedcareModel, LabelSelector, StatusModel
 
@@ -33,14 +33,6 @@ class InitialModel(FedcareModel):
     storage_uri: str | None = Field(default=None, max_length=2048, description="Start from this artifact.")
     digest: Digest | None = Field(default=None, description="sha256 digest of the artifact at storageUri.")
 
-    @model_validator(mode="after")
-    def _one_source(self) -> "InitialModel":
-        if self.model_release_ref is not None and self.storage_uri is not None:
-            raise ValueError("set either modelReleaseRef or storageUri+digest, not both")
-        if (self.storage_uri is None) != (self.digest is None):
-            raise ValueError("storageUri and digest go together: an artifact must be pinned by its sha256 digest")
-        return self
-
 
 class ModelSpec(FedcareModel):
     architecture: str = Field(default="ultrasound-cnn-small", pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63,
@@ -57,7 +49,8 @@ class Participants(FedcareModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
         "rule": "!has(self.maxParticipants) || self.minAvailable <= self.maxParticipants",
-        "message": "participants.minAvailable must not exceed participants.maxParticipants",
+        "message": "participants.minAvailable must not exceed participants.maxParticipants: lower minAvailable "
+                   "or raise maxParticipants",
         "fieldPath": ".minAvailable"}]})
 
     selector: LabelSelector = Field(default_factory=LabelSelector,
@@ -67,12 +60,6 @@ class Participants(FedcareModel):
     max_participants: int | None = Field(default=None, ge=1, le=1000,
                                          description="Cap on selected sites. Unset: every eligible site.")
 
-    @model_validator(mode="after")
-    def _quorum_fits(self) -> "Participants":
-        if self.max_participants is not None and self.min_available > self.max_participants:
-            raise ValueError(f"minAvailable ({self.min_available}) must not exceed maxParticipants "
-                             f"({self.max_participants}): lower minAvailable or raise maxParticipants")
-        return self
 
 
 class StrategyName(str, enum.Enum):
@@ -147,13 +134,6 @@ class FederatedRoundSpec(FedcareModel):
     release: ReleaseTemplate = Field(default_factory=ReleaseTemplate, description="What to release at the end.")
     suspend: bool = Field(default=False, description="Pause the run; resuming starts the deadline anew.")
 
-    @model_validator(mode="after")
-    def _replies_fit_quorum(self) -> "FederatedRoundSpec":
-        mtn = self.strategy.min_train_nodes
-        if mtn is not None and mtn > self.participants.min_available:
-            raise ValueError(f"strategy.minTrainNodes ({mtn}) must not exceed participants.minAvailable "
-                             f"({self.participants.min_available}): a round could never collect that many replies")
-        return self
 
 
 class RoundPhase(str, enum.Enum):

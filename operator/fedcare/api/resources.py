@@ -19,6 +19,11 @@ SITE_LABEL = "fedcare.io/site"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "fedcare"
 
+#: Names inside every site namespace, shared by the hub (which creates them) and the agent.
+AGENT_SA = "fedcare-agent"
+SITE_ROLE = "fedcare-site"
+LEASE_NAME = "fedcare-agent"
+
 
 @dataclass(frozen=True)
 class Resource:

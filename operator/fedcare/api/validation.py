@@ -7,10 +7,12 @@ never echo input values, so a mistyped secret cannot leak into status or Events.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import cel
 from .base import is_dns_label
 from .hospital_node import MAX_SITE_NAME
 from .kinds import BY_KIND, Kind
@@ -77,8 +79,29 @@ def check_name(kind: Kind, name: str | None) -> list[tuple[str, str]]:
     return []
 
 
+@functools.lru_cache(maxsize=None)
+def _spec_schema(kind_name: str) -> dict[str, Any]:
+    from .crd import schema_for   # crd imports kinds, which imports the models: import late
+
+    return schema_for(BY_KIND[kind_name].spec)
+
+
+def cel_problems(kind_name: str, spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CRD's own CEL rules (not the transition rules), as the API server would apply them.
+
+    For objects that bypassed admission (the emulator, stale CRDs): the rules are the single
+    source, written beside their fields; nothing here restates them.
+    """
+    return [(f"spec.{f.field}".rstrip("."), f.message or f"violates {f.rule}")
+            for f in cel.evaluate(_spec_schema(kind_name), spec)]
+
+
 def parse(kind_name: str, body: dict[str, Any]) -> BaseModel:
-    """Validate ``body`` (a whole object) and return its spec model, or raise SpecError."""
+    """Validate ``body`` (a whole object) and return its spec model, or raise SpecError.
+
+    Field types, formats and bounds come from the pydantic models; cross-field rules from the
+    CEL rules the CRD carries (evaluated with cel-python), so both tiers say the same thing.
+    """
     kind = BY_KIND[kind_name]
     problems = check_name(kind, (body.get("metadata") or {}).get("name"))
     spec = body.get("spec")
@@ -90,6 +113,8 @@ def parse(kind_name: str, body: dict[str, Any]) -> BaseModel:
             model = kind.spec.model_validate(spec)
         except ValidationError as exc:
             problems.extend(problems_of(exc, "spec"))
+        else:
+            problems.extend(cel_problems(kind_name, spec))
     if problems:
         raise SpecError(kind_name, problems)
     assert model is not None

@@ -21,9 +21,7 @@ from typing import Any
 
 from ..api import resources as r
 
-AGENT_SA = "fedcare-agent"
-SITE_ROLE = "fedcare-site"
-LEASE_NAME = "fedcare-agent"
+AGENT_SA, SITE_ROLE, LEASE_NAME = r.AGENT_SA, r.SITE_ROLE, r.LEASE_NAME
 
 
 def cluster_role_name(site: str) -> str:

@@ -14,7 +14,7 @@ from . import hospital_node_service as nodes
 from . import round_service
 from .context import HubContext
 from .errors import handled
-from .settings import configure
+from ..kopf_setup import add_hub_login, configure
 
 
 #: An event handler that runs on every HospitalNode event; its success is not worth a log line.
@@ -86,20 +86,9 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     return registry
 
 
-def add_login(registry: kopf.OperatorRegistry) -> None:
-    """Log in from the pod's ServiceAccount, else from KUBECONFIG/~/.kube/config.
-
-    A registry of our own gets none of kopf's default login handlers (those are registered on
-    kopf's global registry only), so production registries add these explicitly. Tests and
-    the sandbox add their own instead, so they can never reach a developer's real cluster.
-    """
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-
 def make_registry(ctx: HubContext, *, login: bool = False) -> kopf.OperatorRegistry:
+    """``login``: add the production login (``ctx.kubeconfig``, else the pod's ServiceAccount)."""
     registry = register(kopf.OperatorRegistry(), ctx)
     if login:
-        add_login(registry)
+        add_hub_login(registry, ctx.kubeconfig)
     return registry

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import kopf
 
@@ -15,8 +14,6 @@ log = logging.getLogger(__name__)
 
 
 def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None) -> int:
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig    # read by kopf's own login and by our client alike
     registry = make_registry(HubContext(kubeconfig=kubeconfig), login=True)
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}

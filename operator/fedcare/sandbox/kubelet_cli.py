@@ -23,11 +23,13 @@ def parse_label(text: str) -> tuple[str, str]:
     return key, value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The kubelet's options (``fedcare sandbox kubelet``)."""
+def add_arguments(parser: argparse.ArgumentParser, *, with_dir: bool = True) -> None:
+    """The kubelet's options (``fedcare sandbox kubelet``); ``with_dir=False`` where the parser
+    already has a ``--dir`` (the ``sandbox`` command shares it with ``cluster``)."""
     parser.add_argument("--kubeconfig", help="kubeconfig of the API server (emulator or real)")
     parser.add_argument("--node", help="the Node name to register")
-    parser.add_argument("--dir", help="folder for pod logs, volumes and homes")
+    if with_dir:
+        parser.add_argument("--dir", help="folder for pod logs, volumes and homes")
     parser.add_argument("--gpus", type=int, default=0, help="simulated nvidia.com/gpu capacity (default 0)")
     parser.add_argument("--label", type=parse_label, action="append", default=[], help="node label k=v (repeatable)")
     parser.add_argument("--taint", type=parse_taint, action="append", default=[],

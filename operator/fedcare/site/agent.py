@@ -11,8 +11,7 @@ from typing import Any
 import kopf
 
 from ..api import resources as r
-from ..hub.handlers import add_login
-from ..hub.settings import configure
+from ..kopf_setup import add_agent_login, configure
 from ..integrations.kube import Kube, KubeError
 from . import assignments
 from .heartbeat import Heartbeat, SiteGone, check_site_exists, node_ref
@@ -55,10 +54,11 @@ class SiteAgent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def registry(self, *, login: bool = False) -> kopf.OperatorRegistry:
+    def registry(self, *, hub_kubeconfig: str | None = None) -> kopf.OperatorRegistry:
+        """``hub_kubeconfig``: log in to the hub with it (production); None: the caller adds a login."""
         registry = kopf.OperatorRegistry()
-        if login:
-            add_login(registry)
+        if hub_kubeconfig:
+            add_agent_login(registry, hub_kubeconfig)
 
         @kopf.on.startup(registry=registry)
         def start(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 
 from ..api import resources as r
-from ..hub.enrollment import LEASE_NAME
 from ..integrations.kube import Forbidden, Kube, KubeError, NotFound, Ref, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ def micro_time(now: dt.datetime | None = None) -> str:
 
 
 def lease_ref(site: str) -> Ref:
-    return Ref("coordination.k8s.io/v1", "leases", r.site_namespace(site), LEASE_NAME)
+    return Ref("coordination.k8s.io/v1", "leases", r.site_namespace(site), r.LEASE_NAME)
 
 
 def node_ref(site: str) -> Ref:

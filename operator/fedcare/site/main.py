@@ -64,7 +64,7 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
     stop = asyncio.Event()
     try:
         operator = asyncio.create_task(run_kopf(
-            registry=agent.registry(login=True), standalone=True, namespaces=[r.site_namespace(site)],
+            registry=agent.registry(hub_kubeconfig=hub_kubeconfig), standalone=True, namespaces=[r.site_namespace(site)],
             liveness_endpoint=liveness or None, stop_flag=stop))
         operator.add_done_callback(lambda _: stop.set())   # kopf handles SIGTERM: then we stop too
         # run_kopf, not kopf.operator: on exit the latter cancels every task in the loop, ours too
@@ -79,5 +79,4 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
 
 
 def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None) -> int:
-    os.environ["KUBECONFIG"] = hub_kubeconfig   # kopf logs in to the hub with the site's identity
     return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig))

@@ -1,5 +1,10 @@
 """Evaluate a CRD schema's CEL rules (x-kubernetes-validations) the way the API server does.
 
+Each cross-field rule is written once, as CEL beside its field in the models (``api/*.py``),
+and the real API server enforces it at admission. The hub evaluates the same rules with
+cel-python only for objects that reached it without that admission (the emulator, or a
+cluster whose CRDs are older than the hub), so no rule has a hand-written Python twin.
+
 The server evaluates each rule with ``self`` bound to the value at the rule's place in the
 schema, only where that value is present; rules that mention ``oldSelf`` (transition rules)
 only on update, when the old value is present too. cel-python does the evaluation.
@@ -7,6 +12,7 @@ only on update, when the old value is present too. cel-python does the evaluatio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -16,11 +22,22 @@ _ENV = celpy.Environment()
 _MISSING = object()
 
 
+class CELEvaluationError(AssertionError):
+    """A rule could not be evaluated on this value (a bug in the rule or a value of the wrong type)."""
+
+
 @dataclass
 class Failure:
     path: str
     rule: str
     message: str
+    field_path: str = ""    # the rule's fieldPath, relative to ``path``
+
+    @property
+    def field(self) -> str:
+        """Where to point the user: the rule's place plus its fieldPath, without the leading dot."""
+        base = "" if self.path == "." else self.path
+        return (base + self.field_path).lstrip(".")
 
 
 def all_rules(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -34,6 +51,7 @@ def all_rules(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dic
         yield from all_rules(schema["additionalProperties"], f"{path}[*]")
 
 
+@functools.lru_cache(maxsize=256)
 def compile_rule(rule: str):
     return _ENV.program(_ENV.compile(rule))
 
@@ -50,9 +68,9 @@ def evaluate(schema: dict[str, Any], new: Any, old: Any = _MISSING, path: str = 
             activation["oldSelf"] = celpy.json_to_cel(old)
         result = compile_rule(text).evaluate(activation)
         if isinstance(result, celpy.CELEvalError):
-            raise AssertionError(f"CEL rule {text!r} at {path or '.'} failed to evaluate: {result}")
+            raise CELEvaluationError(f"CEL rule {text!r} at {path or '.'} failed to evaluate: {result}")
         if not bool(result):
-            failures.append(Failure(path or ".", text, rule.get("message", "")))
+            failures.append(Failure(path or ".", text, rule.get("message", ""), rule.get("fieldPath", "")))
     props = schema.get("properties") or {}
     if isinstance(new, dict):
         for name, sub in props.items():

@@ -1,0 +1,119 @@
+"""A real Kubernetes control plane on this machine: ``fedcare sandbox cluster --dir DIR``.
+
+The binary (``tools/kube``, built by ``make kube`` into ``.tools/bin/fedcare-kube``) runs etcd,
+kube-apiserver, kube-controller-manager and kube-scheduler from the Kubernetes Go modules. This
+module finds it, starts it, waits for its ``ready:`` line and stops it; tests, benchmarks and
+the CLI share it. The emulator (``sandbox/emulator.py``) stays the fast tier; this is the
+fidelity tier for install-path, RBAC and API-semantics claims.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+BUILD_HINT = ("build it with `make kube` (needs Go >= 1.24 and the Go module proxy; the first build takes "
+              "15-25 minutes on 2 cores, later ones seconds)")
+_READY = re.compile(r"^ready: Kubernetes (?P<version>\S+) API at (?P<server>\S+) in (?P<secs>[0-9.]+)s; "
+                    r"kubeconfig (?P<kubeconfig>\S+)$")
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be found, started or stopped; the message says how to fix it."""
+
+
+def find_binary() -> str:
+    """``$FEDCARE_KUBE``, else ``.tools/bin/fedcare-kube`` of this checkout, else ``fedcare-kube`` on PATH."""
+    candidates = [os.environ.get("FEDCARE_KUBE", ""), str(ROOT / ".tools" / "bin" / "fedcare-kube"),
+                  shutil.which("fedcare-kube") or ""]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise ClusterError(f"the control-plane binary fedcare-kube is not built: {BUILD_HINT}")
+
+
+@dataclass
+class RealCluster:
+    """One running control plane. ``start()`` blocks until the API answers, ``stop()`` ends it."""
+
+    dir: pathlib.Path
+    port: int = 0
+    ready_timeout: float = 180.0
+    server: str = ""
+    kubeconfig: pathlib.Path = field(default_factory=pathlib.Path)
+    version: str = ""
+    startup_seconds: float = 0.0
+    process: subprocess.Popen[str] | None = None
+    _output: list[str] = field(default_factory=list)
+
+    def start(self) -> RealCluster:
+        binary = find_binary()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        self.process = subprocess.Popen(
+            [binary, "cluster", "--dir", str(self.dir), "--port", str(self.port),
+             "--ready-timeout", f"{int(self.ready_timeout)}s"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        ready = threading.Event()
+
+        def read() -> None:   # one reader for the whole life of the process: the pipe never fills
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                line = line.rstrip("\n")
+                self._output.append(line)
+                if match := _READY.match(line):
+                    self.server, self.version = match["server"], match["version"]
+                    self.kubeconfig = pathlib.Path(match["kubeconfig"])
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, name="fedcare-kube-output", daemon=True).start()
+        ready.wait(self.ready_timeout + 10)
+        if not self.server:
+            self.stop()
+            tail = "\n".join(self._output[-15:]) or "(no output)"
+            raise ClusterError(f"the control plane did not become ready within {self.ready_timeout:.0f}s:\n{tail}")
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self._output)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait; SIGKILL the whole process group if it hangs. Returns the exit code."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            raise ClusterError(f"fedcare-kube did not stop within {timeout:.0f}s of SIGTERM; killed") from None
+
+    def __enter__(self) -> RealCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(directory: str, port: int = 0) -> int:
+    """Foreground mode for people: replace this process with the binary, so signals reach it."""
+    try:
+        binary = find_binary()
+    except ClusterError as err:
+        print(f"fedcare sandbox cluster: {err}", flush=True)
+        return 2
+    os.execv(binary, [binary, "cluster", "--dir", directory, "--port", str(port)])
+    return 0   # not reached
