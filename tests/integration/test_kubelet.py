@@ -53,3 +53,14 @@ async def test_a_running_pod_is_running_and_ready(api, kubelet):
     assert "running" in container(running)["state"]
     conds = {c["type"]: c["status"] for c in running["status"]["conditions"]}
     assert conds["Ready"] == conds["ContainersReady"] == conds["PodScheduled"] == "True"
+
+
+async def test_on_the_emulator_the_kubelet_binds_unscheduled_pods_that_fit(api, tmp_path):
+    from tests.support.kubelet import fast_kubelet_kwargs as kw
+
+    async with running_kubelet(api, "auto", tmp_path / "auto", labels={"role": "train"}, **kw(bind=None)) as k:
+        await create(api, pod("fits", "print('bound')", nodeSelector={"role": "train"}))
+        await create(api, pod("elsewhere", "print('no')", nodeSelector={"role": "other"}))
+        done = await wait_pod(api, "fits", lambda p: phase(p) == "Succeeded")
+        assert k.bind is True and done["spec"]["nodeName"] == "auto"
+        assert not (await api.get(Ref("v1", "pods", "default", "elsewhere")))["spec"].get("nodeName")

@@ -62,7 +62,10 @@ from .emulator_state import NAMESPACES, StateEmulator, as_resource
 from .emulator_watch import serve_list, serve_watch
 from .parser_fixes import install_parser_fixes
 
-__all__ = ["RealisticEmulator", "Fault", "fedcare_emulator", "as_resource", "register_fedcare_resources"]
+#: A field of the emulator's ``/version`` answer (a real API server has no such field).
+EMULATOR_MARKER = "fedcareEmulator"
+
+__all__ = ["EMULATOR_MARKER", "RealisticEmulator", "Fault", "fedcare_emulator", "as_resource", "register_fedcare_resources"]
 
 
 @attrs.define(kw_only=True)
@@ -176,6 +179,11 @@ class RealisticEmulator(StateEmulator):
         # kmock streams an async generator as application/octet-stream; kubectl needs JSON.
         # (kmock copies these headers onto the WATCH fallback reaction: the same for all.)
         return kmock.Response(headers={"Content-Type": "application/json"}, payload=serve_watch(self, request))
+
+    async def _serve_server_version(self, request: rendering.Request) -> Any:
+        # /version: kmock's (a K3s one) plus a marker, so the sandbox kubelet knows that no
+        # scheduler runs here and binds pods itself (see sandbox/kubelet.py).
+        return {**await super()._serve_server_version(request), EMULATOR_MARKER: "true"}
 
     async def _serve_version(self, request: rendering.Request) -> Any:
         result = await super()._serve_version(request)

@@ -48,7 +48,7 @@ What it does
   to a kubelet HTTPS endpoint, which the emulator cannot do.
 * **Scheduling**: on a real control plane the real scheduler binds pods. The emulator has no
   scheduler, so there the kubelet is its stand-in (``bind=None`` detects which: it binds
-  only while no ``kube-system/kube-scheduler`` Lease exists): it binds an unscheduled pod
+  only when ``/version`` carries the emulator's marker field): it binds an unscheduled pod
   (``schedulerName`` default) whose ``nodeSelector``, required node affinity (``In``,
   ``NotIn``, ``Exists``, ``DoesNotExist`` on labels), tolerations and ``nvidia.com/gpu``
   request fit this node, with a resourceVersion precondition so two kubelets never both
@@ -78,6 +78,7 @@ from typing import Any
 from ..integrations.kube import Conflict, Kube, KubeError, NotFound, Ref
 from . import kubelet_node as kn
 from .kubelet_pod import TERMINAL, PodWorker, gpu_request
+from .emulator import EMULATOR_MARKER
 from .kubelet_translate import PodNetwork
 
 __all__ = ["ProcessKubelet", "running_kubelet", "main", "fits"]
@@ -296,10 +297,12 @@ class ProcessKubelet:
 
     # ---- the emulator's scheduler stand-in ----------------------------------------------
     async def _should_bind(self) -> bool:
-        if self.bind is not None:
-            return self.bind
-        lease = await self.kube.get_or_none(Ref(kn.LEASES, "leases", "kube-system", "kube-scheduler"))
-        return lease is None
+        if self.bind is None:   # decided once: is this the sandbox emulator (no scheduler)?
+            info = await self.kube.request("GET", "/version")
+            self.bind = info.get(EMULATOR_MARKER) == "true"
+            log.info("Node %s: %s", self.node_name, "the API server is the sandbox emulator: this kubelet binds "
+                     "unscheduled pods that fit it" if self.bind else "pods are bound by the cluster's scheduler")
+        return self.bind
 
     async def _binder(self) -> None:
         backoff, version = 1.0, ""
@@ -307,9 +310,7 @@ class ProcessKubelet:
         while True:
             try:
                 if not await self._should_bind():
-                    version = ""
-                    await asyncio.sleep(30)
-                    continue
+                    return
                 if not version:
                     listing = await self.kube.request("GET", PODS.path, query={"fieldSelector": selector})
                     for pod in listing.get("items") or []:

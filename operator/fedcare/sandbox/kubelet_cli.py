@@ -35,5 +35,5 @@ def add_arguments(parser: argparse.ArgumentParser, *, with_dir: bool = True) -> 
     parser.add_argument("--taint", type=parse_taint, action="append", default=[],
                         help="node taint key[=value]:Effect (repeatable)")
     parser.add_argument("--bind", choices=["auto", "yes", "no"], default="auto",
-                        help="bind unscheduled pods (the emulator's scheduler stand-in); auto: only when no "
-                             "kube-scheduler Lease exists")
+                        help="bind unscheduled pods (the emulator's scheduler stand-in); auto: only when the API "
+                             "server is the sandbox emulator")

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from ..integrations.kube import Kube, NotFound, Ref
+from ..integrations.kube import Kube, KubeError, NotFound, Ref
 from .kubelet_translate import expand
 
 __all__ = ["Volume", "Waiting", "container_env", "pod_volumes"]
@@ -200,6 +200,11 @@ async def pod_volumes(kube: Kube, pod: dict[str, Any], pod_dir: pathlib.Path,
             path = pod_dir / "volumes" / "downward-api" / name
             _write_files(path, files)
             volumes[name] = Volume(path, always_read_only=True)
+        elif "projected" in spec:
+            files = await _projected(kube, objects, pod, spec["projected"], name)
+            path = pod_dir / "volumes" / "projected" / name
+            _write_files(path, files)
+            volumes[name] = Volume(path, always_read_only=True)
         elif "persistentVolumeClaim" in spec:
             volumes[name] = Volume(await _claim_path(kube, ns, spec["persistentVolumeClaim"].get("claimName", ""),
                                                      name, kubelet_dir))
@@ -208,9 +213,53 @@ async def pod_volumes(kube: Kube, pod: dict[str, Any], pod_dir: pathlib.Path,
         else:
             kinds = sorted(set(spec) - {"name"})
             raise Waiting("CreateContainerConfigError", f'volume "{name}": {kinds} volumes are not supported by the '
-                          "sandbox kubelet (emptyDir, configMap, secret, downwardAPI, persistentVolumeClaim, "
+                          "sandbox kubelet (emptyDir, configMap, secret, downwardAPI, projected, persistentVolumeClaim, "
                           "hostPath are)", retry=False)
     return volumes
+
+
+async def _projected(kube: Kube, objects: _Objects, pod: dict[str, Any], spec: dict[str, Any],
+                     volume: str) -> dict[str, tuple[str | bytes, int]]:
+    """A projected volume (what a real API server adds to every pod for its ServiceAccount:
+    a bound token from the TokenRequest API, ``kube-root-ca.crt``, the namespace)."""
+    mode = int(spec.get("defaultMode", 0o644))
+    files: dict[str, tuple[str | bytes, int]] = {}
+    for source in spec.get("sources") or []:
+        if "serviceAccountToken" in source:
+            files[source["serviceAccountToken"].get("path", "token")] = (
+                await _token(kube, pod, source["serviceAccountToken"], volume), mode)
+        elif "configMap" in source or "secret" in source:
+            plural, key = ("configmaps", "configMap") if "configMap" in source else ("secrets", "secret")
+            part = await _projection(objects, plural, source[key].get("name", ""), {"defaultMode": mode, **source[key]},
+                                     volume)
+            files.update(part or {})
+        elif "downwardAPI" in source:
+            for item in source["downwardAPI"].get("items") or []:
+                if "fieldRef" in item:
+                    files[item["path"]] = (field_value(pod, item["fieldRef"]["fieldPath"]), int(item.get("mode", mode)))
+        else:
+            raise Waiting("CreateContainerConfigError", f'volume "{volume}": projected source {sorted(source)} is '
+                          "not supported by the sandbox kubelet", retry=False)
+    return files
+
+
+async def _token(kube: Kube, pod: dict[str, Any], spec: dict[str, Any], volume: str) -> str:
+    md = pod["metadata"]
+    sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [spec["audience"]] if spec.get("audience") else [],
+                     "expirationSeconds": int(spec.get("expirationSeconds", 3607)),
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": md["name"], "uid": md["uid"]}}}
+    try:
+        answer = await kube.request("POST", Ref("v1", "serviceaccounts", md["namespace"], sa).path + "/token", body=body)
+    except KubeError as err:
+        raise Waiting("ContainerCreating", f'MountVolume.SetUp failed for volume "{volume}": the ServiceAccount '
+                      f'token for "{sa}" could not be requested ({err.status} {err.reason})') from None
+    token = (answer.get("status") or {}).get("token")
+    if not token:
+        raise Waiting("ContainerCreating", f'MountVolume.SetUp failed for volume "{volume}": the TokenRequest for '
+                      f'"{sa}" returned no token')
+    return token
 
 
 async def _claim_path(kube: Kube, ns: str, claim: str, volume: str, kubelet_dir: pathlib.Path) -> pathlib.Path:
