@@ -43,6 +43,8 @@ def test_bind_addresses_service_names_and_mount_paths_are_translated():
     assert tr("0.0.0.0:9092") == "127.3.0.7:9092"
     assert tr("--addr=[::]:8080") == "--addr=127.3.0.7:8080"
     assert tr("10.0.0.0:1") == "10.0.0.0:1" and tr("1.0.0.0.0:9") == "1.0.0.0.0:9"
+    assert [tr(x) for x in ("0.0.0.0", "--host=0.0.0.0", "::", "--bind=::", "[::]", "0.0.0.0/0", "a::b")] == [
+        "127.3.0.7", "--host=127.3.0.7", "127.3.0.7", "--bind=127.3.0.7", "127.3.0.7", "0.0.0.0/0", "a::b"]
     assert tr("superlink.ns.svc.cluster.local:9092") == "127.2.0.5:19092"
     assert tr("grpc://superlink.ns.svc:9093") == "grpc://127.2.0.5:9093"     # unlisted port: kept
     assert tr("superlink.ns.svc") == "127.2.0.5"

@@ -33,7 +33,8 @@ What it does
   folders under ``DIR`` (``kubelet_spec.py``), workingDir. Status: phase, podIP,
   containerStatuses (running/terminated with exit code and reason, waiting with reason,
   restartCount, lastState), conditions Ready/ContainersReady/Initialized/PodScheduled/
-  PodReadyToStartContainers; restartPolicy with capped back-off (``kubelet_pod.py``).
+  PodReadyToStartContainers; restartPolicy with capped back-off (``kubelet_pod.py``);
+  startup, readiness and liveness probes (exec, tcpSocket, httpGet, grpc; ``kubelet_probes.py``).
 * **Deletion**: a pod with a ``deletionTimestamp`` gets SIGTERM, SIGKILL after its
   ``deletionGracePeriodSeconds``, then the kubelet deletes the object with
   ``gracePeriodSeconds=0`` (as a real kubelet); a pod that vanished outright (an API server
@@ -54,8 +55,8 @@ What it does
   request fit this node, with a resourceVersion precondition so two kubelets never both
   bind it. It does not weigh nodes (the first fitting kubelet wins) nor check cpu/memory.
 * **Not supported** (each reported on the pod, never silently skipped): initContainers
-  (``CreateContainerConfigError``), other volume types, resourceFieldRef; probes are not run
-  (logged: a running container is ready); ``securityContext`` is logged and ignored (a
+  (``CreateContainerConfigError``), other volume types, resourceFieldRef; ``securityContext``
+  is logged and ignored (a
   process runs as the kubelet's user); ``readOnly`` is enforced only through file modes
   of configMap/secret/downwardAPI files (0444: binding for non-root processes; root
   ignores modes), and a readOnly emptyDir/PVC/hostPath mount is writable (logged). ConfigMap/
@@ -186,14 +187,19 @@ class ProcessKubelet:
         self.processes: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._net_lock = kn.LocalNetworkLock()
 
     # ---- public -------------------------------------------------------------------------
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.network = PodNetwork(await kn.claim_pod_network(self.kube, self.node_name))
-        body = kn.node_body(self.node_name, labels=self.labels, taints=self.taints, pod_cidr=self.network.cidr)
-        self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=0))
-        await kn.renew_lease(self.kube, self.node, self.lease_duration)
+        try:
+            self.network = PodNetwork(await kn.claim_pod_network(self.kube, self.node_name, self._net_lock))
+            body = kn.node_body(self.node_name, labels=self.labels, taints=self.taints, pod_cidr=self.network.cidr)
+            self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=0))
+            await kn.renew_lease(self.kube, self.node, self.lease_duration)
+        except BaseException:
+            self._net_lock.release()
+            raise
         log.info("Node %s ready: pod network %s, %s", self.node_name, self.network.cidr,
                  ", ".join(f"{k}={v}" for k, v in self.capacity.items()))
         loop = asyncio.get_running_loop()
@@ -227,6 +233,7 @@ class ProcessKubelet:
                     Ref("v1", "nodes", None, self.node_name),
                     {"status": {"conditions": [kn.ready_condition(False, "the sandbox process kubelet stopped")]}},
                     status=True), timeout=3)
+        self._net_lock.release()
         log.info("Kubelet %s stopped", self.node_name)
 
     def pod_ip(self, namespace: str, name: str) -> str | None:

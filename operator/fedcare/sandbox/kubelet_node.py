@@ -9,9 +9,12 @@ reads; without it the node is tainted ``not-ready``/``unreachable`` and its pods
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
+import pathlib
 import platform
+import tempfile
 from typing import Any
 
 from .. import __version__
@@ -131,31 +134,72 @@ def _older_than(lease: dict[str, Any], seconds: float) -> bool:
     return (dt.datetime.now(dt.timezone.utc) - when).total_seconds() > seconds
 
 
-async def claim_pod_network(kube: Kube, node: str) -> int:
-    """Claim a free ``127.N.0.0/16`` for this node: N such that the Lease
-    ``kube-node-lease/fedcare-podnet-127-N`` is held by this node (created atomically: two
-    kubelets starting together cannot both get a 201). A network held by a node that no
-    longer exists (and claimed it over a minute ago: it is not just starting) is taken over."""
-    for octet in range(2, 255):
-        ref = Ref(LEASES, "leases", NODE_LEASE_NS, f"fedcare-podnet-127-{octet}")
-        body = {"apiVersion": LEASES, "kind": "Lease",
-                "metadata": {"name": ref.name, "namespace": NODE_LEASE_NS,
-                             "labels": {"sandbox.fedcare.io/pod-network": "true"}},
-                "spec": {"holderIdentity": node, "acquireTime": micro_now()}}
+class LocalNetworkLock:
+    """A machine-wide lock on ``127.N`` (``flock`` on a file in the temp folder, released by
+    the kernel when the kubelet dies): kubelets of *different* API servers on one machine
+    (parallel test runs, two sandboxes) must not share a pod network either."""
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None):
+        self.folder = pathlib.Path(folder or tempfile.gettempdir()) / "fedcare-sandbox-podnet"
+        self.fds: dict[int, int] = {}
+
+    def acquire(self, octet: int) -> bool:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / f"127-{octet}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            await kube.create(Ref(LEASES, "leases", NODE_LEASE_NS), body)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fds[octet] = fd
+        return True
+
+    def release(self, octet: int | None = None) -> None:
+        for n in [octet] if octet is not None else list(self.fds):
+            fd = self.fds.pop(n, None)
+            if fd is not None:
+                os.close(fd)   # closing drops the flock
+
+
+async def claim_pod_network(kube: Kube, node: str, local: LocalNetworkLock) -> int:
+    """Claim a free ``127.N.0.0/16`` for this node: N locked on this machine (``local``) and
+    such that the Lease ``kube-node-lease/fedcare-podnet-127-N`` is held by this node
+    (created atomically: two kubelets starting together cannot both get a 201). A network
+    held by a node that no longer exists (and claimed it over a minute ago: it is not just
+    starting) is taken over. A network this node held before (a kubelet restart) comes first,
+    so its pods keep their IPs."""
+    held = await kube.list(Ref(LEASES, "leases", NODE_LEASE_NS), label_selector="sandbox.fedcare.io/pod-network=true")
+    mine = sorted(int(lease["metadata"]["name"].rsplit("-", 1)[1]) for lease in held
+                  if (lease.get("spec") or {}).get("holderIdentity") == node)
+    for octet in [*mine, *(n for n in range(2, 255) if n not in mine)]:
+        if not local.acquire(octet):
+            continue
+        if await _claim_lease(kube, node, octet):
             return octet
-        except Conflict:
-            current = await kube.get(ref)
-            holder = (current.get("spec") or {}).get("holderIdentity")
-            if holder == node:
-                return octet
-            if holder and _older_than(current, 60) and await kube.get_or_none(Ref("v1", "nodes", None, holder)) is None:
-                try:   # the previous holder is gone: take it over (resourceVersion: one winner)
-                    await kube.patch(ref, {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                                           "spec": {"holderIdentity": node, "acquireTime": micro_now()}})
-                    return octet
-                except Conflict:
-                    continue
+        local.release(octet)
     raise RuntimeError("every sandbox pod network 127.2-254.0.0/16 is taken; delete stale Leases "
                        "kube-node-lease/fedcare-podnet-127-* of nodes that are gone")
+
+
+async def _claim_lease(kube: Kube, node: str, octet: int) -> bool:
+    ref = Ref(LEASES, "leases", NODE_LEASE_NS, f"fedcare-podnet-127-{octet}")
+    body = {"apiVersion": LEASES, "kind": "Lease",
+            "metadata": {"name": ref.name, "namespace": NODE_LEASE_NS,
+                         "labels": {"sandbox.fedcare.io/pod-network": "true"}},
+            "spec": {"holderIdentity": node, "acquireTime": micro_now()}}
+    try:
+        await kube.create(Ref(LEASES, "leases", NODE_LEASE_NS), body)
+        return True
+    except Conflict:
+        current = await kube.get(ref)
+    holder = (current.get("spec") or {}).get("holderIdentity")
+    if holder == node:
+        return True
+    if holder and _older_than(current, 60) and await kube.get_or_none(Ref("v1", "nodes", None, holder)) is None:
+        try:   # the previous holder is gone: take it over (resourceVersion: one winner)
+            await kube.patch(ref, {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                                   "spec": {"holderIdentity": node, "acquireTime": micro_now()}})
+            return True
+        except Conflict:
+            return False
+    return False

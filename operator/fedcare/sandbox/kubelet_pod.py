@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..integrations.kube import KubeError, NotFound, Ref
 from . import kubelet_shim
 from .kubelet_images import ImageNotFound, resolve_image, venv_environment
+from .kubelet_probes import ProbeRunner
 from .kubelet_spec import Volume, Waiting, container_env, mount_map, pod_volumes
 from .kubelet_translate import Translator, expand, resolve_target, service_names
 
@@ -64,6 +65,9 @@ class Container:
     not_before: float = 0.0   # monotonic time of the next allowed start
     ran_once: bool = False
     final: bool = False       # terminated and will not restart
+    ready: bool = False       # readiness (no readinessProbe: started and running)
+    started: bool = False     # startupProbe passed (no startupProbe: running)
+    probes: ProbeRunner | None = None
 
     @property
     def name(self) -> str:
@@ -191,11 +195,6 @@ class PodWorker:
             if self.pod["spec"].get(key) or any(c.get(key) for c in self.containers_spec()):
                 log.info("Pod %s/%s: %s ignored (the sandbox runs processes as the kubelet's user)",
                          self.namespace, self.name, key)
-        probes = sorted({p for c in self.containers_spec() for p in ("livenessProbe", "readinessProbe",
-                                                                      "startupProbe") if c.get(p)})
-        if probes:
-            log.info("Pod %s/%s: %s ignored (the sandbox kubelet runs no probes: a running container is ready)",
-                     self.namespace, self.name, ", ".join(probes))
 
     def containers_spec(self) -> list[dict[str, Any]]:
         return [c.spec for c in self.containers.values()]
@@ -257,11 +256,42 @@ class PodWorker:
         c.ran_once = True
         c.started_mono = time.monotonic()
         c.state = {"running": {"startedAt": now()}}
+        c.ready = c.started = False
+        c.probes = self._probes(c, env, cwd)
+        c.probes.start()
         self.kubelet.processes.add(c.proc.pid)
         log.info("Pod %s/%s container %s started (pid %d, restart %d): %s", self.namespace, self.name, c.name,
                  c.proc.pid, c.restart_count, argv[0])
         asyncio.get_running_loop().create_task(self._reap(c, c.proc))
         return None
+
+    def _probes(self, c: Container, env: dict[str, str], cwd: str) -> ProbeRunner:
+        def on_ready(value: bool) -> None:
+            if c.ready != value:
+                c.ready = value
+                self.wake.set()
+
+        def on_started() -> None:
+            c.started = True
+            if "readinessProbe" not in c.spec:
+                c.ready = True
+            self.wake.set()
+
+        async def on_failure(kind: str, why: str) -> None:
+            proc = c.proc
+            if proc is None or c.exited.is_set():
+                return
+            log.info("Pod %s/%s container %s: %s probe failed (%s); restarting it", self.namespace, self.name,
+                     c.name, kind, why[:200])
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(c.exited.wait(), timeout=self.grace())
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        return ProbeRunner(c.spec, self.ip, env, cwd, on_ready=on_ready, on_started=on_started,
+                           on_failure=on_failure)
 
     async def _prepare(self, c: Container) -> tuple[list[str], dict[str, str], str]:
         spec = c.spec
@@ -340,6 +370,9 @@ class PodWorker:
 
     async def _reap(self, c: Container, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        if c.probes is not None:
+            c.probes.stop()
+        c.ready = c.started = False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)   # anything the container left behind
         self.kubelet.processes.discard(proc.pid)
@@ -449,7 +482,7 @@ class PodWorker:
             state = c.state
             statuses.append({"name": c.name, "image": c.spec.get("image", ""), "imageID": "",
                              "containerID": f"process://{c.proc.pid}" if c.proc else "",
-                             "ready": "running" in state, "started": "running" in state,
+                             "ready": "running" in state and c.ready, "started": "running" in state and c.started,
                              "restartCount": c.restart_count, "state": state, "lastState": c.last_state})
         ready = bool(statuses) and all(s["ready"] for s in statuses) and not self.terminal
         unready = [s["name"] for s in statuses if not s["ready"]]

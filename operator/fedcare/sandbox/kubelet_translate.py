@@ -7,9 +7,12 @@ values and ``workingDir`` (nothing else: files in volumes are not rewritten), at
 container start:
 
 1. **Bind addresses.** Every pod gets its own loopback IP (``127.N.x.y``; ``N`` is unique
-   per kubelet, see :class:`PodNetwork`), reported as ``status.podIP``. ``0.0.0.0:PORT`` and
-   ``[::]:PORT`` become ``<podIP>:PORT``, so two pods can listen on the same port. Anything
-   on this machine reaches a pod at its podIP (all of 127/8 is loopback).
+   per kubelet, see :class:`PodNetwork`), reported as ``status.podIP``. The wildcard
+   addresses become the pod IP: ``0.0.0.0`` (alone, ``--host=0.0.0.0``, ``0.0.0.0:PORT``;
+   not ``0.0.0.0/0``), ``[::]`` (``[::]:PORT``) and an argument ``::`` or ``…=::``. So two
+   pods can listen on the same port, and anything on this machine reaches a pod at its
+   podIP (all of 127/8 is loopback). A program that binds a wildcard by default, without
+   saying so in its arguments or env, still binds every address: say it in the manifest.
 2. **Service DNS names.** ``<svc>.<ns>.svc.cluster.local`` and ``<svc>.<ns>.svc`` (with an
    optional ``:PORT``) become the podIP of a Running pod selected by that Service (the
    oldest Ready one), and a Service ``port`` becomes its ``targetPort`` (a named target port
@@ -25,6 +28,7 @@ Kubernetes' ``$(VAR)`` references are expanded first (:func:`expand`), as a kube
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +36,7 @@ from typing import Any
 
 __all__ = ["PodNetwork", "ServiceTarget", "Translator", "expand", "service_names"]
 
-_BIND_RE = re.compile(r"(?<![\w.:])(?:0\.0\.0\.0|\[::\]):(\d{1,5})\b")
+_BIND_RE = re.compile(r"(?<![\w.:])0\.0\.0\.0(?![\w./])|\[::\]|(?:^|(?<==))::$")
 _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
 _SVC_RE = re.compile(rf"(?<![\w.-])({_LABEL})\.({_LABEL})\.svc(?:\.cluster\.local)?(?![\w-]|\.[\w-])(?::(\d{{1,5}}))?")
 
@@ -120,7 +124,7 @@ class Translator:
         self._local = dict(self._mounts)
 
     def __call__(self, text: str) -> str:
-        text = _BIND_RE.sub(lambda m: f"{self.pod_ip}:{m.group(1)}", text)
+        text = _BIND_RE.sub(self.pod_ip, text)
         text = _SVC_RE.sub(self._service, text)
         if self._mount_re is not None:
             text = self._mount_re.sub(lambda m: self._local[m.group(1)], text)
@@ -140,8 +144,10 @@ class PodNetwork:
     """Loopback pod IPs from one /16 (``127.N.0.0/16``), unique per kubelet.
 
     ``N`` is claimed through the API (a Lease per network, see ``kubelet_node.py``) so two
-    kubelets on one machine never share it. Addresses are handed out in order, skipping
-    ``.0`` and ``.255``; an address is reused only after all 64k have been used once.
+    kubelets on one machine never share it. Addresses are handed out in order from a random
+    start, skipping ``.0`` and ``.255``; an address is reused only after all 64k have been
+    used once (the random start keeps a restarted kubelet's new pods off the addresses whose
+    sockets may still be in TIME_WAIT).
     """
 
     def __init__(self, octet: int):
@@ -149,7 +155,7 @@ class PodNetwork:
             raise ValueError(f"the pod network octet must be in 2..254, not {octet}")
         self.octet = octet
         self.cidr = f"127.{octet}.0.0/16"
-        self._next = 0
+        self._next = random.randrange(65536)
         self._used: set[str] = set()
 
     def owns(self, ip: str) -> bool:
