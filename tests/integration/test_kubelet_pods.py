@@ -212,3 +212,34 @@ async def test_gpus_are_capacity_devices_and_admission(api, tmp_path):
         await create(api, pod("unbound-ok", containers=[spec]))
         await wait_pod(api, "unbound-ok", lambda p: phase(p) == "Succeeded")
         assert not (await api.get(Ref("v1", "pods", "default", "unbound-big")))["spec"].get("nodeName")
+
+
+async def test_init_containers_run_in_order_before_the_app(api, kubelet):
+    flaky = ("import os, sys\np = '/w/tries'\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
+             "open(p, 'w').write(str(n + 1))\nassert open('/w/first').read() == 'one'\nsys.exit(0 if n else 4)")
+    mount = [{"name": "w", "mountPath": "/w"}]
+    inits = [{"name": "first", "image": IMAGE, "volumeMounts": mount,
+              "command": ["python", "-c", "open('/w/first', 'w').write('one')"]},
+             {"name": "second", "image": IMAGE, "volumeMounts": mount, "command": ["python", "-c", flaky]}]
+    app = [{"name": "main", "image": IMAGE, "volumeMounts": mount,
+            "command": ["python", "-c", "print(open('/w/first').read(), open('/w/tries').read())"]}]
+    await create(api, pod("inits", containers=app, initContainers=inits, node=NODE, restart="OnFailure",
+                          volumes=[{"name": "w", "emptyDir": {}}]))
+    early = await wait_pod(api, "inits", lambda p: (p.get("status") or {}).get("initContainerStatuses"))
+    assert phase(early) in ("Pending", "Succeeded")
+    done = await wait_pod(api, "inits", lambda p: phase(p) == "Succeeded")
+    assert log_text(kubelet, "inits").strip() == "one 2"
+    second = done["status"]["initContainerStatuses"][1]
+    assert second["restartCount"] == 1 and second["lastState"]["terminated"]["exitCode"] == 4
+    assert {c["type"]: c["status"] for c in done["status"]["conditions"]}["Initialized"] == "True"
+
+
+async def test_a_failed_init_container_fails_a_never_pod_and_the_app_never_runs(api, kubelet):
+    inits = [{"name": "check", "image": IMAGE, "command": ["python", "-c", "raise SystemExit(9)"]}]
+    await create(api, pod("bad-init", "print('must not run')", initContainers=inits, node=NODE, restart="Never"))
+    done = await wait_pod(api, "bad-init", lambda p: phase(p) == "Failed")
+    assert done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 9
+    assert container(done)["state"]["waiting"]["reason"] == "PodInitializing"
+    initialized = next(c for c in done["status"]["conditions"] if c["type"] == "Initialized")
+    assert initialized["status"] == "False" and "check" in initialized["message"]
+    assert kubelet.log_path("default", "bad-init", "main") is None

@@ -54,8 +54,12 @@ What it does
   ``NotIn``, ``Exists``, ``DoesNotExist`` on labels), tolerations and ``nvidia.com/gpu``
   request fit this node, with a resourceVersion precondition so two kubelets never both
   bind it. It does not weigh nodes (the first fitting kubelet wins) nor check cpu/memory.
-* **Not supported** (each reported on the pod, never silently skipped): initContainers
-  (``CreateContainerConfigError``), other volume types, resourceFieldRef; ``securityContext``
+* **initContainers** run one at a time before the app containers (retried with back-off
+  unless ``restartPolicy: Never``, which fails the pod); ``initContainerStatuses`` and the
+  ``Initialized`` condition report them.
+* **Not supported** (each reported on the pod, never silently skipped): sidecar init
+  containers (``restartPolicy: Always`` on an init container; ``CreateContainerConfigError``),
+  other volume types, resourceFieldRef, ``enableServiceLinks`` variables; ``securityContext``
   is logged and ignored (a
   process runs as the kubelet's user); ``readOnly`` is enforced only through file modes
   of configMap/secret/downwardAPI files (0444: binding for non-root processes; root

@@ -68,6 +68,7 @@ class Container:
     ready: bool = False       # readiness (no readinessProbe: started and running)
     started: bool = False     # startupProbe passed (no startupProbe: running)
     probes: ProbeRunner | None = None
+    init: bool = False        # an init container: runs to completion before the app containers
 
     @property
     def name(self) -> str:
@@ -86,6 +87,7 @@ class PodWorker:
         self.uid, self.namespace, self.name = md["uid"], md["namespace"], md["name"]
         self.dir = kubelet.dir / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
         self.containers = {c["name"]: Container(c) for c in pod["spec"].get("containers") or []}
+        self.inits = [Container(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.wake = asyncio.Event()
         self.gone = False             # the API object is deleted
         self.shutdown = False         # the kubelet stops
@@ -120,8 +122,9 @@ class PodWorker:
         """A pod this node ran before a kubelet restart: its processes are gone (they died
         with the previous kubelet), so each container that ran is terminated, as a kubelet
         reports a container it cannot find (ContainerStatusUnknown, 137)."""
-        for cs in status.get("containerStatuses") or []:
-            c = self.containers.get(cs.get("name"))
+        inits = {c.name: c for c in self.inits}
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            c = self.containers.get(cs.get("name")) or inits.get(cs.get("name"))
             if c is None:
                 continue
             c.restart_count = int(cs.get("restartCount") or 0)
@@ -203,13 +206,15 @@ class PodWorker:
         """Start or restart what should run; return how long to sleep at most."""
         if self.terminal:
             return 3600.0
-        if (self.pod["spec"].get("initContainers") and not self.admission_error):
-            for c in self.containers.values():
-                c.state = {"waiting": {"reason": "CreateContainerConfigError",
-                                       "message": "initContainers are not supported by the sandbox kubelet"}}
-            return 3600.0
         delay = 3600.0
         t = time.monotonic()
+        if not self._initialized():
+            delay = await self._sync_init(t)
+            self.phase = self._phase()
+            if self.terminal:
+                self.kubelet.gpus.release(self.uid)
+                log.info("Pod %s/%s %s (an init container failed)", self.namespace, self.name, self.phase)
+            return delay
         for c in self.containers.values():
             if c.running or c.final:
                 continue
@@ -225,9 +230,33 @@ class PodWorker:
             log.info("Pod %s/%s %s", self.namespace, self.name, self.phase)
         return delay
 
+    def _initialized(self) -> bool:
+        return all(c.final and (c.state.get("terminated") or {}).get("exitCode") == 0 for c in self.inits)
+
+    async def _sync_init(self, t: float) -> float:
+        """Init containers run one at a time, in order; the app containers wait (PodInitializing)."""
+        for c in self.containers.values():
+            if not c.ran_once:
+                c.state = {"waiting": {"reason": "PodInitializing"}}
+        for c in self.inits:
+            if c.final and (c.state.get("terminated") or {}).get("exitCode") == 0:
+                continue
+            if c.spec.get("restartPolicy") == "Always":
+                c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": (
+                    "sidecar init containers (restartPolicy: Always) are not supported by the sandbox kubelet")}}
+                return 3600.0
+            if c.running or c.final:
+                return 3600.0
+            if t < c.not_before:
+                return c.not_before - t
+            return await self._start(c) or 3600.0
+        return 0.0
+
     def _should_restart(self, c: Container) -> bool:
         policy = self.pod["spec"].get("restartPolicy", "Always")
         code = ((c.state.get("terminated") or {}).get("exitCode"))
+        if c.init:   # an init container is retried until it succeeds, unless the policy is Never
+            return policy != "Never" and code != 0
         return policy == "Always" or (policy == "OnFailure" and code != 0)
 
     # ---- one container ------------------------------------------------------------------
@@ -409,7 +438,7 @@ class PodWorker:
 
     async def _kill_all(self, grace: float) -> None:
         """SIGTERM every container's process group, SIGKILL what is left after ``grace`` s."""
-        running = [c for c in self.containers.values() if c.running]
+        running = [c for c in [*self.inits, *self.containers.values()] if c.running]
         for c in running:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(c.proc.pid, signal.SIGTERM)
@@ -430,7 +459,7 @@ class PodWorker:
     async def _terminate(self) -> None:
         grace = self.grace() if not self.shutdown else min(self.grace(), self.kubelet.shutdown_grace)
         await self._kill_all(grace)
-        for c in self.containers.values():
+        for c in [*self.inits, *self.containers.values()]:
             c.final = True
         self.kubelet.gpus.release(self.uid)
         if self.shutdown and not self.deleting:
@@ -456,6 +485,9 @@ class PodWorker:
         runs or restarts, then Succeeded/Failed by the restart policy and the exit codes."""
         if self.admission_error:
             return "Failed"
+        if not self._initialized():
+            failed = any(c.final and (c.state.get("terminated") or {}).get("exitCode") != 0 for c in self.inits)
+            return "Failed" if failed else "Pending"
         waiting = running = stopped = succeeded = 0
         for c in self.containers.values():
             if "running" in c.state:
@@ -476,14 +508,19 @@ class PodWorker:
             return "Running"
         return "Succeeded" if stopped == succeeded else "Failed"
 
+    @staticmethod
+    def _container_status(c: Container) -> dict[str, Any]:
+        state = c.state
+        return {"name": c.name, "image": c.spec.get("image", ""), "imageID": "",
+                "containerID": f"process://{c.proc.pid}" if c.proc else "",
+                "ready": "running" in state and c.ready, "started": "running" in state and c.started,
+                "restartCount": c.restart_count, "state": state, "lastState": c.last_state}
+
     def status(self) -> dict[str, Any]:
-        statuses = []
-        for c in self.containers.values():
-            state = c.state
-            statuses.append({"name": c.name, "image": c.spec.get("image", ""), "imageID": "",
-                             "containerID": f"process://{c.proc.pid}" if c.proc else "",
-                             "ready": "running" in state and c.ready, "started": "running" in state and c.started,
-                             "restartCount": c.restart_count, "state": state, "lastState": c.last_state})
+        statuses = [self._container_status(c) for c in self.containers.values()]
+        initialized = self._initialized()
+        pending_inits = [c.name for c in self.inits if not (c.final and "terminated" in c.state
+                                                             and c.state["terminated"]["exitCode"] == 0)]
         ready = bool(statuses) and all(s["ready"] for s in statuses) and not self.terminal
         unready = [s["name"] for s in statuses if not s["ready"]]
         old = {c["type"]: c for c in (self.pod.get("status") or {}).get("conditions") or []}
@@ -499,7 +536,10 @@ class PodWorker:
 
         not_ready = ("PodCompleted", "") if self.terminal else ("ContainersNotReady",
                                                                  f"containers with unready status: [{' '.join(unready)}]")
-        mine = [cond("PodReadyToStartContainers", True), cond("Initialized", True),
+        init_cond = (cond("Initialized", True) if initialized else cond(
+            "Initialized", False, "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(pending_inits)}]"))
+        mine = [cond("PodReadyToStartContainers", True), init_cond,
                 cond("Ready", ready, *(("", "") if ready else not_ready)),
                 cond("ContainersReady", ready, *(("", "") if ready else not_ready))]
         if "PodScheduled" not in old:
@@ -510,6 +550,8 @@ class PodWorker:
                                   "podIP": self.ip, "podIPs": [{"ip": self.ip}], "startTime": self.start_time,
                                   "conditions": conditions, "containerStatuses": statuses,
                                   "qosClass": (self.pod.get("status") or {}).get("qosClass") or "BestEffort"}
+        if self.inits:
+            status["initContainerStatuses"] = [self._container_status(c) for c in self.inits]
         if self.admission_error:
             status["reason"], status["message"] = self.admission_error
         return status
