@@ -62,6 +62,8 @@ async def test_the_real_scheduler_binds_a_deployment_pod_that_the_kubelet_runs(r
             writer.close()
             await _eventually(lambda: _available(kube), what="the Deployment to be available")
             pid = int(kubelet.log_path("default", pod["metadata"]["name"], "main").read_text().split()[0])
+            # kubectl logs: the real API server calls the kubelet's HTTPS log endpoint
+            assert real_cluster.kubectl("logs", pod["metadata"]["name"]).stdout.split()[0] == str(pid)
             await kube.delete(Ref("apps/v1", "deployments", "default", "web"))
             name = pod["metadata"]["name"]
             await kube.delete(Ref("v1", "pods", "default", name))   # no GC wait: delete the pod too

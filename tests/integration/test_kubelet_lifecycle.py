@@ -166,7 +166,8 @@ CLIENT = "import sys, urllib.request; print(urllib.request.urlopen('http://' + s
 
 def server(name: str, reply: str, labels: dict, **kw) -> dict:
     return pod(name, containers=[{"name": "main", "image": IMAGE, "command": ["python", "-c", SERVER],
-                                  "args": ["0.0.0.0:8080", reply], "ports": [{"name": "http", "containerPort": 8080}]}],
+                                  "args": ["0.0.0.0:8080", reply], "ports": [{"name": "http", "containerPort": 8080}],
+                                  "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}}],
                labels=labels, restart="Always", **kw)
 
 
@@ -201,8 +202,8 @@ async def test_two_kubelets_side_by_side(api, tmp_path):
         await create(api, server("srv-a", "from a", {"app": "a"}, nodeSelector={"site": "a"}))
         await create(api, server("srv-b", "from b", {"app": "b"}, nodeSelector={"site": "b"}, tolerations=toleration))
         await create(api, server("srv-b-untolerated", "x", {"app": "x"}, nodeSelector={"site": "b"}))
-        pa = await wait_pod(api, "srv-a", lambda p: phase(p) == "Running")
-        pb = await wait_pod(api, "srv-b", lambda p: phase(p) == "Running")
+        pa = await wait_pod(api, "srv-a", lambda p: container(p).get("ready"))
+        pb = await wait_pod(api, "srv-b", lambda p: container(p).get("ready"))
         assert (pa["spec"]["nodeName"], pb["spec"]["nodeName"]) == ("site-a", "site-b")
         assert a.network.owns(pa["status"]["podIP"]) and b.network.owns(pb["status"]["podIP"])
         # Both listen on port 8080, each on its own pod IP; a pod on a reaches b's pod by IP.

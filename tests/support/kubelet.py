@@ -38,7 +38,7 @@ async def create(api: Kube, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def wait_pod(api: Kube, name: str, check: Callable[[dict[str, Any]], Any], *, namespace: str = "default",
-                   timeout: float = 20.0) -> dict[str, Any]:
+                   timeout: float = 60.0) -> dict[str, Any]:
     """Poll the pod until ``check(pod)`` is truthy; fail with its last status."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -54,7 +54,7 @@ async def wait_pod(api: Kube, name: str, check: Callable[[dict[str, Any]], Any],
     raise AssertionError(f"pod {namespace}/{name} never matched; last: {last and last.get('status')}")
 
 
-async def wait_gone(api: Kube, name: str, *, namespace: str = "default", timeout: float = 20.0) -> None:
+async def wait_gone(api: Kube, name: str, *, namespace: str = "default", timeout: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:

@@ -66,7 +66,7 @@ def _pod(name, ip, phase="Running", ready=True, created="2026-01-01T00:00:00Z"):
                        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
-def test_service_resolution_prefers_ready_then_oldest_and_maps_ports():
+def test_service_resolution_picks_the_oldest_ready_pod_and_maps_ports():
     svc = {"spec": {"ports": [{"port": 80, "targetPort": "http"}, {"port": 81, "targetPort": 9000},
                               {"port": 82}, {"port": 83, "targetPort": "nope"}]}}
     assert resolve_target(svc, []) is None
@@ -75,6 +75,9 @@ def test_service_resolution_prefers_ready_then_oldest_and_maps_ports():
                              _pod("old", "127.2.0.2"), _pod("unready", "127.2.0.4", ready=False,
                                                             created="2025-01-01T00:00:00Z")])
     assert t.ip == "127.2.0.2" and dict(t.ports) == {80: 8080, 81: 9000, 82: 82}
+    assert resolve_target(svc, [_pod("unready", "127.2.0.4", ready=False)]) is None
+    publish = {"spec": {**svc["spec"], "publishNotReadyAddresses": True}}
+    assert resolve_target(publish, [_pod("unready", "127.2.0.4", ready=False)]).ip == "127.2.0.4"
 
 
 def test_pod_network_hands_out_unique_loopback_addresses():

@@ -45,8 +45,9 @@ What it does
 * **Networking and paths**: the only sandbox-only translation (per-pod loopback IPs,
   ``0.0.0.0:PORT`` binds, Service DNS names, mount paths) is in ``kubelet_translate.py``.
 * **Logs**: each container start writes ``DIR/pods/<ns>_<pod>_<uid>/logs/<container>/<restart>.log``
-  (stdout and stderr). ``kubectl logs`` is not served: it needs the API server to proxy
-  to a kubelet HTTPS endpoint, which the emulator cannot do.
+  (stdout and stderr), served at the Node's HTTPS kubelet endpoint (``kubelet_logs.py``), so
+  ``kubectl logs [-f] [--previous] [--tail N]`` works through a real API server and through
+  the emulator (which proxies ``pods/log`` to the node the same way).
 * **Scheduling**: on a real control plane the real scheduler binds pods. The emulator has no
   scheduler, so there the kubelet is its stand-in (``bind=None`` detects which: it binds
   only when ``/version`` carries the emulator's marker field): it binds an unscheduled pod
@@ -82,6 +83,7 @@ from typing import Any
 
 from ..integrations.kube import Conflict, Kube, KubeError, NotFound, Ref
 from . import kubelet_node as kn
+from .kubelet_logs import LogServer
 from .kubelet_pod import TERMINAL, PodWorker, gpu_request
 from .emulator import EMULATOR_MARKER
 from .kubelet_translate import PodNetwork
@@ -192,17 +194,30 @@ class ProcessKubelet:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._net_lock = kn.LocalNetworkLock()
+        self._logs: LogServer | None = None
+        self.log_port = 0   # the HTTPS log endpoint (Node daemonEndpoints.kubeletEndpoint.Port)
+
+    async def _start_log_server(self) -> None:
+        try:
+            self._logs = LogServer(self)
+            self.log_port = await self._logs.start()
+        except ImportError as exc:   # cryptography comes with flwr (the train extra)
+            self._logs = None
+            log.warning("Node %s: no log endpoint (kubectl logs will not work): %s", self.node_name, exc)
 
     # ---- public -------------------------------------------------------------------------
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.network = PodNetwork(await kn.claim_pod_network(self.kube, self.node_name, self._net_lock))
+            await self._start_log_server()
             body = kn.node_body(self.node_name, labels=self.labels, taints=self.taints, pod_cidr=self.network.cidr)
-            self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=0))
+            self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=self.log_port))
             await kn.renew_lease(self.kube, self.node, self.lease_duration)
         except BaseException:
             self._net_lock.release()
+            if self._logs is not None:
+                await self._logs.stop()
             raise
         log.info("Node %s ready: pod network %s, %s", self.node_name, self.network.cidr,
                  ", ".join(f"{k}={v}" for k, v in self.capacity.items()))
@@ -238,6 +253,8 @@ class ProcessKubelet:
                     {"status": {"conditions": [kn.ready_condition(False, "the sandbox process kubelet stopped")]}},
                     status=True), timeout=3)
         self._net_lock.release()
+        if self._logs is not None:
+            await self._logs.stop()
         log.info("Kubelet %s stopped", self.node_name)
 
     def pod_ip(self, namespace: str, name: str) -> str | None:
@@ -374,14 +391,14 @@ class ProcessKubelet:
                 await kn.renew_lease(self.kube, self.node, self.lease_duration)
                 if asyncio.get_running_loop().time() - last_status >= self.status_interval:
                     await self.kube.patch(Ref("v1", "nodes", None, self.node_name),
-                                          {"status": kn.node_status(self.capacity, port=0)}, status=True)
+                                          {"status": kn.node_status(self.capacity, port=self.log_port)}, status=True)
                     last_status = asyncio.get_running_loop().time()
             except NotFound:
                 log.warning("Node %s was deleted; registering it again", self.node_name)
                 with contextlib.suppress(KubeError):
                     body = kn.node_body(self.node_name, labels=self.labels, taints=self.taints,
                                         pod_cidr=self.network.cidr)
-                    self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=0))
+                    self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=self.log_port))
             except KubeError as err:
                 log.warning("Heartbeat of node %s failed (%s)", self.node_name, err)
 

@@ -84,8 +84,9 @@ def node_status(cap: dict[str, str], *, port: int, ready: bool = True,
                                      ("PIDPressure", "KubeletHasSufficientPID"))]
     return {"capacity": cap, "allocatable": cap,
             "conditions": [*pressure, ready_condition(ready, message)],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": platform.node() or "localhost"}],
+            # Only InternalIP: an API server tries Hostname first, and this host's name need
+            # not resolve to the loopback address the log endpoint listens on.
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
             "nodeInfo": {"kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "",
                          "operatingSystem": "linux", "architecture": platform.machine(),

@@ -355,7 +355,7 @@ class PodWorker:
         for ns, svc in sorted(service_names(strings)):
             target = await self._service(ns, svc)
             if target is None:
-                raise Waiting("ContainerCreating", f'waiting for Service {ns}/{svc} to select a Running pod '
+                raise Waiting("ContainerCreating", f'waiting for Service {ns}/{svc} to select a Ready pod '
                               "(the sandbox kubelet translates its DNS name to that pod's IP)")
             services[(ns, svc)] = target
         tr = Translator(self.ip, services, mounts)

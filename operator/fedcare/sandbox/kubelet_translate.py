@@ -14,10 +14,11 @@ container start:
    podIP (all of 127/8 is loopback). A program that binds a wildcard by default, without
    saying so in its arguments or env, still binds every address: say it in the manifest.
 2. **Service DNS names.** ``<svc>.<ns>.svc.cluster.local`` and ``<svc>.<ns>.svc`` (with an
-   optional ``:PORT``) become the podIP of a Running pod selected by that Service (the
-   oldest Ready one), and a Service ``port`` becomes its ``targetPort`` (a named target port
-   is looked up in that pod's container ports). Until such a pod exists the container
-   waits (``ContainerCreating``, the message names the Service). The name is resolved once
+   optional ``:PORT``) become the podIP of a Ready pod selected by that Service (the oldest;
+   any Running one if the Service sets ``publishNotReadyAddresses``), as its Endpoints
+   would list it, and a Service ``port`` becomes its ``targetPort`` (a named target port is
+   looked up in that pod's container ports). Until such a pod exists the container waits
+   (``ContainerCreating``, the message names the Service). The name is resolved once
    per container start: if the backing pod is replaced, a restart picks the new IP.
 3. **Mount paths.** A volume mounted at ``/data`` is a local folder; ``/data`` (and
    ``/data/…``) in the strings above becomes that folder (the longest mount path wins).
@@ -83,13 +84,15 @@ class ServiceTarget:
 
 
 def resolve_target(service: dict[str, Any], pods: list[dict[str, Any]]) -> ServiceTarget | None:
-    """Pick the pod (Running with an IP; Ready first, then oldest, then by name) and map ports."""
+    """Pick the pod (Ready, Running, with an IP; the oldest, then by name) and map ports."""
     def ready(pod: dict[str, Any]) -> bool:
         return any(c.get("type") == "Ready" and c.get("status") == "True"
                    for c in (pod.get("status") or {}).get("conditions") or [])
 
+    any_running = bool((service.get("spec") or {}).get("publishNotReadyAddresses"))
     live = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"
-            and (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")]
+            and (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
+            and (any_running or ready(p))]
     if not live:
         return None
     live.sort(key=lambda p: (not ready(p), p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
