@@ -9,7 +9,7 @@ The shim:
 
 * asks the kernel for ``SIGHUP`` when the kubelet dies (``prctl(PR_SET_PDEATHSIG)``; the
   kubelet may be SIGKILLed and have no chance to clean up): it then SIGTERMs its process
-  group, waits up to GRACE seconds for the container's main process, and SIGKILLs the rest;
+  group and SIGKILLs whatever is left GRACE seconds later (a timer, no polling);
 * ignores the group's own SIGTERM (the kubelet's stop: the container's process handles it;
   the shim keeps waiting to report the exit code);
 * when the main process exits, SIGKILLs whatever it left in the group (a container ends
@@ -21,10 +21,13 @@ Written by hand (no library does this): ~60 lines of Linux process control.
 
 import ctypes
 import os
-import signal
-import subprocess
 import sys
-import time
+
+# Never import from this file's folder (fedcare/sandbox has a selectors.py that would shadow
+# the standard library's); -I already keeps it off sys.path on Python >= 3.11.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,12 +59,13 @@ def _signal_others(sig: int) -> None:
 def main() -> int:
     kubelet_pid, grace = int(sys.argv[1]), float(sys.argv[2])
     command = sys.argv[sys.argv.index("--") + 1:]
-    orphaned = []
 
-    def on_parent_death(signum, frame):
-        orphaned.append(True)
+    def on_parent_death(signum, frame):   # the kubelet is gone: stop the container, then kill it
+        _signal_others(signal.SIGTERM)
+        signal.setitimer(signal.ITIMER_REAL, max(grace, 0.01))
 
     signal.signal(signal.SIGHUP, on_parent_death)
+    signal.signal(signal.SIGALRM, lambda signum, frame: _signal_others(signal.SIGKILL))
     signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the group's stop: for the child
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
@@ -72,16 +76,7 @@ def main() -> int:
     except OSError as exc:
         print(f"sandbox kubelet: cannot start {command[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
         return 128 if isinstance(exc, PermissionError) else 127
-    while True:
-        try:
-            status = child.wait(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            if orphaned and orphaned[0] is True:
-                orphaned[0] = time.monotonic() + grace
-                _signal_others(signal.SIGTERM)
-            elif orphaned and time.monotonic() > orphaned[0]:
-                _signal_others(signal.SIGKILL)
+    status = child.wait()   # waitpid: signal handlers run meanwhile (PEP 475 retries it)
     _signal_others(signal.SIGKILL)
     return 128 - status if status < 0 else status
 
