@@ -211,3 +211,46 @@ async def test_two_kubelets_side_by_side(api, tmp_path):
         await wait_pod(api, "cross", lambda p: phase(p) == "Succeeded", timeout=30)
         assert log_text(a, "cross").strip() == "from b"
         assert not (await api.get(Ref("v1", "pods", "default", "srv-b-untolerated")))["spec"].get("nodeName")
+
+
+async def test_api_outages_of_watch_and_heartbeat_are_survived(emulator, api, tmp_path):
+    listing = emulator.inject(lambda req: req.method == "GET" and str(req.url.path) == "/api/v1/pods",
+                              kmock.KubernetesError(500, "InternalError", "injected"), times=4)
+    async with running_kubelet(api, NODE, tmp_path / "k", **fast_kubelet_kwargs(lease_duration=4)) as kubelet:
+        lease = Ref("coordination.k8s.io/v1", "leases", "kube-node-lease", NODE)
+        before = (await api.get(lease))["spec"]["renewTime"]
+        down = emulator.inject(lambda req: req.method == "PATCH" and "/leases/" in str(req.url),
+                               kmock.KubernetesError(503, "ServiceUnavailable", "injected"), times=6)
+        for _ in range(300):
+            if (await api.get(lease))["spec"]["renewTime"] != before and down.hits >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert down.hits >= 1 and (await api.get(lease))["spec"]["renewTime"] != before
+        await create(api, pod("after-outage", "print('fine')", node=NODE))
+        await wait_pod(api, "after-outage", lambda p: phase(p) == "Succeeded")
+        assert listing.hits == 4 and kubelet.node   # the pod list failed past the client's retries
+
+
+async def test_a_deleted_node_registers_again(api, tmp_path):
+    async with running_kubelet(api, NODE, tmp_path / "k", **fast_kubelet_kwargs(lease_duration=4)):
+        await api.delete(Ref("v1", "nodes", None, NODE))
+        for _ in range(200):
+            if await api.get_or_none(Ref("v1", "nodes", None, NODE)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        node = await api.get(Ref("v1", "nodes", None, NODE))
+        assert next(c for c in node["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
+
+
+async def test_kubelets_of_different_api_servers_never_share_a_pod_network(api, tmp_path):
+    from fedcare.integrations.kube import Kube
+    from fedcare.sandbox.emulator import fedcare_emulator
+
+    async with fedcare_emulator() as other:
+        other_api = Kube.from_url(other.url)
+        try:
+            async with running_kubelet(api, NODE, tmp_path / "a", **fast_kubelet_kwargs()) as a, \
+                    running_kubelet(other_api, NODE, tmp_path / "b", **fast_kubelet_kwargs()) as b:
+                assert a.network.cidr != b.network.cidr     # same node name, separate APIs, one machine
+        finally:
+            await other_api.close()

@@ -388,6 +388,8 @@ class ProcessKubelet:
         while True:
             await asyncio.sleep(renew)
             try:
+                if await self.kube.get_or_none(Ref("v1", "nodes", None, self.node_name)) is None:
+                    raise NotFound(404, "NotFound", f"node {self.node_name} is gone")
                 await kn.renew_lease(self.kube, self.node, self.lease_duration)
                 if asyncio.get_running_loop().time() - last_status >= self.status_interval:
                     await self.kube.patch(Ref("v1", "nodes", None, self.node_name),
@@ -399,6 +401,7 @@ class ProcessKubelet:
                     body = kn.node_body(self.node_name, labels=self.labels, taints=self.taints,
                                         pod_cidr=self.network.cidr)
                     self.node = await kn.register(self.kube, body, kn.node_status(self.capacity, port=self.log_port))
+                    await kn.renew_lease(self.kube, self.node, self.lease_duration)
             except KubeError as err:
                 log.warning("Heartbeat of node %s failed (%s)", self.node_name, err)
 
