@@ -64,3 +64,23 @@ async def test_on_the_emulator_the_kubelet_binds_unscheduled_pods_that_fit(api, 
         done = await wait_pod(api, "fits", lambda p: phase(p) == "Succeeded")
         assert k.bind is True and done["spec"]["nodeName"] == "auto"
         assert not (await api.get(Ref("v1", "pods", "default", "elsewhere")))["spec"].get("nodeName")
+
+
+async def test_events_tell_what_happened_to_a_pod(api, kubelet):
+    import asyncio
+
+    await create(api, pod("evented", "raise SystemExit(2)", restart="OnFailure"))        # bound by the stand-in
+    await create(api, pod("no-image", "pass", node=NODE, image="example.org/nothing:1"))
+    await wait_pod(api, "evented", lambda p: container(p).get("restartCount", 0) >= 1)
+    await wait_pod(api, "no-image", lambda p: "waiting" in container(p).get("state", {}))
+    for _ in range(100):
+        events = await api.list(Ref("v1", "events", "default"))
+        seen = {(e["involvedObject"]["name"], e["reason"], e["type"]) for e in events}
+        if {("evented", "Scheduled", "Normal"), ("evented", "Started", "Normal"),
+                ("evented", "BackOff", "Warning"), ("no-image", "Failed", "Warning")} <= seen:
+            break
+        await asyncio.sleep(0.1)
+    assert {("evented", "Scheduled", "Normal"), ("evented", "Started", "Normal"),
+            ("evented", "BackOff", "Warning"), ("no-image", "Failed", "Warning")} <= seen, seen
+    failed = next(e for e in events if e["reason"] == "Failed")
+    assert "ErrImagePull" in failed["message"] and "example.org/nothing:1" in failed["message"]

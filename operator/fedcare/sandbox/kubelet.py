@@ -44,6 +44,8 @@ What it does
   not in it waits with ``ErrImagePull`` and a message naming the table, never runs.
 * **Networking and paths**: the only sandbox-only translation (per-pod loopback IPs,
   ``0.0.0.0:PORT`` binds, Service DNS names, mount paths) is in ``kubelet_translate.py``.
+* **Events** (``kubelet_events.py``, best effort): Scheduled (stand-in binder), Started,
+  Killing, BackOff, Failed/FailedMount, Unhealthy, so ``kubectl describe pod`` tells the story.
 * **Logs**: each container start writes ``DIR/pods/<ns>_<pod>_<uid>/logs/<container>/<restart>.log``
   (stdout and stderr), served at the Node's HTTPS kubelet endpoint (``kubelet_logs.py``), so
   ``kubectl logs [-f] [--previous] [--tail N]`` works through a real API server and through
@@ -83,6 +85,7 @@ from typing import Any
 
 from ..integrations.kube import Conflict, Kube, KubeError, NotFound, Ref
 from . import kubelet_node as kn
+from .kubelet_events import EventRecorder
 from .kubelet_logs import LogServer
 from .kubelet_pod import TERMINAL, PodWorker, gpu_request
 from .emulator import EMULATOR_MARKER
@@ -194,6 +197,7 @@ class ProcessKubelet:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._net_lock = kn.LocalNetworkLock()
+        self.events = EventRecorder(kube, node)
         self._logs: LogServer | None = None
         self.log_port = 0   # the HTTPS log endpoint (Node daemonEndpoints.kubeletEndpoint.Port)
 
@@ -252,6 +256,7 @@ class ProcessKubelet:
                     Ref("v1", "nodes", None, self.node_name),
                     {"status": {"conditions": [kn.ready_condition(False, "the sandbox process kubelet stopped")]}},
                     status=True), timeout=3)
+        await self.events.drain()
         self._net_lock.release()
         if self._logs is not None:
             await self._logs.stop()
@@ -378,6 +383,9 @@ class ProcessKubelet:
                                    "spec": {"nodeName": self.node_name}})
             log.info("Bound %s/%s to node %s (emulator scheduler stand-in)", md["namespace"], md["name"],
                      self.node_name)
+            self.events.pod(pod, "Scheduled", f"Successfully assigned {md['namespace']}/{md['name']} to "
+                            f"{self.node_name} (sandbox kubelet, the emulator's scheduler stand-in)",
+                            component="default-scheduler")
         except (Conflict, NotFound):
             pass   # another kubelet bound it, or it changed or went: the watch brings the news
 

@@ -265,6 +265,11 @@ class PodWorker:
         try:
             argv, env, cwd = await self._prepare(c)
         except Waiting as w:
+            if c.state.get("waiting") != {"reason": w.reason, "message": w.message}:
+                self.kubelet.events.pod(self.pod, "Failed" if w.reason != "ContainerCreating" else "FailedMount"
+                                        if "MountVolume" in w.message else "Waiting",
+                                        f"container {c.name}: {w.reason}: {w.message}",
+                                        warning=w.reason != "ContainerCreating")
             c.state = {"waiting": {"reason": w.reason, "message": w.message}}
             return 1.0 if w.retry else None
         if c.ran_once:
@@ -291,6 +296,7 @@ class PodWorker:
         self.kubelet.processes.add(c.proc.pid)
         log.info("Pod %s/%s container %s started (pid %d, restart %d): %s", self.namespace, self.name, c.name,
                  c.proc.pid, c.restart_count, argv[0])
+        self.kubelet.events.pod(self.pod, "Started", f"Started container {c.name}")
         asyncio.get_running_loop().create_task(self._reap(c, c.proc))
         return None
 
@@ -312,6 +318,9 @@ class PodWorker:
                 return
             log.info("Pod %s/%s container %s: %s probe failed (%s); restarting it", self.namespace, self.name,
                      c.name, kind, why[:200])
+            self.kubelet.events.pod(self.pod, "Unhealthy", f"{kind} probe failed: {why[:300]}", warning=True)
+            self.kubelet.events.pod(self.pod, "Killing", f"Container {c.name} failed {kind.lower()} probe, "
+                                    "will be restarted")
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -421,6 +430,9 @@ class PodWorker:
     def _after_exit(self, c: Container, back_off: float) -> None:
         """``c.state`` is terminated: restart it after ``back_off`` (CrashLoopBackOff) or keep it final."""
         if self._should_restart(c) and not (self.deleting or self.shutdown):
+            if back_off > 0:
+                self.kubelet.events.pod(self.pod, "BackOff", f"Back-off {back_off:g}s restarting failed container "
+                                        f"{c.name} (exit code {c.state['terminated']['exitCode']})", warning=True)
             c.not_before = time.monotonic() + back_off
             c.last_state = {"terminated": c.state["terminated"]}
             c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": (
@@ -444,6 +456,8 @@ class PodWorker:
                 os.killpg(c.proc.pid, signal.SIGTERM)
         if running:
             log.info("Pod %s/%s: stopping %d container(s), grace %gs", self.namespace, self.name, len(running), grace)
+            for c in running:
+                self.kubelet.events.pod(self.pod, "Killing", f"Stopping container {c.name}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(c.exited.wait() for c in running)), timeout=grace)
         for c in running:
