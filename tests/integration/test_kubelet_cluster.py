@@ -40,7 +40,8 @@ async def test_the_real_scheduler_binds_a_deployment_pod_that_the_kubelet_runs(r
                            "template": {"metadata": {"labels": {"app": "web"}},
                                         "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
                                             "name": "main", "image": IMAGE, "command": ["python", "-c", SERVER],
-                                            "args": ["0.0.0.0:8080"]}]}}}}
+                                            "args": ["0.0.0.0:8080"],
+                                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}}
     deps = Ref("apps/v1", "deployments", "default")
     try:
         async with running_kubelet(kube, NODE, tmp_path / "k", **fast_kubelet_kwargs(bind=None)) as kubelet:
@@ -49,9 +50,9 @@ async def test_the_real_scheduler_binds_a_deployment_pod_that_the_kubelet_runs(r
 
             async def running():
                 pods = await kube.list(Ref("v1", "pods", "default"), label_selector="app=web")
-                return next((p for p in pods if phase(p) == "Running"), None)
+                return next((p for p in pods if phase(p) == "Running" and container(p).get("ready")), None)
 
-            pod = await _eventually(running, what="the Deployment's pod to run")
+            pod = await _eventually(running, what="the Deployment's pod to run and be ready")
             assert kubelet.bind is False              # the real scheduler bound it, not the kubelet
             assert pod["spec"]["nodeName"] == NODE and kubelet.network.owns(pod["status"]["podIP"])
             conds = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
@@ -63,7 +64,9 @@ async def test_the_real_scheduler_binds_a_deployment_pod_that_the_kubelet_runs(r
             await _eventually(lambda: _available(kube), what="the Deployment to be available")
             pid = int(kubelet.log_path("default", pod["metadata"]["name"], "main").read_text().split()[0])
             # kubectl logs: the real API server calls the kubelet's HTTPS log endpoint
-            assert real_cluster.kubectl("logs", pod["metadata"]["name"]).stdout.split()[0] == str(pid)
+            # (in a thread: the log endpoint is served by this test's event loop)
+            logs = await asyncio.to_thread(real_cluster.kubectl, "logs", pod["metadata"]["name"])
+            assert logs.stdout.split()[0] == str(pid)
             await kube.delete(Ref("apps/v1", "deployments", "default", "web"))
             name = pod["metadata"]["name"]
             await kube.delete(Ref("v1", "pods", "default", name))   # no GC wait: delete the pod too
