@@ -8,18 +8,22 @@ import pytest
 
 from fedcare.integrations.kube import Ref
 from fedcare.sandbox.kubelet import running_kubelet
-from tests.support.kubelet import container, create, fast_kubelet_kwargs, phase, pod, wait_pod
+from tests.support.kubelet import clean_up, container, create, fast_kubelet_kwargs, phase, pod, wait_pod
 
 NODE = "node-a"
 
 
 @pytest.fixture()
 async def kubelet(api, tmp_path):
-    async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
-        yield k
+    try:
+        async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
+            yield k
+    finally:
+        await clean_up(api, NODE)
 
 
-async def test_node_is_registered_ready_with_a_lease(api, kubelet):
+@pytest.mark.tiers
+async def test_node_is_registered_ready_with_a_lease(apiserver, api, kubelet):
     node = await api.get(Ref("v1", "nodes", None, NODE))
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
@@ -29,7 +33,8 @@ async def test_node_is_registered_ready_with_a_lease(api, kubelet):
     assert lease["spec"]["holderIdentity"] == NODE
 
 
-async def test_a_pod_runs_to_success_with_its_output_logged(api, kubelet):
+@pytest.mark.tiers
+async def test_a_pod_runs_to_success_with_its_output_logged(apiserver, api, kubelet):
     await create(api, pod("hello", "print('hello from a pod')", node=NODE))
     done = await wait_pod(api, "hello", lambda p: phase(p) == "Succeeded")
     term = container(done)["state"]["terminated"]
@@ -39,7 +44,8 @@ async def test_a_pod_runs_to_success_with_its_output_logged(api, kubelet):
     assert log is not None and "hello from a pod" in pathlib.Path(log).read_text()
 
 
-async def test_a_failing_pod_reports_its_exit_code(api, kubelet):
+@pytest.mark.tiers
+async def test_a_failing_pod_reports_its_exit_code(apiserver, api, kubelet):
     await create(api, pod("boom", "import sys; sys.exit(3)", node=NODE))
     done = await wait_pod(api, "boom", lambda p: phase(p) == "Failed")
     term = container(done)["state"]["terminated"]
@@ -47,7 +53,8 @@ async def test_a_failing_pod_reports_its_exit_code(api, kubelet):
     assert container(done)["restartCount"] == 0
 
 
-async def test_a_running_pod_is_running_and_ready(api, kubelet):
+@pytest.mark.tiers
+async def test_a_running_pod_is_running_and_ready(apiserver, api, kubelet):
     await create(api, pod("sleeper", "import time; time.sleep(60)", node=NODE))
     running = await wait_pod(api, "sleeper", lambda p: phase(p) == "Running")
     assert "running" in container(running)["state"]

@@ -16,7 +16,7 @@ import pytest
 from fedcare.integrations.kube import Ref
 from fedcare.sandbox.kubelet import running_kubelet
 from fedcare.sandbox.kubeconfig import write_kubeconfig
-from tests.support.kubelet import (IMAGE, alive, container, create, fast_kubelet_kwargs, kill_quietly, log_text,
+from tests.support.kubelet import (clean_up, IMAGE, alive, container, create, fast_kubelet_kwargs, kill_quietly, log_text,
                                    phase, pod, wait_gone, wait_pod)
 
 NODE = "node-a"
@@ -61,11 +61,15 @@ async def wait_dead(pids: list[int], timeout: float = 15.0) -> None:
 
 @pytest.fixture()
 async def kubelet(api, tmp_path):
-    async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
-        yield k
+    try:
+        async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
+            yield k
+    finally:
+        await clean_up(api, NODE)
 
 
-async def test_deletion_sigterms_then_sigkills_after_the_grace_period(api, kubelet):
+@pytest.mark.tiers
+async def test_deletion_sigterms_then_sigkills_after_the_grace_period(apiserver, api, kubelet):
     await create(api, family("polite", node=NODE, grace=30))
     await create(api, family("stubborn", stubborn=True, node=NODE, grace=1))
     polite, stubborn = await pids_of(kubelet, "polite"), await pids_of(kubelet, "stubborn")

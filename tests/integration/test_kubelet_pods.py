@@ -10,7 +10,7 @@ import pytest
 
 from fedcare.integrations.kube import Ref
 from fedcare.sandbox.kubelet import running_kubelet
-from tests.support.kubelet import (IMAGE, container, create, fast_kubelet_kwargs, log_text, phase, pod,
+from tests.support.kubelet import (IMAGE, clean_up, container, create, fast_kubelet_kwargs, log_text, phase, pod,
                                    wait_pod)
 
 NODE = "node-a"
@@ -20,15 +20,19 @@ DUMP = ("import json, os, sys; print(json.dumps({'argv': sys.argv[1:], 'cwd': os
 
 @pytest.fixture()
 async def kubelet(api, tmp_path):
-    async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
-        yield k
+    try:
+        async with running_kubelet(api, NODE, tmp_path / "kubelet", **fast_kubelet_kwargs()) as k:
+            yield k
+    finally:
+        await clean_up(api, NODE)
 
 
 def dumped(kubelet, name: str) -> dict:
     return json.loads(log_text(kubelet, name).strip().splitlines()[-1])
 
 
-async def test_command_args_env_expansion_and_field_refs(api, kubelet):
+@pytest.mark.tiers
+async def test_command_args_env_expansion_and_field_refs(apiserver, api, kubelet):
     await create(api, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "default"},
                        "data": {"mode": "fast", "extra": "1"}})
     await create(api, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tok", "namespace": "default"},
@@ -63,7 +67,8 @@ async def test_command_args_env_expansion_and_field_refs(api, kubelet):
     assert out["cwd"].startswith(str(kubelet.dir)) and out["cwd"].endswith("/volumes/empty-dir/w/dir")
 
 
-async def test_volumes_map_to_folders_and_paths_are_translated(api, kubelet, tmp_path):
+@pytest.mark.tiers
+async def test_volumes_map_to_folders_and_paths_are_translated(apiserver, api, kubelet, tmp_path):
     await create(api, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files", "namespace": "default"},
                        "data": {"app.toml": "x = 1\n", "other": "o"}})
     await create(api, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys", "namespace": "default"},
@@ -105,7 +110,8 @@ async def test_volumes_map_to_folders_and_paths_are_translated(api, kubelet, tmp
     assert log_text(kubelet, "vols", "second").strip() == "between containers"
 
 
-async def test_on_failure_restarts_with_backoff_until_success(api, kubelet):
+@pytest.mark.tiers
+async def test_on_failure_restarts_with_backoff_until_success(apiserver, api, kubelet):
     code = ("import os, sys\np = '/state/n'\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
             "open(p, 'w').write(str(n + 1))\nsys.exit(0 if n >= 2 else 7)")
     spec = {"name": "main", "image": IMAGE, "command": ["python", "-c", code],
@@ -141,7 +147,8 @@ async def test_a_signal_death_reports_128_plus_the_signal(api, kubelet):
     assert container(done)["state"]["terminated"]["exitCode"] == 137
 
 
-async def test_an_unknown_image_never_runs(api, kubelet):
+@pytest.mark.tiers
+async def test_an_unknown_image_never_runs(apiserver, api, kubelet):
     await create(api, pod("mystery", "open('/tmp/never', 'w')", node=NODE, image="docker.io/library/busybox:1.36"))
     p = await wait_pod(api, "mystery", lambda p: "waiting" in container(p).get("state", {}))
     waiting = container(p)["state"]["waiting"]
@@ -214,7 +221,8 @@ async def test_gpus_are_capacity_devices_and_admission(api, tmp_path):
         assert not (await api.get(Ref("v1", "pods", "default", "unbound-big")))["spec"].get("nodeName")
 
 
-async def test_init_containers_run_in_order_before_the_app(api, kubelet):
+@pytest.mark.tiers
+async def test_init_containers_run_in_order_before_the_app(apiserver, api, kubelet):
     flaky = ("import os, sys\np = '/w/tries'\nn = int(open(p).read()) if os.path.exists(p) else 0\n"
              "open(p, 'w').write(str(n + 1))\nassert open('/w/first').read() == 'one'\nsys.exit(0 if n else 4)")
     mount = [{"name": "w", "mountPath": "/w"}]

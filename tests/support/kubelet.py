@@ -30,7 +30,12 @@ def pod(name: str, code: str | None = None, *, namespace: str = "default", image
     return body
 
 
+TEST_LABEL = "test.fedcare.io/kubelet"
+
+
 async def create(api: Kube, body: dict[str, Any]) -> dict[str, Any]:
+    """Create, labelled so that :func:`clean_up` finds it on a shared (real) API server."""
+    body["metadata"].setdefault("labels", {})[TEST_LABEL] = "true"
     ns = body["metadata"].get("namespace", "default")
     plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps", "Secret": "secrets",
               "PersistentVolumeClaim": "persistentvolumeclaims", "Deployment": "deployments"}[body["kind"]]
@@ -90,8 +95,21 @@ def kill_quietly(pid: int) -> None:
 
 def fast_kubelet_kwargs(**overrides: Any) -> dict[str, Any]:
     """Quick back-off, short grace caps, a short lease: what tests want."""
-    return {"bind": True, "backoff_base": 0.2, "backoff_cap": 1.0, "shutdown_grace": 2.0, "lease_duration": 8,
+    return {"bind": None, "backoff_base": 0.2, "backoff_cap": 1.0, "shutdown_grace": 2.0, "lease_duration": 8,
             **overrides}
+
+
+async def clean_up(api: Kube, node: str, namespace: str = "default") -> None:
+    """What a test left on a shared (real) API server: what :func:`create` made (pods at once)
+    and the Node."""
+    for plural in ("pods", "services", "configmaps", "secrets", "persistentvolumeclaims"):
+        for obj in await api.list(Ref("v1", plural, namespace), label_selector=f"{TEST_LABEL}=true"):
+            try:
+                await api.request("DELETE", Ref("v1", plural, namespace, obj["metadata"]["name"]).path,
+                                  body={"gracePeriodSeconds": 0} if plural == "pods" else None)
+            except NotFound:
+                pass
+    await api.delete(Ref("v1", "nodes", None, node))
 
 
 def log_text(kubelet: Any, name: str, container_name: str = "main", namespace: str = "default") -> str:
