@@ -3,7 +3,7 @@
 #
 # Builds tools/kube (etcd + kube-apiserver + kube-controller-manager + kube-scheduler from the
 # Kubernetes Go modules, one multi-call binary) into DEST_DIR/fedcare-kube. The first build
-# compiles about 2,000 packages: 15-25 minutes on 2 cores; Go's build and module caches make
+# compiles about 2,400 packages: 25-35 minutes on 2 cores; Go's build and module caches make
 # later builds take seconds. Progress is printed every 100 packages.
 set -euo pipefail
 die() { echo "build-kube: $*" >&2; exit 1; }
@@ -15,13 +15,19 @@ KUBE=$(sed -n 's/^\tk8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$ROOT/tools/kube/go.
 [[ -n $KUBE ]] || die "tools/kube/go.mod pins no k8s.io/kubernetes version"
 mkdir -p "$DEST"
 OUT=$(cd "$DEST" && pwd)/fedcare-kube
-echo "build-kube: building Kubernetes $KUBE control plane into $OUT ($(go version | cut -d' ' -f3); first build 15-25 min on 2 cores, then cached)"
+echo "build-kube: building Kubernetes $KUBE control plane into $OUT ($(go version | cut -d' ' -f3); first build 25-35 min on 2 cores, then cached)"
 START=$(date +%s)
 cd "$ROOT/tools/kube"
 # -v names each package as it is compiled (only those not in the build cache): count them.
 set +e
-go build -v -trimpath -ldflags "-s -w -X main.kubeVersion=$KUBE" -o "$OUT.tmp" . 2>&1 | awk -v start="$START" '
-  /^#|error|cannot|undefined|go: / { print "build-kube: " $0; fflush(); next }
+MINOR=$(echo "$KUBE" | cut -d. -f2)
+# The version the API server reports (kubectl and helm parse it): what the release binaries stamp.
+LDFLAGS="-s -w -X main.kubeVersion=$KUBE"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  LDFLAGS="$LDFLAGS -X $pkg.gitVersion=$KUBE -X $pkg.gitMajor=1 -X $pkg.gitMinor=$MINOR -X $pkg.gitTreeState=clean"
+done
+go build -v -ldflags "$LDFLAGS" -o "$OUT.tmp" . 2>&1 | awk -v start="$START" '
+  /^#|\.go:[0-9]+|^go: / { print "build-kube: " $0; fflush(); next }
   { n++; if (n % 100 == 0) { printf "build-kube: %d packages compiled (%ds)\n", n, systime() - start; fflush() } }
   END { printf "build-kube: %d packages compiled\n", n }'
 STATUS=${PIPESTATUS[0]}

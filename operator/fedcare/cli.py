@@ -49,9 +49,11 @@ def _sandbox(args: argparse.Namespace) -> int:
 
         return kubelet_main(args)
     if args.action == "cluster":
-        from .sandbox.cluster import main as cluster_main
+        from .sandbox import cluster
 
-        return cluster_main(args.dir or ".cluster", args.port)
+        if args.site:
+            return cluster.run_with_sites(args.dir or ".cluster", args.site, args.port)
+        return cluster.main(args.dir or ".cluster", args.port)
     from .sandbox.demo import main as demo_main
 
     return demo_main(args)
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="cluster: state folder (etcd data, certificates, logs, kubeconfig; default .cluster); "
                               "kubelet: folder for pod logs, volumes and homes (required)")
     sandbox.add_argument("--port", type=int, default=0, help="cluster: API server port on 127.0.0.1 (0: a free one)")
+    sandbox.add_argument("--site", action="append", default=[],
+                         help="cluster: also run the hub and enroll this site with its agent (repeatable)")
     sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
     sandbox.add_argument("--seconds", type=float, default=0,
                          help="keep the sandbox API up this long after the demo (for kubectl)")

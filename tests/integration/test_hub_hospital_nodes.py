@@ -187,3 +187,35 @@ async def test_two_status_writers_never_overwrite_each_other(hub, api):
     with pytest.raises(Conflict):
         await api.patch(node_ref(), {"metadata": {"resourceVersion": stale["metadata"]["resourceVersion"]},
                                      "status": {"phase": "Pending"}}, status=True)
+
+
+@pytest.mark.tiers
+async def test_a_pre_existing_namespace_is_never_taken_over_nor_deleted(hub, api):
+    """A user's own `fedcare-site-rouen` namespace: enrollment refuses it, deletion leaves it."""
+    ns_ref = Ref("v1", "namespaces", None, SITE_NS)
+    await api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": SITE_NS, "labels": {"team": "radiology"}}})
+    async with hub() as logs:
+        await api.create(NODES, copy.deepcopy(NODE))
+
+        async def refused():
+            obj = await api.get_or_none(node_ref())
+            cond = obj and condition(obj, "Enrolled")
+            return obj if cond and cond["reason"] == "ObjectNotOwned" else None
+
+        obj = await eventually(refused, timeout=15)
+        msg = condition(obj, "Enrolled")["message"]
+        assert "Namespace fedcare-site-rouen already exists and was not created by fedcare" in msg
+        ns = await api.get(ns_ref)
+        assert ns["metadata"]["labels"] == {"team": "radiology", **{k: v for k, v in ns["metadata"]["labels"].items()
+                                                                     if k.startswith("kubernetes.io/")}}
+        assert not ns["metadata"].get("ownerReferences")
+        assert await api.get_or_none(Ref("v1", "serviceaccounts", SITE_NS, "fedcare-agent")) is None
+        await api.delete(node_ref())
+
+        async def gone():
+            return await api.get_or_none(node_ref()) is None
+
+        await eventually(gone, timeout=15)
+        assert logs.grep("Left Namespace fedcare-site-rouen alone")
+    assert (await api.get(ns_ref))["status"].get("phase", "Active") == "Active"

@@ -85,3 +85,12 @@ def test_site_name_length():
     doc = load("hospitalnode-rouen.yaml")
     doc["metadata"]["name"] = "r" * 51
     assert any("at most 50" in m for m in failures("HospitalNode", doc))
+
+
+@pytest.mark.parametrize("case", __import__("tests.support.bad_manifests", fromlist=["cases"]).cases(),
+                         ids=lambda c: c.id)
+def test_each_bad_manifest_breaks_its_rule(case):
+    """The same list the real API server must refuse (tests/integration/test_real_cluster.py)."""
+    msgs = failures(case.new["kind"], case.new) if case.old is None else failures(case.new["kind"], case.new,
+                                                                                   case.old)
+    assert any(case.message in m for m in msgs), msgs

@@ -15,11 +15,14 @@ class Clock:
         return self.t
 
 
-def lease(site: str, renew: str | None, holder: str = "rouen/agent-0") -> dict:
+def lease(site: str, renew: str | None, holder: str = "rouen/agent-0", namespace: str | None = None,
+          name: str = "fedcare-agent") -> dict:
     spec = {"leaseDurationSeconds": 40}
     if renew:
         spec.update(renewTime=renew, holderIdentity=holder)
-    return {"metadata": {"name": "fedcare-agent", "labels": {"fedcare.io/site": site}}, "spec": spec}
+    return {"metadata": {"name": name, "namespace": namespace or f"fedcare-site-{site}",
+                         "labels": {"fedcare.io/site": site, "app.kubernetes.io/managed-by": "fedcare"}},
+            "spec": spec}
 
 
 def test_first_sight_after_restart_is_not_a_renewal_but_grants_a_full_grace():
@@ -49,6 +52,25 @@ def test_a_replayed_event_is_not_a_renewal():
 def test_unlabelled_leases_are_ignored():
     t = HeartbeatTracker(clock=Clock())
     assert t.observe({"metadata": {"name": "x"}, "spec": {"renewTime": "t"}}) is None
+
+
+def test_only_the_sites_own_lease_counts_whatever_its_labels_say():
+    """A Lease labelled for rouen in another namespace (anyone with a leader-election grant can
+    make one) or with another name in rouen's namespace never keeps rouen available."""
+    clock = Clock()
+    t = HeartbeatTracker(clock=clock)
+    for forged in (lease("rouen", None, namespace="kube-system"), lease("rouen", None, name="leader")):
+        t.observe(forged)
+    clock.t = 1010.0
+    assert t.observe(lease("rouen", "2026-11-28T03:00:00Z", namespace="kube-system")) is None
+    assert t.observe(lease("rouen", "2026-11-28T03:00:00Z", name="leader")) is None
+    assert t.last_seen("rouen") is None
+    # and the real one, labelled for nobody, counts: the place is the identity
+    real = lease("rouen", None)
+    real["metadata"]["labels"] = {}
+    t.observe(real)
+    real["spec"].update(renewTime="2026-11-28T03:00:10Z", holderIdentity="rouen/agent-0")
+    assert t.observe(real) == "rouen"
 
 
 async def test_wait_returns_on_renewal_or_times_out():

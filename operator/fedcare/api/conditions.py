@@ -59,6 +59,7 @@ class Reason(str, enum.Enum):
     # Enrolled
     SITE_NAMESPACE_READY = "SiteNamespaceReady"
     ENROLLMENT_FAILED = "EnrollmentFailed"
+    OBJECT_NOT_OWNED = "ObjectNotOwned"
     # Available (from the Lease)
     LEASE_RENEWED = "LeaseRenewed"
     LEASE_UPDATE_STOPPED = "LeaseUpdateStopped"

@@ -51,7 +51,11 @@ HOSPITAL_NODE = Kind(r.HOSPITAL_NODES, HospitalNodeSpec, HospitalNodeStatus, (
     "rule": f"self.metadata.name.size() <= {MAX_SITE_NAME}",
     "message": f"metadata.name is the site id and must be at most {MAX_SITE_NAME} characters "
                "(it prefixes the site namespace fedcare-site-<name>)",
-},))
+}, {
+    "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+    "message": "metadata.name is the site id and must be a DNS-1123 label (lower-case letters, digits and '-', "
+               "no dots): it names the site namespace fedcare-site-<name>",
+}))
 
 FEDERATED_ROUND = Kind(r.FEDERATED_ROUNDS, FederatedRoundSpec, FederatedRoundStatus, (
     column("Phase", ".status.phase"),

@@ -58,6 +58,9 @@ MODEL_RELEASES = Resource("ModelRelease", "modelreleases", "modelrelease", True,
 RESOURCES: tuple[Resource, ...] = (HOSPITAL_NODES, FEDERATED_ROUNDS, ROUND_ASSIGNMENTS, MODEL_RELEASES)
 
 
+SITE_NAMESPACE_PREFIX = "fedcare-site-"
+
+
 def site_namespace(site: str) -> str:
     """The hub namespace that holds one site's assignments, Lease and identity."""
-    return f"fedcare-site-{site}"
+    return f"{SITE_NAMESPACE_PREFIX}{site}"

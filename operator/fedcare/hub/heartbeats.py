@@ -17,12 +17,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.resources import SITE_LABEL
+from ..api.resources import LEASE_NAME, SITE_NAMESPACE_PREFIX
 
 
 def _renewal_key(lease: dict[str, Any]) -> tuple[str, str]:
     spec = lease.get("spec") or {}
     return str(spec.get("renewTime") or ""), str(spec.get("holderIdentity") or "")
+
+
+def site_of_lease(lease: dict[str, Any]) -> str | None:
+    """The site whose agent Lease this is, from its namespace and name; None for any other Lease."""
+    md = lease.get("metadata") or {}
+    namespace = md.get("namespace") or ""
+    if md.get("name") != LEASE_NAME or not namespace.startswith(SITE_NAMESPACE_PREFIX):
+        return None
+    return namespace.removeprefix(SITE_NAMESPACE_PREFIX) or None
 
 
 @dataclass
@@ -37,8 +46,14 @@ class HeartbeatTracker:
         self.started = self.clock()
 
     def observe(self, lease: dict[str, Any]) -> str | None:
-        """Record a Lease as seen in a watch event; return the site if it was a renewal."""
-        site = ((lease.get("metadata") or {}).get("labels") or {}).get(SITE_LABEL)
+        """Record a Lease as seen in a watch event; return the site if it was a renewal.
+
+        The site comes from where the Lease is (``fedcare-site-<site>/fedcare-agent``, which
+        only the hub creates and only that site's agent may update), never from a label: any
+        principal allowed to create Leases somewhere (a common leader-election grant) could
+        otherwise label one and keep any site "Available".
+        """
+        site = site_of_lease(lease)
         if not site:
             return None
         key = _renewal_key(lease)

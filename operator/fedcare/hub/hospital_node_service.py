@@ -14,7 +14,7 @@ from ..api import resources as r
 from ..api.base import Condition, ConditionStatus
 from ..api.hospital_node import HospitalNodePhase, HospitalNodeSpec
 from ..api.validation import SpecError, parse
-from ..integrations.kube import Kube, KubeError, Ref, ensure
+from ..integrations.kube import Kube, KubeError, NotOurs, Ref, ensure, owned_by
 from ..status_writer import write_status
 from . import enrollment as e
 
@@ -137,14 +137,25 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
         raise
     assert isinstance(spec, HospitalNodeSpec)
     created = []
+    uid = body["metadata"]["uid"]
     try:
         for plural, build in e.CHILDREN:
             desired = build(body)
-            if (await ensure(kube, plural, desired))[1]:
+            if (await ensure(kube, plural, desired, owner_uid=uid))[1]:
                 created.append(f"{desired['kind']} {_display(desired)}")
         lease = e.build_lease(body, spec.lease_duration_seconds)
-        if (await ensure(kube, "leases", lease))[1]:
+        if (await ensure(kube, "leases", lease, owner_uid=uid))[1]:
             created.append(f"Lease {_display(lease)}")
+    except NotOurs as err:
+        # Somebody else's object has the name the site needs: never adopt it (finalize would
+        # then delete it). The user renames the site or moves that object away; we retry.
+        await write_hub_status(kube, name, [c.make(c.ConditionType.ENROLLED, False, c.Reason.OBJECT_NOT_OWNED,
+                                                   f"{err.kind} {err.path.rsplit('/', 1)[-1]} already exists and "
+                                                   "was not created by fedcare for this site; fedcare will not "
+                                                   "take it over: delete or rename it, or choose another site "
+                                                   "name", generation=generation)],
+                               generation=generation, cordoned=spec.cordoned, spec_checked=True)
+        raise
     except KubeError as err:
         await write_hub_status(kube, name, [c.make(c.ConditionType.ENROLLED, False, c.Reason.ENROLLMENT_FAILED,
                                                    f"could not create the site's objects: {err}",
@@ -172,9 +183,16 @@ async def finalize(kube: Kube, body: dict[str, Any], logger: logging.Logger) -> 
                                                "removing the site namespace and its identity")],
                            generation=body["metadata"].get("generation"), cordoned=False, recompute_ready=False,
                            deleting=True)
-    await kube.delete(Ref("coordination.k8s.io/v1", "leases", r.site_namespace(name), e.LEASE_NAME))
-    for plural, build in reversed(e.CHILDREN):
-        desired = build(body)
+    uid = body["metadata"]["uid"]
+    lease = e.build_lease(body, 40)
+    for plural, desired in [("leases", lease)] + [(p, build(body)) for p, build in reversed(e.CHILDREN)]:
         md = desired["metadata"]
-        if await kube.delete(Ref(desired["apiVersion"], plural, md.get("namespace"), md["name"])):
+        ref = Ref(desired["apiVersion"], plural, md.get("namespace"), md["name"])
+        current = await kube.get_or_none(ref)
+        if current is None:
+            continue
+        if not owned_by(current, uid):     # not ours (a pre-existing namespace, say): never delete it
+            logger.info("Left %s %s alone: fedcare did not create it", desired["kind"], _display(desired))
+            continue
+        if await kube.delete(ref):
             logger.info("Deleted %s %s for site %s", desired["kind"], _display(desired), name)

@@ -214,11 +214,28 @@ def ref_of(obj: dict[str, Any], plural: str) -> Ref:
     return Ref(obj["apiVersion"], plural, md.get("namespace"), md["name"])
 
 
-async def ensure(kube: Kube, plural: str, desired: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+class NotOurs(KubeError):
+    """An object with the name we need exists but was not created by us: we never adopt it."""
+
+    def __init__(self, ref: Ref, kind: str):
+        self.kind = kind
+        super().__init__(409, "NotOwned", f"{kind} {ref.namespace + '/' if ref.namespace else ''}{ref.name} "
+                                          "exists and was not created by fedcare for this object", path=ref.path)
+
+
+def owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    """True if ``obj`` has an ownerReference to the object with ``owner_uid``."""
+    return any(o.get("uid") == owner_uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+async def ensure(kube: Kube, plural: str, desired: dict[str, Any], *,
+                 owner_uid: str | None = None) -> tuple[dict[str, Any], bool]:
     """Create ``desired`` or bring the existing object's labels and content in line. Idempotent.
 
     Returns (object, created). Only the keys we manage are patched, so fields the API server
-    or others add are left alone.
+    or others add are left alone. With ``owner_uid``, an existing object that has no
+    ownerReference to that owner is somebody else's: ``NotOurs`` is raised and it is left
+    untouched (never adopted, never deleted later).
     """
     ref = ref_of(desired, plural)
     current = await kube.get_or_none(ref)
@@ -227,6 +244,8 @@ async def ensure(kube: Kube, plural: str, desired: dict[str, Any]) -> tuple[dict
             return await kube.create(Ref(ref.api_version, plural, ref.namespace), desired), True
         except Conflict:        # created meanwhile (a restart, a second reconcile): converge below
             current = await kube.get(ref)
+    if owner_uid is not None and not owned_by(current, owner_uid):
+        raise NotOurs(ref, desired.get("kind", plural))
     patch = _difference(current, desired)
     if patch:
         current = await kube.patch(ref, patch)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 BUILD_HINT = ("build it with `make kube` (needs Go >= 1.24 and the Go module proxy; the first build takes "
-              "15-25 minutes on 2 cores, later ones seconds)")
+              "25-35 minutes on 2 cores, later ones seconds)")
 _READY = re.compile(r"^ready: Kubernetes (?P<version>\S+) API at (?P<server>\S+) in (?P<secs>[0-9.]+)s; "
                     r"kubeconfig (?P<kubeconfig>\S+)$")
 
@@ -117,3 +117,106 @@ def main(directory: str, port: int = 0) -> int:
         return 2
     os.execv(binary, [binary, "cluster", "--dir", directory, "--port", str(port)])
     return 0   # not reached
+
+
+def _kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
+    kubectl = ROOT / ".tools" / "bin" / "kubectl"
+    exe = str(kubectl) if kubectl.exists() else (shutil.which("kubectl") or "")
+    if not exe:
+        raise ClusterError("kubectl not found in .tools/bin or on PATH: run `make tools`")
+    proc = subprocess.run([exe, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=120,
+                          input=input)
+    if proc.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _site_kubeconfig(cluster: RealCluster, site: str, token: str) -> pathlib.Path:
+    import json
+
+    path = cluster.dir / f"site-{site}.kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": site,
+        "clusters": [{"name": "hub", "cluster": {"server": cluster.server,
+                                                 "certificate-authority": str(cluster.dir / "pki" / "ca.crt")}}],
+        "users": [{"name": f"fedcare-agent@{site}", "user": {"token": token}}],
+        "contexts": [{"name": site, "context": {"cluster": "hub", "user": f"fedcare-agent@{site}",
+                                                "namespace": f"fedcare-site-{site}"}}]}))
+    path.chmod(0o600)
+    return path
+
+
+def run_with_sites(directory: str, sites: list[str], port: int = 0) -> int:
+    """A real control plane, the hub and one site agent per site, until Ctrl-C or SIGTERM.
+
+    Each agent holds only a short-lived token of its enrolled ServiceAccount (TokenRequest),
+    exactly as in production; the chart's admission policy is applied, so a site cannot
+    write the hub's conditions.
+    """
+    import json
+    import sys
+
+    import yaml
+
+    log_dir = pathlib.Path(directory).resolve() / "logs"
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with RealCluster(pathlib.Path(directory).resolve(), port=port) as cluster:
+            kc = str(cluster.kubeconfig)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            print(f"control plane ready in {cluster.startup_seconds:.1f}s at {cluster.server}", flush=True)
+            _kubectl(kc, "apply", "--server-side", "--field-manager=fedcare-sandbox", "-f", str(ROOT / "crds"))
+            _kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+            helm = ROOT / ".tools" / "bin" / "helm"
+            if helm.exists():
+                policy = subprocess.run([str(helm), "template", "fedcare", str(ROOT / "charts" / "fedcare"),
+                                         "--set", "mode=hub", "--show-only", "templates/admission-policy.yaml"],
+                                        capture_output=True, text=True, timeout=60, check=True).stdout
+                _kubectl(kc, "apply", "-f", "-", input=policy)
+            env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+            procs.append(subprocess.Popen([sys.executable, "-m", "fedcare.cli", "hub", "--kubeconfig", kc,
+                                           "--liveness", ""], env=env, stdout=(log_dir / "hub.log").open("wb"),
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+            example = yaml.safe_load((ROOT / "examples" / "hospitalnode-rouen.yaml").read_text())
+            for site in sites:
+                node = dict(example, metadata={"name": site, "labels": example["metadata"].get("labels", {})})
+                node["spec"] = dict(example["spec"], gpu={"count": 0})     # CPU-only: no GPU on this machine
+                _kubectl(kc, "apply", "-f", "-", input=json.dumps(node))
+            for site in sites:
+                _kubectl(kc, "wait", "--for=condition=Enrolled", f"hospitalnode/{site}", "--timeout=120s")
+                token = _kubectl(kc, "create", "token", "fedcare-agent", "-n", f"fedcare-site-{site}",
+                                 "--duration=24h").strip()
+                site_kc = _site_kubeconfig(cluster, site, token)
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "fedcare.cli", "agent", "--site", site, "--hub-kubeconfig", str(site_kc),
+                     "--site-kubeconfig", "", "--liveness", ""], env=env,
+                    stdout=(log_dir / f"agent-{site}.log").open("wb"), stderr=subprocess.STDOUT,
+                    start_new_session=True))
+            for site in sites:
+                _kubectl(kc, "wait", "--for=condition=Ready", f"hospitalnode/{site}", "--timeout=120s")
+            print(f"hub and {len(sites)} site agent(s) running; try:\n"
+                  f"  export KUBECONFIG={kc}\n"
+                  f"  kubectl get fedcare\n"
+                  f"  kubectl --kubeconfig {cluster.dir}/site-{sites[0]}.kubeconfig get hospitalnode {sites[0]}"
+                  f"   # the agent's own identity\n"
+                  f"logs: {log_dir}; Ctrl-C stops everything", flush=True)
+            while not stop.wait(1):
+                if any(p.poll() is not None for p in procs):
+                    print(f"a fedcare process exited; see {log_dir}", flush=True)
+                    return 1
+            return 0
+    except ClusterError as err:
+        print(f"fedcare sandbox cluster: {err}", flush=True)
+        return 2
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
