@@ -78,6 +78,11 @@ async def test_the_real_scheduler_binds_a_deployment_pod_that_the_kubelet_runs(r
             assert not alive(pid)
             node = await kube.get(Ref("v1", "nodes", None, NODE))
             assert next(c for c in node["status"]["conditions"] if c["type"] == "Ready")["status"] == "True"
+            # the node-lifecycle controller sees the heartbeats: no not-ready/unreachable taint
+            assert not [t for t in (node.get("spec") or {}).get("taints") or []
+                        if t["key"].startswith("node.kubernetes.io/")], node["spec"]
+            lease = await kube.get(Ref("coordination.k8s.io/v1", "leases", "kube-node-lease", NODE))
+            assert lease["spec"]["holderIdentity"] == NODE
             assert container(pod)["restartCount"] == 0
     finally:
         await kube.delete(Ref("apps/v1", "deployments", "default", "web"))
