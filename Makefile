@@ -10,8 +10,9 @@ export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 PYTEST_FLAGS ?=
 
 KUBE_SRC := $(wildcard tools/kube/*.go) tools/kube/go.mod tools/kube/go.sum scripts/build-kube.sh
+PROMETHEUS := /usr/bin/prometheus
 
-.PHONY: help venv tools kube cluster test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
+.PHONY: help venv tools kube cluster prometheus test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
 
 help:
 	@echo "make demo   - run the hub and site agents on the built-in sandbox (emulated Kubernetes)"
@@ -42,6 +43,17 @@ kube: $(TOOLS)/fedcare-kube
 cluster: $(STAMP) kube
 	$(BIN)/fedcare sandbox cluster --dir .cluster
 
+# A real Prometheus for tests/integration/test_metrics.py (Debian package; idempotent).
+prometheus: $(PROMETHEUS)
+	@echo "prometheus: $$($(PROMETHEUS) --version 2>&1 | head -1)"
+
+$(PROMETHEUS):
+	@echo "Installing Prometheus (Debian package prometheus) for the metrics tests"
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q --no-install-recommends prometheus
+	@# the package may start a system service where an init system runs; the tests start their own
+	-$(if $(filter 0,$(shell id -u)),,sudo) service prometheus stop >/dev/null 2>&1
+
 crds: $(STAMP)
 	$(BIN)/fedcare crds generate
 
@@ -51,13 +63,13 @@ crds-check: $(STAMP)
 chart-check: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit/test_chart.py
 
-test: $(STAMP) tools kube crds-check
+test: $(STAMP) tools kube prometheus crds-check
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests workloads/tests
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) prometheus
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/integration
 
 test-e2e: $(STAMP) tools

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in its quick form, one after the other.
 
 The full forms (the numbers in docs/performance.md) take longer:
-    python benchmarks/hub_scale.py            # 1,000 sites, ~5 min
+    python benchmarks/hub_scale.py            # 1,000 sites, ~5 min (--metrics-compare: metrics off vs on)
+    python benchmarks/metrics_scrape.py       # the hub's /metrics with 1,000 sites, ~1 min
     python benchmarks/aggregation.py          # N = 3, 8, 18 x 1M, 25M, 100M params, ~2 min, ~10 GB RAM
     python benchmarks/train_throughput.py     # CPU (and CUDA when present)
     python benchmarks/kubelet_pods.py         # sandbox process kubelet: pod vs direct process, ~1 min
@@ -12,8 +13,8 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-QUICK = [["hub_scale.py", "--quick"], ["aggregation.py", "--quick"], ["train_throughput.py", "--quick"],
-         ["kubelet_pods.py", "--quick"]]
+QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"],
+         ["train_throughput.py", "--quick"], ["kubelet_pods.py", "--quick"]]
 
 if __name__ == "__main__":
     failed = 0

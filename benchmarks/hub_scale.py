@@ -2,6 +2,7 @@
 
     python benchmarks/hub_scale.py                 # 1,000 sites, renewals every 10 s, 2 minutes
     python benchmarks/hub_scale.py --quick         # 100 sites, lease 12 s, 60 s
+    python benchmarks/hub_scale.py --metrics-compare   # + hub metrics off vs on, /metrics scrape times
 
 Everything runs as separate processes on this machine: the emulated API server, the hub
 (`fedcare hub`), the baseline (a kopf operator watching the same kinds and doing nothing),
@@ -44,6 +45,37 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (clock ticks → seconds)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def scrape_loop(url: str, stop: asyncio.Event, times: list[float], sizes: list[int],
+                      every: float = 5.0) -> None:
+    """Scrape /metrics as Prometheus would (more often), timing each scrape end to end."""
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            async with http.get(url) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    times.append(time.perf_counter() - t0)
+                    sizes.append(len(body))
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except asyncio.TimeoutError:
+                pass
 
 
 def micro(now: float | None = None) -> str:
@@ -156,6 +188,61 @@ class Load:
                     self.true_lat.append(now - self.resumed_at.pop(site))
 
 
+async def settle_cpu(pid: int, limit: float) -> None:
+    """Wait (at most ``limit`` s more) until the hub's CPU use stops falling after a restart."""
+    deadline, last = time.monotonic() + limit, None
+    while time.monotonic() < deadline:
+        c0 = cpu_seconds(pid)
+        await asyncio.sleep(5)
+        rate = (cpu_seconds(pid) - c0) / 5
+        if last is not None and rate >= last * 0.8:
+            return
+        last = rate
+
+
+async def measure(hub: subprocess.Popen, load: Load, sites: list[str], args: argparse.Namespace, label: str, *,
+                  seed: int, metrics_url: str) -> dict:
+    """One measured window: 5 % of the sites go silent and come back; hub CPU, RSS, latencies,
+    and (metrics on) /metrics scrape times."""
+    load.unknown_lat, load.true_lat, load.resumed_at = [], [], {}
+    victims = random.Random(seed).sample(sites, max(2, len(sites) // 20))
+    stop_scrapes, scrape_times, scrape_sizes = asyncio.Event(), [], []
+    scraper = asyncio.create_task(scrape_loop(metrics_url, stop_scrapes, scrape_times, scrape_sizes)) \
+        if metrics_url else None
+    peak, phase = 0.0, 0
+    cpu0, start = cpu_seconds(hub.pid), time.monotonic()
+    while time.monotonic() - start < args.seconds:
+        elapsed = time.monotonic() - start
+        if phase == 0 and elapsed > args.lease * 0.25:
+            load.silent.update(victims)          # these agents stop renewing
+            phase = 1
+        elif phase == 1 and elapsed > args.lease * 1.75:
+            for v in victims:
+                load.resumed_at[v] = 0            # stamped when the first renewal is sent
+            load.silent.clear()
+            phase = 2
+        peak = max(peak, rss_mib(hub.pid))
+        await asyncio.sleep(1)
+    await asyncio.sleep(3)
+    cpu = cpu_seconds(hub.pid) - cpu0
+    wall = time.monotonic() - start
+    stop_scrapes.set()
+    if scraper is not None:
+        await scraper
+    out = {"hub_cpu_percent": round(100 * cpu / wall, 2), "hub_rss_mib_end": round(rss_mib(hub.pid), 1),
+           "hub_rss_mib_peak": round(peak, 1), "silenced_sites": len(victims),
+           "missed_to_unknown_ms": {"n": len(load.unknown_lat), "p50": round(pct(load.unknown_lat, 50) * 1e3, 1),
+                                    "p99": round(pct(load.unknown_lat, 99) * 1e3, 1)},
+           "resumed_to_true_ms": {"n": len(load.true_lat), "p50": round(pct(load.true_lat, 50) * 1e3, 1),
+                                  "p99": round(pct(load.true_lat, 99) * 1e3, 1)}}
+    if scrape_times:
+        out["scrape_ms"] = {"n": len(scrape_times), "p50": round(pct(scrape_times, 50) * 1e3, 1),
+                            "p99": round(pct(scrape_times, 99) * 1e3, 1), "max": round(max(scrape_times) * 1e3, 1)}
+        out["scrape_bytes"] = max(scrape_sizes)
+    print(f"[{label}] {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
 async def main(args: argparse.Namespace) -> dict:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="fedcare-bench-"))
     emulator, kubeconfig, url = await start_emulator(tmp)
@@ -186,9 +273,17 @@ async def main(args: argparse.Namespace) -> dict:
             base.terminate()
             base.wait(30)
 
-            hub = subprocess.Popen([PY, "-m", "fedcare.cli", "hub", "--kubeconfig", kubeconfig, "--liveness", ""],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "hub.log", "w"))
-            procs.append(hub)
+            def start_hub(metrics: str, log: str) -> subprocess.Popen:
+                proc = subprocess.Popen([PY, "-m", "fedcare.cli", "hub", "--kubeconfig", kubeconfig, "--liveness", "",
+                                         "--metrics", metrics], env=env, stdout=subprocess.DEVNULL,
+                                        stderr=open(tmp / log, "w"))
+                procs.append(proc)
+                return proc
+
+            metrics_addr = f"127.0.0.1:{free_port()}"
+            # Without --metrics-compare the hub runs as deployed (metrics on); with it, the first
+            # window runs with metrics off and a restarted hub runs the second with them on.
+            hub = start_hub("" if args.metrics_compare else metrics_addr, "hub.log")
 
             async def all_enrolled():
                 items = (await (await http.get(API)).json())["items"]
@@ -214,35 +309,32 @@ async def main(args: argparse.Namespace) -> dict:
             await until(all_available, 600, "every site to become Available")
             result["all_available_seconds"] = round(time.monotonic() - t0, 1)
             await asyncio.sleep(args.lease / 4)
-            victims = random.Random(7).sample(sites, max(2, len(sites) // 20))
-            peak = 0.0
-            start = time.monotonic()
-            phase = 0
-            while time.monotonic() - start < args.seconds:
-                elapsed = time.monotonic() - start
-                if phase == 0 and elapsed > args.lease * 0.25:
-                    load.silent.update(victims)          # these agents stop renewing
-                    phase = 1
-                elif phase == 1 and elapsed > args.lease * 1.75:
-                    for v in victims:
-                        load.resumed_at[v] = 0            # stamped when the first renewal is sent
-                    load.silent.clear()
-                    phase = 2
-                peak = max(peak, rss_mib(hub.pid))
-                await asyncio.sleep(1)
-            await asyncio.sleep(3)
+            modes = [("metrics_off", ""), ("metrics_on", metrics_addr)] if args.metrics_compare else \
+                [("metrics_on", metrics_addr)]
+            windows = {}
+            for number, (label, metrics) in enumerate(modes):
+                if number:          # restart the hub with the other setting, let its resume pass settle
+                    hub.terminate()
+                    hub.wait(30)
+                    hub = start_hub(metrics, f"hub-{label}.log")
+                    await asyncio.sleep(args.settle)
+                    await until(all_available, 600, "every site to be Available after the hub restart")
+                    await settle_cpu(hub.pid, args.settle)
+                windows[label] = await measure(hub, load, sites, args, label, seed=7 + number,
+                                               metrics_url=f"http://{metrics}/metrics" if metrics else "")
             load.stop.set()
             watcher.cancel()
             await asyncio.gather(*tasks, watcher, return_exceptions=True)
-            result.update({
-                "hub_rss_mib_end": round(rss_mib(hub.pid), 1), "hub_rss_mib_peak": round(peak, 1),
-                "silenced_sites": len(victims),
-                "missed_to_unknown_ms": {"n": len(load.unknown_lat), "p50": round(pct(load.unknown_lat, 50) * 1e3, 1),
-                                         "p99": round(pct(load.unknown_lat, 99) * 1e3, 1)},
-                "resumed_to_true_ms": {"n": len(load.true_lat), "p50": round(pct(load.true_lat, 50) * 1e3, 1),
-                                       "p99": round(pct(load.true_lat, 99) * 1e3, 1)},
-                "renewal_errors": load.errors,
-            })
+            result["renewal_errors"] = load.errors
+            result.update(windows.get("metrics_on") if not args.metrics_compare else {})
+            if args.metrics_compare:
+                result["windows"] = windows
+                off, on = windows["metrics_off"], windows["metrics_on"]
+                result["metrics_cpu_ratio"] = round(on["hub_cpu_percent"] / off["hub_cpu_percent"], 3)
+                result["metrics_rss_ratio"] = round(on["hub_rss_mib_peak"] / off["hub_rss_mib_peak"], 3)
+                result["hub_rss_mib_peak"] = max(off["hub_rss_mib_peak"], on["hub_rss_mib_peak"])
+                result["missed_to_unknown_ms"] = on["missed_to_unknown_ms"]
+                result["resumed_to_true_ms"] = on["resumed_to_true_ms"]
             result["rss_ratio_vs_baseline"] = round(result["hub_rss_mib_peak"] / result["baseline_rss_mib"], 2)
     finally:
         for proc in reversed(procs):
@@ -262,6 +354,10 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--settle", type=float, default=20, help="seconds the baseline runs before its RSS is read")
     parser.add_argument("--quick", action="store_true", help="100 sites, lease 12 s, 60 s")
+    parser.add_argument("--metrics-compare", action="store_true",
+                        help="measure one window with the hub's metrics off, then one (restarted hub) with them on "
+                             "and /metrics scraped every 5 s; report the CPU and RSS ratios (target <= 1.05) and "
+                             "scrape times (target < 100 ms)")
     args = parser.parse_args()
     if args.quick:
         args.nodes, args.lease, args.seconds, args.settle = 100, 12, 60, 8
@@ -270,3 +366,7 @@ if __name__ == "__main__":
     ok = out["missed_to_unknown_ms"]["p99"] <= 250 and out["resumed_to_true_ms"]["p99"] <= 250 \
         and out["rss_ratio_vs_baseline"] <= 1.5
     print(f"targets (p99 <= 250 ms both ways, RSS <= 1.5x baseline): {'met' if ok else 'NOT met'}")
+    if args.metrics_compare:
+        scrape = out["windows"]["metrics_on"].get("scrape_ms", {})
+        ok = out["metrics_cpu_ratio"] <= 1.05 and out["metrics_rss_ratio"] <= 1.05 and scrape.get("p99", 1e9) < 100
+        print(f"metrics targets (CPU and RSS <= 1.05x metrics off, /metrics p99 < 100 ms): {'met' if ok else 'NOT met'}")

@@ -33,14 +33,33 @@ def _crds(args: argparse.Namespace) -> int:
 def _hub(args: argparse.Namespace) -> int:
     from .hub.main import run_hub
 
-    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace)
+    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace,
+                   metrics_address=args.metrics)
 
 
 def _agent(args: argparse.Namespace) -> int:
     from .site.main import run_agent
 
     return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
-                     site_kubeconfig=args.site_kubeconfig)
+                     site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .status_view import run
+
+    try:
+        return asyncio.run(run(kubeconfig=args.kubeconfig, context=args.context, output=args.output,
+                               watch=args.watch, interval=args.interval))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import main as plot_main
+
+    return plot_main(args)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -63,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcare", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedcare {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="text (default) or json: one JSON object per line, for log pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     crds = sub.add_parser("crds", help="generate or check the CRDs from the pydantic models")
@@ -75,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
     hub.add_argument("--namespace", action="append", default=None,
                      help="watch only these namespaces for namespaced kinds (repeatable; default: all)")
+    hub.add_argument("--metrics", default=metrics_default(), type=metrics_address,
+                     help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
     hub.set_defaults(func=_hub)
 
     agent = sub.add_parser("agent", help="run the site agent for one hospital")
@@ -83,7 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--site-kubeconfig", default=None,
                        help="kubeconfig for the site cluster (default: in-cluster; '' = no site cluster)")
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
+    agent.add_argument("--metrics", default=metrics_default(), type=metrics_address,
+                       help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
     agent.set_defaults(func=_agent)
+
+    status = sub.add_parser("status", help="the federation at a glance: sites, rounds, releases")
+    status.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
+    status.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table", help="table (default) or json")
+    status.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
+    status.set_defaults(func=_status)
+
+    plot = sub.add_parser("plot", help="write a PNG of one FederatedRound's progress and per-site metrics")
+    plot.add_argument("round", help="the FederatedRound name")
+    plot.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+    plot.add_argument("-o", "--output", default=None, help="PNG path (default: ROUND.png)")
+    plot.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
+    plot.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    plot.set_defaults(func=_plot)
 
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox: the demo (emulated Kubernetes), a "
                                               "real Kubernetes control plane (cluster), or a process kubelet")
@@ -110,10 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def metrics_default() -> str:
+    from .metrics import DEFAULT_ADDRESS
+
+    return DEFAULT_ADDRESS
+
+
+def metrics_address(value: str) -> str:
+    from .metrics import parse_address
+
+    if value:
+        try:
+            parse_address(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logformat import configure_logging
+
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
     return args.func(args)
 
 

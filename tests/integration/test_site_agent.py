@@ -315,3 +315,49 @@ async def test_hub_lease_watch_recovers_from_api_errors(hub, api, make_agent, em
             await eventually(lambda: condition_is(api, "Available", "True"), timeout=20)
     assert fault.hits == 3
     assert logs.grep("Lease watch failed")
+
+
+async def test_hung_nvml_for_several_polls_makes_gpus_unknown_and_work_refused(hub, api, make_agent, emulator,
+                                                                              monkeypatch):
+    # A GPU that fell off the bus hangs NVML: after MAX_NVML_TIMEOUTS polls in a row GPUReady is
+    # Unknown (NVMLUnresponsive), no GPU counts as healthy, and assignments are refused.
+    from fedcare.site import reporter as reporter_module
+
+    monkeypatch.setattr(reporter_module, "NVML_TIMEOUT", 0.1)
+    fake = FakeNVML(gpus(2))
+    ns = site_namespace("rouen")
+    digest = "c" * 64
+    ra = {"apiVersion": API_VERSION, "kind": "RoundAssignment", "metadata": {"name": "r9-rouen", "namespace": ns},
+          "spec": {"roundRef": {"namespace": "default", "name": "r9"}, "nodeName": "rouen",
+                   "training": {"image": f"ghcr.io/fedcare/train@sha256:{digest}", "gpusPerSite": 1}}}
+    async with hub():
+        await enrolled(hub, api)
+        async with make_agent(fake) as agent:
+            await eventually(lambda: condition_is(api, "GPUReady", "True"), timeout=15)
+            fake.hang_on = "nvmlDeviceGetCount"
+            try:
+                obj = await eventually(lambda: condition_is(api, "GPUReady", "Unknown", reason="NVMLUnresponsive"),
+                                       timeout=15)
+                assert agent.reporter.timeouts >= reporter_module.MAX_NVML_TIMEOUTS
+                assert agent.reporter.free_gpus == 0 and agent.reporter.gpu_ready_status == "Unknown"
+                async with run_operator(emulator, agent.registry(), namespaces=[ns]):
+                    await api.create(Ref(API_VERSION, "roundassignments", ns), ra)
+
+                    async def answered():
+                        got = await api.get(Ref(API_VERSION, "roundassignments", ns, "r9-rouen"))
+                        return got if (got.get("status") or {}).get("phase") else None
+
+                    rejected = await eventually(answered, timeout=15)
+                ready = await eventually(lambda: condition_is(api, "Ready", "False", reason="GPUNotReady"),
+                                         timeout=10)
+            finally:
+                fake.hang_on = None
+                fake.release.set()
+            # NVML answers again: the site recovers by itself.
+            await eventually(lambda: condition_is(api, "GPUReady", "True", reason="AllHealthy"), timeout=15)
+    assert "did not answer" in cond(obj, "GPUReady")["message"]
+    assert obj["status"]["gpuSummary"] == "0/2" and obj["status"]["capacity"]["gpusFree"] == 0
+    assert all(not d["healthy"] for d in obj["status"]["gpus"]["devices"])
+    assert rejected["status"]["phase"] == "Rejected" and cond(rejected, "Accepted")["reason"] == "InsufficientGPU"
+    assert "GPUReady is Unknown" in rejected["status"]["message"]
+    assert "NVML does not answer" in cond(ready, "Ready")["message"] or "did not answer" in cond(ready, "Ready")["message"]

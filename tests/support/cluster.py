@@ -131,10 +131,11 @@ class RealTier:
                         if ns["metadata"]["name"].startswith("fedcare-site-")]
                 for name in left:
                     await kube.delete(Ref("v1", "namespaces", None, name))
-                for cr in await kube.list(Ref("rbac.authorization.k8s.io/v1", "clusterroles")):
-                    if cr["metadata"]["name"].startswith("fedcare-site-"):
-                        await kube.delete(Ref("rbac.authorization.k8s.io/v1", "clusterroles", None,
-                                              cr["metadata"]["name"]))
+                for plural in ("clusterrolebindings", "clusterroles"):
+                    for obj in await kube.list(Ref("rbac.authorization.k8s.io/v1", plural)):
+                        if obj["metadata"]["name"].startswith("fedcare-site-"):
+                            await kube.delete(Ref("rbac.authorization.k8s.io/v1", plural, None,
+                                                  obj["metadata"]["name"]))
                 if not left:
                     return
                 if time.monotonic() > deadline:

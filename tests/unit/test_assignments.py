@@ -60,3 +60,11 @@ def test_reservations_by_other_accepted_assignments():
     ok, reason, msg = decide("rouen", RA, free_gpus=4, reserved=3)
     assert not ok and msg == "2 GPU(s) needed, 1 healthy and free (3 reserved by accepted assignments)"
     assert decide("rouen", RA, free_gpus=5, reserved=3)[0] is True
+
+
+def test_rejects_when_gpu_ready_is_unknown_even_with_free_gpus():
+    ok, reason, msg = decide("rouen", RA, free_gpus=4, gpu_ready="Unknown")
+    assert not ok and getattr(reason, "value", reason) == "InsufficientGPU" and "GPUReady is Unknown" in msg
+    cpu = copy.deepcopy(RA)
+    cpu["spec"]["training"]["gpusPerSite"] = 0
+    assert decide("rouen", cpu, free_gpus=None, gpu_ready="Unknown")[0] is True   # CPU work needs no GPU

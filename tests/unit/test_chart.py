@@ -146,12 +146,12 @@ def test_pod_is_hardened(mode, hub, site):
     for probe in ("livenessProbe", "readinessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] == "/healthz" and ports[get["port"]] == 8080
-    assert container["args"][-2:] == ["--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container["args"][-4:-2] == ["--liveness", "http://0.0.0.0:8080/healthz"]
 
 
 def test_hub_runs_the_hub(hub):
     _, container = container_of(hub)
-    assert container["args"] == ["hub", "--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container["args"] == ["hub", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics", "0.0.0.0:9102"]
     assert not any(v.get("secret") for v in container_of(hub)[0]["volumes"])
 
 

@@ -1,4 +1,4 @@
-"""`fedcare-workloads` command line: synth, check, hash, evaluate.
+"""`fedcare-workloads` command line: synth, check, hash, evaluate, deidentify, privacy-budget.
 
 Every command prints JSON on stdout; errors go to stderr with exit code 2.
 """
@@ -75,6 +75,26 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return evaluate_model_file(args.model, args.data, args.split)
 
 
+def cmd_deidentify(args: argparse.Namespace) -> dict:
+    from .deidentify import deidentify_path
+
+    result = deidentify_path(args.input, args.output, args.attest_no_burned_in_annotation)
+    if result["passing_gate"] < result["written"]:
+        args.exit_code = 3  # written, but some files are still refused by the gate (see "remaining")
+    return result
+
+
+def cmd_privacy_budget(args: argparse.Namespace) -> dict:
+    """The dataset's privacy ledger: spent / remaining / budget (the site agent asks
+    this before accepting work); --set-epsilon appends the hospital's budget."""
+    from .ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(Path(args.ledger).resolve(), args.dataset)
+    if args.set_epsilon is not None:
+        ledger.set_budget(args.set_epsilon, args.delta, set_by=args.set_by)
+    return ledger.summary().to_json()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcare-workloads", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,20 +124,47 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser(
+        "deidentify",
+        help="apply the DICOM PS3.15 Basic Profile to a .dcm file or a folder of them (exit 3 if any output "
+        "is still refused by the gate)",
+    )
+    d.add_argument("input", metavar="IN")
+    d.add_argument("output", metavar="OUT")
+    d.add_argument(
+        "--attest-no-burned-in-annotation",
+        action="store_true",
+        help="you checked the frames: no text is burned into the pixels (writes BurnedInAnnotation=NO)",
+    )
+    d.set_defaults(func=cmd_deidentify)
+
+    b = sub.add_parser(
+        "privacy-budget",
+        help="show (or set) a dataset's privacy budget from the site's ledger: spent, remaining, budget",
+    )
+    b.add_argument("--ledger", required=True, help="the ledger directory (node-config privacy-ledger)")
+    b.add_argument("--dataset", required=True, help="dataset id (node-config dataset-id, default the site name)")
+    b.add_argument("--set-epsilon", type=float, default=None, help="append a new budget (the hospital's decision)")
+    b.add_argument("--delta", type=float, default=1e-5, help="delta of a new budget (default 1e-5)")
+    b.add_argument("--set-by", default="fedcare-workloads privacy-budget", help="who set the budget (recorded)")
+    b.add_argument("--json", action="store_true", help="JSON output (the default; kept for scripts)")
+    b.set_defaults(func=cmd_privacy_budget)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
+    from .ledger import LedgerError
 
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
+    except (DatasetError, LedgerError, ValueError, FileNotFoundError) as exc:
         print(f"fedcare-workloads {args.command}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    return 0
+    return getattr(args, "exit_code", 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,11 +19,14 @@ patient data or DICOM values.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .hashing import FORMAT, arrays_sha256
+from .release import coarsen
 from .records import arrays_to_record, record_views
 from .settings import NodeSettings, RunSettings
 
@@ -41,10 +44,29 @@ class SiteFailure(RuntimeError):
     flwr turns a ClientApp exception into an error reply whose only content is
     the exception text, so the name travels there: the ServerApp can then book
     a failure on the right site even in round 1, before it has ever seen a
-    successful reply from that node."""
+    successful reply from that node.
+
+    What travels is redacted (public_reason): the problem and a site-local
+    reference (`ref=<hex>`, labels.csv line numbers), never an absolute path,
+    a directory listing or a row id. The full text goes to the site's own log
+    under the same ref, so the hospital can find it."""
 
     def __init__(self, site: str, cause: BaseException) -> None:
-        super().__init__(f"site={site}: {type(cause).__name__}: {cause}")
+        ref = secrets.token_hex(4)
+        log.error("site %s failure ref=%s: %s: %s", site, ref, type(cause).__name__, cause)
+        super().__init__(f"site={site}: {type(cause).__name__}: {public_reason(cause)} [ref={ref}, see the site log]")
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\",;)\]]+")
+
+
+def public_reason(cause: BaseException) -> str:
+    """The part of an error that may leave the site."""
+    from .data import DatasetError
+
+    if isinstance(cause, DatasetError):
+        return cause.public
+    return _ABSOLUTE_PATH.sub("<path>", str(cause))
 
 
 def _received_model(msg: Message, site: str):
@@ -93,7 +115,7 @@ def _train(msg: Message, context: Context, run: RunSettings, node: NodeSettings)
     views, base_digest, config = _received_model(msg, node.site)
     server_round = int(config.get("server-round", 0))
     mu = float(config.get("proximal-mu", 0.0))
-    upd = train_site(run, node, views, server_round, proximal_mu=mu, state=context.state)
+    upd = train_site(run, node, views, server_round, proximal_mu=mu, run_id=str(context.run_id))
     metrics = {
         "num-examples": upd.num_examples,
         "train-loss": upd.train.loss,
@@ -108,6 +130,7 @@ def _train(msg: Message, context: Context, run: RunSettings, node: NodeSettings)
             "dp-epsilon": upd.privacy.epsilon_round,
             "dp-epsilon-total": upd.privacy.epsilon_total,
             "dp-delta": upd.privacy.delta,
+            "dp-epsilon-dataset": upd.privacy.epsilon_dataset,
         }
     log.info(
         "Site %s trained round %s on %d images: val accuracy %.3f, update sha256 %s",
@@ -120,7 +143,7 @@ def _train(msg: Message, context: Context, run: RunSettings, node: NodeSettings)
     content = RecordDict(
         {
             "arrays": arrays_to_record(upd.arrays),
-            "metrics": MetricRecord(metrics),
+            "metrics": MetricRecord(coarsen(metrics, run.metric_decimals)),
             "site": ConfigRecord(
                 {"site": node.site, "update-sha256": upd.sha256, "base-sha256": base_digest, "hash-format": FORMAT}
             ),
@@ -136,7 +159,7 @@ def _evaluate(msg: Message, run: RunSettings, node: NodeSettings) -> Message:
     n, metrics = evaluate_site(run, node, views)
     content = RecordDict(
         {
-            "metrics": MetricRecord({"num-examples": n, **metrics}),
+            "metrics": MetricRecord(coarsen({"num-examples": n, **metrics}, run.metric_decimals)),
             "site": ConfigRecord({"site": node.site, "base-sha256": base_digest}),
         }
     )

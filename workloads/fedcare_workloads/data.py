@@ -22,6 +22,7 @@ what to do. No error ever carries pixel data or DICOM values.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,29 @@ REQUIRED_COLUMNS = ("id", "label", "split")
 
 
 class DatasetError(ValueError):
-    """The dataset cannot be used; the message says which file/field and what to do."""
+    """The dataset cannot be used; the message says which file/field and what to do.
+
+    str(error) is the full detail, for the hospital's own eyes (`fedcare-workloads
+    check`, the site's log). `public` is what may leave the site (ClientApp error
+    replies, provenance.json): the problem and a site-local reference (labels.csv
+    line numbers), never an absolute path, a directory listing or a row id."""
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or "the dataset cannot be used"
+
+
+class DatasetErrors(DatasetError):
+    """Several rows/files are bad: all of them are reported in one check."""
+
+    def __init__(self, errors: list[DatasetError], total: int, what: str) -> None:
+        self.errors = errors
+        detail = "\n  ".join(str(e) for e in errors)
+        public = "; ".join(e.public for e in errors)
+        super().__init__(
+            f"{len(errors)} of {total} {what} refused:\n  {detail}",
+            public=f"{len(errors)} of {total} {what} refused: {public}",
+        )
 
 
 @dataclass(frozen=True)
@@ -68,7 +91,8 @@ class Dataset:
         if part is None or len(part) == 0:
             raise DatasetError(
                 f"{self.root / 'labels.csv'}: no rows with split={name}; add {name} rows "
-                f"(split must be one of {', '.join(SPLITS)})"
+                f"(split must be one of {', '.join(SPLITS)})",
+                public=f"labels.csv: no rows with split={name}",
             )
         return part
 
@@ -82,10 +106,14 @@ def resolve_data_path(data_path: Path | str, data_root: Path | str) -> Path:
     if path != root and root not in path.parents:
         raise DatasetError(
             f"data-path '{data_path}' resolves to '{path}', which is outside the data mount "
-            f"'{root}' (node-config 'data-root'); point data-path at a directory inside the mount"
+            f"'{root}' (node-config 'data-root'); point data-path at a directory inside the mount",
+            public="node-config data-path resolves outside the data mount (data-root)",
         )
     if not path.is_dir():
-        raise DatasetError(f"data-path '{data_path}' is not a directory; expected a dataset folder with labels.csv")
+        raise DatasetError(
+            f"data-path '{data_path}' is not a directory; expected a dataset folder with labels.csv",
+            public="node-config data-path is not a directory",
+        )
     return path
 
 
@@ -96,45 +124,73 @@ def read_labels(dataset: Path, classes: tuple[str, ...]) -> list[Row]:
         found = sorted(p.name for p in dataset.iterdir())[:10] if dataset.is_dir() else []
         raise DatasetError(
             f"{labels_csv} is missing (found {found or 'nothing'}); every dataset needs a "
-            "labels.csv with the header id,label,split"
+            "labels.csv with the header id,label,split",
+            public="labels.csv is missing",
         )
     index = {c: i for i, c in enumerate(classes)}
     rows: list[Row] = []
+    errors: list[DatasetError] = []
     seen: set[str] = set()
-    with labels_csv.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(
-                f"{labels_csv}: header {header} lacks column(s) {missing}; the first line must be id,label,split[,file]"
-            )
-        for raw in reader:
-            line = reader.line_num
-            rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            rid, label, split = rec["id"], rec["label"], rec["split"].lower()
-            where = f"{labels_csv} line {line}"
+    text = _read_utf8(labels_csv)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(
+            f"{labels_csv}: header {header} lacks column(s) {missing}; the first line must be id,label,split[,file]",
+            public=f"labels.csv header lacks column(s) {missing}",
+        )
+    for raw in reader:
+        line = reader.line_num
+        rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        rid, label, split = rec["id"], rec["label"], rec["split"].lower()
+        where = f"{labels_csv} line {line}"
+        ref = f"labels.csv line {line}"
+        try:
             if not rid:
-                raise DatasetError(f"{where}: empty id")
+                raise DatasetError(f"{where}: empty id", public=f"{ref}: empty id")
             if rid in seen:
-                raise DatasetError(f"{where}: duplicate id '{rid}'; ids must be unique")
+                raise DatasetError(
+                    f"{where}: duplicate id '{rid}'; ids must be unique", public=f"{ref}: duplicate id"
+                )
             seen.add(rid)
             if label not in index:
                 raise DatasetError(
                     f"{where} (id '{rid}'): unknown label '{label}'; expected one of {', '.join(classes)} "
-                    "(run-config 'classes')"
+                    "(run-config 'classes')",
+                    public=f"{ref}: unknown label; expected one of {', '.join(classes)}",
                 )
             if split not in SPLITS:
                 raise DatasetError(
-                    f"{where} (id '{rid}'): unknown split '{split}'; expected one of {', '.join(SPLITS)}"
+                    f"{where} (id '{rid}'): unknown split '{split}'; expected one of {', '.join(SPLITS)}",
+                    public=f"{ref}: unknown split; expected one of {', '.join(SPLITS)}",
                 )
-            rows.append(Row(line, rid, index[label], split, _image_file(dataset, rid, rec.get("file", ""), where)))
+            rows.append(Row(line, rid, index[label], split, _image_file(dataset, rid, rec.get("file", ""), where, ref)))
+        except DatasetError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DatasetErrors(errors, len(rows) + len(errors), "labels.csv rows")
     if not rows:
-        raise DatasetError(f"{labels_csv} has a header but no rows: the dataset is empty")
+        raise DatasetError(
+            f"{labels_csv} has a header but no rows: the dataset is empty", public="labels.csv has no rows"
+        )
     return rows
 
 
-def _image_file(dataset: Path, rid: str, file: str, where: str) -> Path:
+def _read_utf8(labels_csv: Path) -> str:
+    data = labels_csv.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{labels_csv} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save labels.csv as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+            public=f"labels.csv line {line}: not valid UTF-8",
+        ) from None
+
+
+def _image_file(dataset: Path, rid: str, file: str, where: str, ref: str) -> Path:
     if file:
         candidates = [dataset / file]
     else:
@@ -142,11 +198,14 @@ def _image_file(dataset: Path, rid: str, file: str, where: str) -> Path:
     for cand in candidates:
         real = Path(os.path.realpath(cand))
         if dataset not in real.parents:
-            raise DatasetError(f"{where} (id '{rid}'): file '{file}' points outside the dataset directory")
+            raise DatasetError(
+                f"{where} (id '{rid}'): file '{file}' points outside the dataset directory",
+                public=f"{ref}: file points outside the dataset directory",
+            )
         if real.is_file():
             return real
     tried = ", ".join(str(c.relative_to(dataset)) for c in candidates)
-    raise DatasetError(f"{where} (id '{rid}'): image not found (tried {tried})")
+    raise DatasetError(f"{where} (id '{rid}'): image not found (tried {tried})", public=f"{ref}: image not found")
 
 
 def load_dataset(
@@ -161,17 +220,27 @@ def load_dataset(
     wanted = [r for r in rows if r.split in splits]
     if not wanted:
         raise DatasetError(
-            f"{dataset / 'labels.csv'}: no rows with split in {list(splits)} ({len(rows)} rows in other splits)"
+            f"{dataset / 'labels.csv'}: no rows with split in {list(splits)} ({len(rows)} rows in other splits)",
+            public=f"labels.csv: no rows with split in {list(splits)}",
         )
     resized = 0
     parts: dict[str, tuple[list[np.ndarray], list[int]]] = {s: ([], []) for s in splits}
+    errors: list[DatasetError] = []
     for row in wanted:
-        img, was_resized = load_image(
-            row.file, image_size, f"{row.file.relative_to(dataset)} (labels.csv line {row.line})"
-        )
+        try:
+            img, was_resized = load_image(
+                row.file, image_size, f"{row.file.relative_to(dataset)} (labels.csv line {row.line})"
+            )
+        except DatasetError as exc:
+            # Keep going: a site with several bad files hears about all of them at once.
+            exc.public = f"labels.csv line {row.line}: {exc.public}"
+            errors.append(exc)
+            continue
         resized += was_resized
         parts[row.split][0].append(img)
         parts[row.split][1].append(row.label)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DatasetErrors(errors, len(wanted), "images")
     out = {
         s: ImageSet(
             np.stack(imgs)[:, None] if imgs else np.zeros((0, 1, image_size, image_size), np.float32),
@@ -200,7 +269,8 @@ def load_image(path: Path, image_size: int, where: str) -> tuple[np.ndarray, boo
     if min(h, w) < MIN_SIDE or max(h, w) / min(h, w) > MAX_ASPECT:
         raise DatasetError(
             f"{where}: image is {w}x{h} px; images must be at least {MIN_SIDE} px per side with an aspect "
-            f"ratio up to {MAX_ASPECT:.0f}:1 (other sizes are letterboxed to {image_size}x{image_size})"
+            f"ratio up to {MAX_ASPECT:.0f}:1 (other sizes are letterboxed to {image_size}x{image_size})",
+            public=f"image is {w}x{h} px, too small or too elongated",
         )
     if (h, w) == (image_size, image_size):
         return pixels, False
@@ -228,14 +298,17 @@ def _read_png(path: Path, where: str) -> np.ndarray:
             im.verify()  # checks chunk CRCs, which load() alone does not
         with Image.open(path) as im:
             if im.format != "PNG":
-                raise DatasetError(f"{where}: file is {im.format}, not PNG; export it as PNG")
+                raise DatasetError(
+                    f"{where}: file is {im.format}, not PNG; export it as PNG", public=f"file is {im.format}, not PNG"
+                )
             im.load()
             return _to_gray01(im)
     except DatasetError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(
-            f"{where}: not a readable PNG ({type(exc).__name__}: {exc}); re-export the image or remove its row"
+            f"{where}: not a readable PNG ({type(exc).__name__}: {exc}); re-export the image or remove its row",
+            public=f"not a readable PNG ({type(exc).__name__})",
         ) from None
 
 

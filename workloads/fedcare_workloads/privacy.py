@@ -11,11 +11,19 @@ accountant runs at the site, so each site knows and reports the epsilon it has
 spent. The cost is accuracy (per-sample noise) and ~2-3x training time.
 
 Accounting: Renyi-DP (Opacus' RDP accountant) for the subsampled Gaussian
-mechanism with Poisson sampling. Each round appends (noise multiplier,
-sample rate, steps) to a history kept in the ClientApp's Context.state (it
-persists across rounds of a run on the SuperNode), so a reply carries both
-the epsilon of this round alone and the site's total over the run so far,
-always at the run-config delta.
+mechanism with Poisson sampling, kept in the site's durable ledger
+(ledger.py), not in Flower's Context.state: each round's (noise multiplier,
+sample rate, steps) is appended to the dataset's ledger before training, so a
+reply carries the epsilon of this round, of this run so far and of the dataset
+over every run ever trained, and a SuperNode restart continues the same
+accounting.
+
+Sampling is secret: the Poisson sampler and the noise draw from generators
+seeded from os.urandom (secret_seed), never from the run-config seed the server
+knows; otherwise the server could replay which patients were in each batch and
+the amplification-by-subsampling the epsilon relies on would not hold. The
+sample rate and step count that are accounted are read from the sampler that
+actually runs (`accounted_sampling`), not recomputed beside it.
 """
 
 from __future__ import annotations
@@ -24,53 +32,23 @@ import os
 import warnings
 from dataclasses import dataclass
 
+from .ledger import PrivacyBudgetExhausted, epsilon_for
 from .settings import PrivacySettings
 
-STATE_KEY = "fedcare.dp-history"
+# Kept for callers of the old name: the refusal is PrivacyBudgetExhausted.
+PrivacyBudgetExceeded = PrivacyBudgetExhausted
 
-
-class PrivacyBudgetExceeded(RuntimeError):
-    """Training this round would take the site past privacy.max-epsilon."""
 
 
 @dataclass(frozen=True)
 class PrivacyReport:
-    epsilon_round: float
-    epsilon_total: float
+    epsilon_round: float  # this round, at the run's delta
+    epsilon_total: float  # this run so far (incl. this round), at the run's delta
     delta: float
     noise_multiplier: float
     sample_rate: float
     steps: int
-
-
-def epsilon_for(history: list[tuple[float, float, int]], delta: float) -> float:
-    from opacus.accountants import RDPAccountant
-
-    if not history:
-        return 0.0
-    acc = RDPAccountant()
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    return float(acc.get_epsilon(delta=delta))
-
-
-def load_history(state) -> list[tuple[float, float, int]]:
-    """History from a flwr RecordDict (Context.state); empty on the first round."""
-    rec = state.config_records.get(STATE_KEY) if hasattr(state, "config_records") else None
-    if rec is None:
-        return []
-    return list(zip(rec["noise"], rec["rate"], rec["steps"], strict=True))
-
-
-def save_history(state, history: list[tuple[float, float, int]]) -> None:
-    from flwr.app import ConfigRecord
-
-    state[STATE_KEY] = ConfigRecord(
-        {
-            "noise": [float(h[0]) for h in history],
-            "rate": [float(h[1]) for h in history],
-            "steps": [int(h[2]) for h in history],
-        }
-    )
+    epsilon_dataset: float = 0.0  # every run on this dataset, at the budget's delta (ledger)
 
 
 def secret_seed() -> int:
@@ -97,14 +75,19 @@ def make_private(model, optimizer, loader, settings: PrivacySettings):
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model is not DP-SGD compatible: {errors[:3]}")
-    torch.manual_seed(secret_seed())  # Poisson sampling draws from the default generator
+    # Opacus' DPDataLoader samples with the wrapped loader's own generator when
+    # secure_mode is off; a loader seeded from the public run seed would make every
+    # Poisson batch reproducible by the server. Re-wrap the dataset with a secret one.
+    secret_loader = torch.utils.data.DataLoader(
+        loader.dataset, batch_size=loader.batch_size, generator=torch.Generator().manual_seed(secret_seed())
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see secret_seed()
         engine = PrivacyEngine(accountant="rdp")
     return engine.make_private(
         module=model,
         optimizer=optimizer,
-        data_loader=loader,
+        data_loader=secret_loader,
         noise_multiplier=settings.noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
@@ -112,18 +95,32 @@ def make_private(model, optimizer, loader, settings: PrivacySettings):
     )
 
 
-def plan_round(
-    history: list[tuple[float, float, int]], settings: PrivacySettings, sample_rate: float, steps: int, site: str
+def accounted_sampling(dp_loader, epochs: int) -> tuple[float, int]:
+    """(Poisson sample rate q, steps) of the sampler that actually runs: q is the
+    rate Opacus' UniformWithReplacementSampler draws with (batch / dataset size),
+    steps the batches it yields per epoch times epochs (an empty batch still
+    counts: it was a draw)."""
+    sampler = dp_loader.batch_sampler
+    return float(sampler.sample_rate), int(sampler.steps) * int(epochs)
+
+
+def reserve_round(
+    ledger, settings: PrivacySettings, sample_rate: float, steps: int, site: str, run_id: str, server_round: int,
+    default_budget=None,
 ) -> PrivacyReport:
-    """Account the round *before* training and refuse it if the budget would be exceeded."""
-    this = (settings.noise_multiplier, sample_rate, steps)
-    eps_round = epsilon_for([this], settings.delta)
-    eps_total = epsilon_for(history + [this], settings.delta)
-    if settings.max_epsilon > 0 and eps_total > settings.max_epsilon:
-        spent = epsilon_for(history, settings.delta)
-        raise PrivacyBudgetExceeded(
-            f"site {site}: this round would raise epsilon from {spent:.3f} to {eps_total:.3f} "
-            f"(delta={settings.delta:g}), above privacy.max-epsilon={settings.max_epsilon:g}; "
-            "the site refused to train. Raise the budget, the noise multiplier, or stop the run."
-        )
-    return PrivacyReport(eps_round, eps_total, settings.delta, settings.noise_multiplier, sample_rate, steps)
+    """Account the round in the dataset's ledger *before* training; refuses with
+    PrivacyBudgetExhausted if the hospital's budget (or the run's max-epsilon) would be exceeded."""
+    eps_round = epsilon_for([(settings.noise_multiplier, sample_rate, steps)], settings.delta)
+    if settings.max_epsilon > 0:
+        run_so_far = ledger.history(ledger.entries(), str(run_id)) + [(settings.noise_multiplier, sample_rate, steps)]
+        run_total = epsilon_for(run_so_far, settings.delta)
+        if run_total > settings.max_epsilon:
+            raise PrivacyBudgetExhausted(
+                f"site {site}: this round would raise the run's epsilon to {run_total:.3f} "
+                f"(delta={settings.delta:g}), above run-config privacy.max-epsilon={settings.max_epsilon:g}; "
+                "the site refused to train: nothing was spent."
+            )
+    eps_round, eps_run, eps_dataset = ledger.reserve(
+        run_id, server_round, settings.noise_multiplier, sample_rate, steps, settings.delta, site, default_budget
+    )
+    return PrivacyReport(eps_round, eps_run, settings.delta, settings.noise_multiplier, sample_rate, steps, eps_dataset)

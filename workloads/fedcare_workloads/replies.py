@@ -55,10 +55,25 @@ class SiteOutcome:
     base_sha256: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] | None = None  # zero-copy views; never serialised
+    reason: str | None = None  # e.g. PrivacyBudgetExhausted: the exception class a ClientApp refused with
+    identity: str | None = None  # "site-identities" (operator's table) or "self-reported"
+    num_examples_reported: int | None = None
+    update_norm: float | None = None
+    update_clipped: bool | None = None
 
     def to_json(self) -> dict:
         out = {"node_id": str(self.node_id), "status": "ok" if self.ok else "failed"}
-        for key in ("error", "num_examples", "update_sha256", "base_sha256"):
+        for key in (
+            "error",
+            "reason",
+            "identity",
+            "num_examples",
+            "num_examples_reported",
+            "update_norm",
+            "update_clipped",
+            "update_sha256",
+            "base_sha256",
+        ):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.metrics:
@@ -104,6 +119,14 @@ def describe_error(reply: Message) -> str:
 
 
 _SITE_IN_ERROR = re.compile(r"site=([A-Za-z0-9._@-]{1,64}): ")
+_REASON_IN_ERROR = re.compile(r"site=[A-Za-z0-9._@-]{1,64}: ([A-Za-z][A-Za-z0-9_]{0,63}): ")
+
+
+def reason_from_error(reply: Message) -> str | None:
+    """The exception class a ClientApp refused with (client_app.SiteFailure), e.g.
+    PrivacyBudgetExhausted: what the operator reports on the RoundAssignment."""
+    match = _REASON_IN_ERROR.search(reply.error.reason or "")
+    return match.group(1) if match else None
 
 
 def site_from_error(reply: Message) -> str | None:

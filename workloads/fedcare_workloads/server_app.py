@@ -19,6 +19,7 @@ from .data import ImageSet, load_dataset
 from .hashing import arrays_sha256, bytes_sha256
 from .model import ModelSpec, build_model
 from .provenance import ProvenanceRecorder
+from .release import policy as release_policy
 from .records import arrays_to_record, load_arrays_into, record_views, state_to_arrays
 from .settings import ConfigError, RunSettings, default_torch_threads
 from .strategy import build_strategy
@@ -133,10 +134,12 @@ def write_final(out: Path, run: RunSettings, recorder: ProvenanceRecorder, array
             "noise_multiplier": run.privacy.noise_multiplier,
             "max_grad_norm": run.privacy.max_grad_norm,
             "epsilon_per_site": eps,
+            "budget": "each site's own ledger budget (set by the hospital), composed over every run on the dataset",
         }
         if run.privacy.dp
         else {"mechanism": "none", "epsilon_per_site": {}}
     )
+    privacy["released_metrics"] = release_policy(run.metric_decimals)
     card = model_card(
         architecture=architecture,
         classes=run.classes,
@@ -173,4 +176,10 @@ def _config_summary(run: RunSettings) -> dict:
         "proximal_mu": run.proximal_mu if run.strategy == "fedprox" else None,
         "server_lr": run.server_lr if run.strategy == "fedadam" else None,
         "dp": run.privacy.dp,
+        # Trust boundary (trust.py): what bounded each site's influence.
+        "site_identity": "site-identities" if run.site_identities else "self-reported",
+        "registered_examples": dict(run.registered_examples) or None,
+        "max_examples_per_site": run.max_examples_per_site,
+        "max_update_norm": run.max_update_norm,
+        "metric_decimals": run.metric_decimals,
     }

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,59 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"run-config key '{key}' = {value!r} is invalid: expected {expected}")
 
 
+_KEY_FP = re.compile(r"^key:[0-9a-f]{64}$")
+_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+def _pairs(value: str, key: str) -> list[tuple[str, str]]:
+    out = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        if part.count("=") != 1:
+            raise ConfigError(f"run-config key '{key}': entry {part!r} must look like site=value")
+        site, val = (x.strip() for x in part.split("="))
+        if not _SITE.match(site):
+            raise ConfigError(f"run-config key '{key}': site name {site!r} is invalid")
+        out.append((site, val))
+    return out
+
+
+def _site_identities(value: str) -> dict[int | str, str]:
+    """`site-a=node:123,site-b=key:<sha256 hex of the SuperNode's registered public key>`."""
+    out: dict[int | str, str] = {}
+    for site, ident in _pairs(value, "site-identities"):
+        if ident.startswith("node:") and ident[5:].isdigit():
+            ref: int | str = int(ident[5:])
+        elif _KEY_FP.match(ident):
+            ref = ident
+        else:
+            raise ConfigError(
+                f"run-config key 'site-identities': {site}={ident!r} must be node:<node id> or "
+                "key:<sha256 hex of the public key registered with `flwr supernode register`>"
+            )
+        if ref in out or site in out.values():
+            raise ConfigError(f"run-config key 'site-identities': {site} or its identity is listed twice")
+        out[ref] = site
+    return out
+
+
+def _registered_examples(value: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for site, n in _pairs(value, "registered-examples"):
+        if not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"run-config key 'registered-examples': {site}={n!r} must be a positive integer")
+        out[site] = int(n)
+    return out
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     dp: bool
     noise_multiplier: float
     max_grad_norm: float
     delta: float
-    max_epsilon: float  # 0 means no budget limit
+    max_epsilon: float  # an extra per-run cap; 0 = none, the dataset's ledger budget always applies
 
 
 @dataclass(frozen=True)
@@ -88,6 +135,12 @@ class RunSettings:
     server_eval_path: str
     save_round_models: bool
     privacy: PrivacySettings
+    # Trust boundary at the ServerApp (replies.py): who a node is, how much it may weigh.
+    site_identities: dict[int | str, str] = field(default_factory=dict)  # node id / "key:<sha256>" -> site
+    registered_examples: dict[str, int] = field(default_factory=dict)  # site -> train examples it registered
+    max_examples_per_site: int = 1_000_000
+    max_update_norm: float = 100.0
+    metric_decimals: int = 2
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -117,6 +170,11 @@ class RunSettings:
             out_dir=_get(cfg, "out-dir", str, "", w),
             server_eval_path=_get(cfg, "server-eval-path", str, "", w),
             save_round_models=_get(cfg, "save-round-models", bool, True, w),
+            site_identities=_site_identities(_get(cfg, "site-identities", str, "", w)),
+            registered_examples=_registered_examples(_get(cfg, "registered-examples", str, "", w)),
+            max_examples_per_site=_get(cfg, "max-examples-per-site", int, 1_000_000, w),
+            max_update_norm=_get(cfg, "max-update-norm", float, 100.0, w),
+            metric_decimals=_get(cfg, "metric-decimals", int, 2, w),
             privacy=PrivacySettings(
                 dp=_get(cfg, "privacy.dp", bool, False, w),
                 noise_multiplier=_get(cfg, "privacy.noise-multiplier", float, 1.0, w),
@@ -154,11 +212,19 @@ class RunSettings:
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
         _check(self.lr > 0, "lr", self.lr, "> 0")
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "0 <= x < 1")
+        _check(self.max_examples_per_site >= 1, "max-examples-per-site", self.max_examples_per_site, ">= 1")
+        _check(self.max_update_norm > 0, "max-update-norm", self.max_update_norm, "> 0 (L2 norm of update - global)")
+        _check(0 <= self.metric_decimals <= 6, "metric-decimals", self.metric_decimals, "0..6")
         p = self.privacy
         _check(p.noise_multiplier > 0, "privacy.noise-multiplier", p.noise_multiplier, "> 0")
         _check(p.max_grad_norm > 0, "privacy.max-grad-norm", p.max_grad_norm, "> 0")
         _check(0 < p.delta < 1, "privacy.delta", p.delta, "0 < delta < 1")
-        _check(p.max_epsilon >= 0, "privacy.max-epsilon", p.max_epsilon, ">= 0 (0 = no limit)")
+        _check(
+            p.max_epsilon >= 0,
+            "privacy.max-epsilon",
+            p.max_epsilon,
+            ">= 0 (0 = no extra per-run cap; each site's ledger budget always applies)",
+        )
 
     def require_out_dir(self) -> Path:
         """The ServerApp's output directory: absolute, because the ServerApp runs in the
@@ -185,6 +251,10 @@ class NodeSettings:
     data_path: Path
     data_root: Path
     torch_threads: int  # 0 = decide from the CPUs this process may use
+    privacy_ledger: str = ""  # directory of the site's privacy ledger ("" = $FEDCARE_PRIVACY_LEDGER)
+    dataset_id: str = ""  # the ledger's dataset id (default: the site name)
+    privacy_budget_epsilon: float = 0.0  # the hospital's budget, recorded in the ledger on first use (0 = none)
+    privacy_budget_delta: float = 1e-5
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> NodeSettings:
@@ -200,11 +270,22 @@ class NodeSettings:
         threads = _get(cfg, "torch-threads", int, 0, w)
         if threads < 0:
             raise ConfigError(f"node-config key 'torch-threads' must be >= 0, got {threads}")
+        budget = _get(cfg, "privacy-budget-epsilon", float, 0.0, w)
+        budget_delta = _get(cfg, "privacy-budget-delta", float, 1e-5, w)
+        if budget < 0 or not 0 < budget_delta < 1:
+            raise ConfigError(
+                f"node-config privacy-budget-epsilon must be >= 0 and privacy-budget-delta in (0, 1), got "
+                f"{budget!r} and {budget_delta!r}"
+            )
         return cls(
             site=site,
             data_path=data_path,
             data_root=Path(_get(cfg, "data-root", str, "/data", w)),
             torch_threads=threads,
+            privacy_ledger=_get(cfg, "privacy-ledger", str, "", w),
+            dataset_id=_get(cfg, "dataset-id", str, "", w) or site,
+            privacy_budget_epsilon=budget,
+            privacy_budget_delta=budget_delta,
         )
 
 

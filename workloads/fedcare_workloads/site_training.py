@@ -15,7 +15,8 @@ import torch
 from .data import Dataset, load_dataset
 from .hashing import arrays_sha256
 from .model import ModelSpec, build_model
-from .privacy import PrivacyReport, load_history, make_private, plan_round, save_history
+from .ledger import Budget, LedgerError, PrivacyLedger, ledger_directory
+from .privacy import PrivacyReport, accounted_sampling, make_private, reserve_round
 from .records import load_arrays_into, state_to_arrays
 from .settings import NodeSettings, RunSettings, default_torch_threads
 from .train import TrainResult, evaluate, make_loader, pick_device, train_epochs
@@ -65,13 +66,14 @@ def train_site(
     global_arrays: dict[str, np.ndarray],
     server_round: int,
     proximal_mu: float = 0.0,
-    state=None,
     device: torch.device | None = None,
+    run_id: str = "local",
+    ledger: PrivacyLedger | None = None,
 ) -> SiteUpdate:
     """Train the received global model on the site's train split, then validate it.
 
-    `state` is the ClientApp's Context.state (a flwr RecordDict); DP accounting
-    history is read from and written back to it."""
+    With DP, the round is accounted in the dataset's privacy ledger (`ledger`, by
+    default the one node config names) before any step is taken."""
     device = device or pick_device()
     data = load_site_data(run, node, ("train", "val"))
     train_set, val_set = data.split("train"), data.split("val")
@@ -86,10 +88,12 @@ def train_site(
     report = None
     module = model
     if run.privacy.dp:
-        history = load_history(state) if state is not None else []
+        ledger = ledger or site_ledger(node)
         module, optimizer, loader = make_private(model, optimizer, loader, run.privacy)
-        sample_rate = 1.0 / len(loader)
-        report = plan_round(history, run.privacy, sample_rate, run.local_epochs * len(loader), node.site)
+        sample_rate, steps = accounted_sampling(loader, run.local_epochs)
+        report = reserve_round(
+            ledger, run.privacy, sample_rate, steps, node.site, run_id, server_round, node_default_budget(node)
+        )
     result = train_epochs(
         module,
         loader,
@@ -101,9 +105,6 @@ def train_site(
         amp=not run.privacy.dp,
         where=f"site {node.site}, round {server_round}",
     )
-    if report is not None and state is not None:
-        # Only a round that really trained is spent (a NaN abort raised above).
-        save_history(state, load_history(state) + [(report.noise_multiplier, report.sample_rate, report.steps)])
     val = evaluate(model, val_set, device)
     arrays = state_to_arrays(model)
     return SiteUpdate(
@@ -115,6 +116,23 @@ def train_site(
         privacy=report,
         data_summary=data.summary,
     )
+
+
+def site_ledger(node: NodeSettings) -> PrivacyLedger:
+    directory = ledger_directory(node.privacy_ledger)
+    if not directory:
+        raise LedgerError(
+            "DP training needs the site's privacy ledger: start the SuperNode with --node-config "
+            "'privacy-ledger=\"/<site storage>/privacy-ledger\"' (or set FEDCARE_PRIVACY_LEDGER); "
+            "without it privacy loss could not be composed across runs"
+        )
+    return PrivacyLedger(directory, node.dataset_id)
+
+
+def node_default_budget(node: NodeSettings) -> Budget | None:
+    if node.privacy_budget_epsilon > 0:
+        return Budget(node.privacy_budget_epsilon, node.privacy_budget_delta)
+    return None
 
 
 def evaluate_site(

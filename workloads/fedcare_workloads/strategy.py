@@ -36,10 +36,12 @@ from .replies import (
     destination_of,
     read_eval_reply,
     read_site_name,
+    reason_from_error,
     site_from_error,
     verify_train_reply,
 )
 from .settings import RunSettings
+from .trust import TrustPolicy, Untrusted
 
 log = logging.getLogger("flwr")
 
@@ -94,8 +96,11 @@ class InPlaceFedAvg(FedAvg):
 class AuditMixin:
     """Must come first in the bases; expects a FedAvg-family strategy after it."""
 
-    def __init__(self, *args, recorder, min_successful: int, node_wait_timeout: float, **kwargs) -> None:
+    def __init__(
+        self, *args, recorder, min_successful: int, node_wait_timeout: float, trust: TrustPolicy | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.trust = trust or TrustPolicy()
         self.recorder = recorder
         self.min_successful = min_successful
         self.node_wait_timeout = node_wait_timeout
@@ -116,7 +121,10 @@ class AuditMixin:
                     "check that the sites' SuperNodes run and reach the SuperLink"
                 )
             time.sleep(1.0)
-        self.sites.learn_from_grid(grid)
+        if self.trust.enforced:
+            self.sites.names = self.trust.names_from_grid(grid.get_nodes())
+        else:
+            self.sites.learn_from_grid(grid)
 
     def _track(self, messages: Iterable[Message]) -> list[Message]:
         self._sent = list(messages)  # grid.push_messages stamps message_id onto these objects
@@ -128,20 +136,35 @@ class AuditMixin:
     def _classify(self, replies: list[Message], read) -> dict[str, SiteOutcome]:
         sent = self._sent_map()
         outcomes: dict[str, SiteOutcome] = {}
+        enforced = self.trust.enforced
         for reply in replies:
             node_id = destination_of(reply, sent)
-            if reply.has_error():
+            if enforced and node_id not in self.sites.names:
+                site = self.sites.name(node_id)
+                outcome = SiteOutcome(
+                    site, node_id, False, f"rejected: node {node_id} is not in run-config site-identities"
+                )
+            elif reply.has_error():
                 named = site_from_error(reply)
-                if named and node_id not in self.sites.names:
+                if named and node_id not in self.sites.names and not enforced:
                     self.sites.names[node_id] = named
                 site = self.sites.name(node_id)
-                outcome = SiteOutcome(site, node_id, False, describe_error(reply))
+                outcome = SiteOutcome(site, node_id, False, describe_error(reply), reason=reason_from_error(reply))
             else:
-                site = read_site_name(reply, self.sites, node_id)
+                if enforced:
+                    site = self.sites.name(node_id)
+                    claimed = (reply.content.config_records.get("site") or {}).get("site")
+                else:
+                    site = read_site_name(reply, self.sites, node_id)
+                    claimed = site
                 try:
+                    if claimed != site:
+                        raise ReplyRejected(f"the reply names another site than node {node_id} is registered as")
                     outcome = read(reply, site, node_id)
-                except ReplyRejected as exc:
+                    self._bound(reply, outcome)
+                except (ReplyRejected, Untrusted) as exc:
                     outcome = SiteOutcome(site, node_id, False, f"rejected: {exc}")
+            outcome.identity = "site-identities" if enforced else "self-reported"
             key = site if site not in outcomes else f"{site}@{node_id}"
             outcomes[key] = outcome
         answered = {o.node_id for o in outcomes.values()}
@@ -153,6 +176,21 @@ class AuditMixin:
             if not o.ok:
                 log.warning("Site %s (node %s) failed: %s", key, o.node_id, o.error)
         return outcomes
+
+    def _bound(self, reply: Message, outcome: SiteOutcome) -> None:
+        """Cap the weight at what the site registered and clip the update's norm; the
+        reply is rewritten so every strategy aggregates the bounded values."""
+        metrics = reply.content.metric_records.get("metrics")
+        reported = outcome.num_examples
+        weight = self.trust.cap_examples(outcome.site, reported)
+        outcome.num_examples_reported, outcome.num_examples = reported, weight
+        metrics["num-examples"] = weight
+        if outcome.arrays is not None and self._global_views:
+            bounded, norm, clipped = self.trust.clip(outcome.arrays, self._global_views)
+            outcome.update_norm, outcome.update_clipped = norm, clipped
+            if clipped:
+                outcome.arrays = bounded
+                reply.content[self.arrayrecord_key] = arrays_to_record(bounded)
 
     # -- train -------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
@@ -226,6 +264,9 @@ def build_strategy(run: RunSettings, recorder) -> FedAvg:
         recorder=recorder,
         min_successful=run.min_train_nodes,
         node_wait_timeout=run.node_wait_timeout,
+        trust=TrustPolicy(
+            run.site_identities, run.registered_examples, run.max_examples_per_site, run.max_update_norm
+        ),
     )
     if run.strategy == "fedprox":
         return FedcareFedProx(proximal_mu=run.proximal_mu, **common)

@@ -168,3 +168,29 @@ def test_file_column_cannot_escape_the_dataset(tmp_path):
 def test_letterbox_square_input_is_resized():
     out = letterbox(np.ones((64, 64), np.float32), 32)
     assert out.shape == (32, 32) and np.allclose(out, 1.0)
+
+
+def test_labels_csv_that_is_not_utf8_names_file_and_line(tmp_path):
+    root = tmp_path / "site"
+    (root / "images").mkdir(parents=True)
+    (root / "labels.csv").write_bytes("id,label,split\na1,normal,train\nh\xe9l\xe8ne,normal,train\n".encode("latin-1"))
+    with pytest.raises(DatasetError) as err:
+        load_dataset(root, tmp_path, ("normal", "benign"), 32, ("train",))
+    assert f"{root / 'labels.csv'} line 3: not valid UTF-8" in str(err.value)
+    assert "save labels.csv as UTF-8" in str(err.value)
+    assert err.value.public == "labels.csv line 3: not valid UTF-8"
+
+
+def test_every_bad_row_is_reported_in_one_check(tmp_path):
+    root = tmp_path / "site"
+    (root / "images").mkdir(parents=True)
+    (root / "labels.csv").write_text("id,label,split\nMRN001,sick,train\nMRN002,normal,later\nMRN003,normal,train\n")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(root, tmp_path, ("normal", "benign"), 32, ("train",))
+    msg, public = str(err.value), err.value.public
+    assert msg.startswith("3 of 3 labels.csv rows refused")
+    assert "unknown label 'sick'" in msg and "unknown split 'later'" in msg and "image not found" in msg
+    assert public.startswith("3 of 3 labels.csv rows refused")
+    for line in (2, 3, 4):
+        assert f"labels.csv line {line}" in public
+    assert "MRN" not in public and str(tmp_path) not in public and "sick" not in public

@@ -16,8 +16,10 @@ from wl_helpers import InProcessGrid, Node, dead_node, node_config, run_client, 
 SITES = ("site-a", "site-b", "site-c")
 
 
-def make_grid(federation, cfg, sites=SITES):
-    return InProcessGrid([Node(100 + i, node_config(federation, s), cfg) for i, s in enumerate(sites)])
+def make_grid(federation, cfg, sites=SITES, **node_overrides):
+    return InProcessGrid(
+        [Node(100 + i, node_config(federation, s, **node_overrides), cfg) for i, s in enumerate(sites)]
+    )
 
 
 def read(out):
@@ -228,13 +230,14 @@ def test_missing_out_dir_fails_before_any_round(federation):
 def test_dp_run_reports_epsilon_per_site_in_provenance_and_model_card(federation, tmp_path):
     out = tmp_path / "out"
     cfg = run_config(out, **{"privacy.dp": True, "privacy.noise-multiplier": 1.0, "num-server-rounds": 2})
-    run_federation(make_grid(federation, cfg), RunSettings.from_run_config(cfg))
+    ledger = {"privacy-ledger": str(tmp_path / "ledger"), "privacy-budget-epsilon": 100.0}
+    run_federation(make_grid(federation, cfg, **ledger), RunSettings.from_run_config(cfg))
     prov, card = read(out)
     r1, r2 = (prov["rounds"][i]["sites"] for i in (1, 2))
     for site in SITES:
         m1, m2 = r1[site]["metrics"], r2[site]["metrics"]
         assert m1["dp-delta"] == 1e-5 and 0 < m1["dp-epsilon"] == pytest.approx(m1["dp-epsilon-total"])
-        # The accountant's history persisted in the node's Context.state between rounds.
+        # The accountant's history persisted in the site's ledger between rounds.
         assert m2["dp-epsilon-total"] > m2["dp-epsilon"] and m2["dp-epsilon-total"] > m1["dp-epsilon-total"]
     eps = card["privacy"]["epsilon_per_site"]
     assert set(eps) == set(SITES) and all(e["delta"] == 1e-5 and e["round"] == 2 for e in eps.values())

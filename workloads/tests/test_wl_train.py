@@ -8,12 +8,12 @@ import torch
 from fedcare_workloads.data import load_dataset
 from fedcare_workloads.metrics import binary_auroc, macro_auroc
 from fedcare_workloads.model import ModelSpec, build_model
-from fedcare_workloads.privacy import PrivacyBudgetExceeded, epsilon_for, load_history
+from fedcare_workloads.ledger import PrivacyBudgetExhausted, PrivacyLedger
+from fedcare_workloads.privacy import epsilon_for
 from fedcare_workloads.records import state_to_arrays
 from fedcare_workloads.settings import NodeSettings, RunSettings
 from fedcare_workloads.site_training import train_site
 from fedcare_workloads.train import NonFiniteLossError, evaluate, make_loader, pick_device, train_epochs
-from flwr.app import RecordDict
 from wl_helpers import node_config, run_config
 
 CLASSES = ("normal", "benign", "malignant")
@@ -79,34 +79,41 @@ def dp_run(**over):
     )
 
 
-def test_dp_sgd_reports_round_and_cumulative_epsilon(federation):
+def dp_node(federation, tmp_path, site="site-a", budget=50.0):
+    return NodeSettings.from_node_config(
+        node_config(
+            federation, site, **{"privacy-ledger": str(tmp_path / "ledger"), "privacy-budget-epsilon": budget}
+        )
+    )
+
+
+def test_dp_sgd_reports_round_and_cumulative_epsilon(federation, tmp_path):
     run = dp_run()
-    node = NodeSettings.from_node_config(node_config(federation, "site-a"))
+    node = dp_node(federation, tmp_path)
     initial = state_to_arrays(build_model(ModelSpec("small", 3, 32), seed=0))
-    state = RecordDict()
-    first = train_site(run, node, initial, 1, state=state)
-    second = train_site(run, node, first.arrays, 2, state=state)
+    first = train_site(run, node, initial, 1, run_id="r1")
+    second = train_site(run, node, first.arrays, 2, run_id="r1")
     p1, p2 = first.privacy, second.privacy
     assert p1.delta == 1e-5 and p1.epsilon_round > 0 and p1.steps > 0
     assert p1.epsilon_total == pytest.approx(p1.epsilon_round)
     assert p2.epsilon_total > p2.epsilon_round and p2.epsilon_total > p1.epsilon_total
-    assert len(load_history(state)) == 2
+    ledger = PrivacyLedger(tmp_path / "ledger", "site-a")
+    assert [e["round"] for e in ledger.entries() if e["kind"] == "spend"] == [1, 2]
     # The update really changed and is finite.
     assert any(not np.array_equal(first.arrays[k], initial[k]) for k in initial)
     assert all(np.isfinite(v).all() for v in first.arrays.values())
 
 
-def test_privacy_budget_is_enforced_before_training(federation):
+def test_privacy_budget_is_enforced_before_training(federation, tmp_path):
     run = dp_run(**{"privacy.max-epsilon": 0.01})
-    node = NodeSettings.from_node_config(node_config(federation, "site-a"))
+    node = dp_node(federation, tmp_path)
     initial = state_to_arrays(build_model(ModelSpec("small", 3, 32), seed=0))
-    state = RecordDict()
     with pytest.raises(
-        PrivacyBudgetExceeded,
-        match=r"site site-a: this round would raise epsilon from 0.000 to .* above privacy.max-epsilon=0.01",
+        PrivacyBudgetExhausted,
+        match=r"site site-a: this round would raise the run's epsilon to .* above run-config privacy.max-epsilon=0.01",
     ):
-        train_site(run, node, initial, 1, state=state)
-    assert load_history(state) == []  # nothing spent
+        train_site(run, node, initial, 1)
+    assert PrivacyLedger.history(PrivacyLedger(tmp_path / "ledger", "site-a").entries()) == []  # nothing spent
 
 
 def test_epsilon_grows_with_steps_and_shrinks_with_noise():
@@ -127,7 +134,7 @@ def test_fedprox_keeps_weights_closer_to_the_global_model(federation):
     assert dist[5.0] < dist[0.0]
 
 
-def test_dp_noise_cannot_be_replayed_from_the_public_seed(federation):
+def test_dp_noise_cannot_be_replayed_from_the_public_seed(federation, tmp_path):
     # Same run config, seed, round and model: without DP the update is reproducible,
     # with DP it must not be (the server knows the seed; the noise must stay secret).
     node = NodeSettings.from_node_config(node_config(federation, "site-a"))
@@ -135,5 +142,6 @@ def test_dp_noise_cannot_be_replayed_from_the_public_seed(federation):
     plain = RunSettings.from_run_config(run_config())
     a, b = (train_site(plain, node, initial, 1).sha256 for _ in range(2))
     assert a == b
-    c, d = (train_site(dp_run(), node, initial, 1).sha256 for _ in range(2))
+    dp = dp_node(federation, tmp_path)
+    c, d = (train_site(dp_run(), dp, initial, 1).sha256 for _ in range(2))
     assert c != d

@@ -160,6 +160,11 @@ def run_config(out_dir: Path | str = "", **overrides) -> dict:
         "privacy.max-grad-norm": 1.0,
         "privacy.delta": 1e-5,
         "privacy.max-epsilon": 0.0,
+        "site-identities": "",
+        "registered-examples": "",
+        "max-examples-per-site": 1000000,
+        "max-update-norm": 100.0,
+        "metric-decimals": 2,
     }
     cfg.update(overrides)
     return cfg

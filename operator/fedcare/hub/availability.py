@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import events, metrics
 from ..api import conditions as c
 from ..api.base import ConditionStatus
 from ..integrations.kube import Kube, KubeError
@@ -146,6 +147,8 @@ class AvailabilityMonitor:
             updates = [] if status is None else [c.make(c.ConditionType.AVAILABLE, status, reason, message,
                                                         generation=view.generation)]
             fields = {"lastHeartbeatTime": _utc_now()} if stamp is not None else None
+            previous = c.raw_condition(view.body or {}, c.ConditionType.AVAILABLE.value) or {}
+            before = (previous.get("status"), previous.get("reason"))
             try:
                 obj = await write_hub_status(self.kube(), view.name, updates, generation=view.generation,
                                              cordoned=bool(view.spec.get("cordoned")), fields=fields,
@@ -164,5 +167,22 @@ class AvailabilityMonitor:
                 view.last_stamp = stamp
             if status is not None:
                 view.state = status.value
+                metrics.AVAILABILITY_TRANSITIONS.labels(status.value).inc()
                 log.info("Site %s is %s (%s)", view.name,
                          "available" if status is ConditionStatus.TRUE else "unavailable", reason.value)
+        if status is not None:
+            await self._event(view.name, obj, status, before, message)
+
+    async def _event(self, name: str, obj: dict[str, Any], status: ConditionStatus,
+                     before: tuple[str | None, str | None], message: str) -> None:
+        """Events on transitions a user cares about; a site that never connected was never lost."""
+        if status is ConditionStatus.UNKNOWN:
+            if before[0] == TRUE:
+                await events.post(self.kube(), obj, events.WARNING, "SiteUnavailable",
+                                  f"Site {name} became unavailable: {message}")
+        elif before[1] == c.Reason.LEASE_UPDATE_STOPPED.value:
+            await events.post(self.kube(), obj, events.NORMAL, "SiteRecovered",
+                              f"Site {name} recovered: its agent renews its Lease again")
+        else:
+            await events.post(self.kube(), obj, events.NORMAL, "AgentConnected",
+                              f"The agent of site {name} connected: it renews its Lease")

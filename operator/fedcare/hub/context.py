@@ -11,6 +11,7 @@ from ..integrations.kube import Kube
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
+from .metrics_state import PhaseIndex, release_index, round_index
 
 
 @dataclass
@@ -20,6 +21,9 @@ class HubContext:
     #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
     availability: AvailabilityMonitor = field(init=False)
+    #: Phase of every FederatedRound / ModelRelease, for the fedcare_rounds/fedcare_releases gauges.
+    rounds: PhaseIndex = field(default_factory=round_index)
+    releases: PhaseIndex = field(default_factory=release_index)
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
 

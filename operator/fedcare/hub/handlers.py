@@ -19,13 +19,17 @@ from ..kopf_setup import add_hub_login, configure
 
 #: An event handler that runs on every HospitalNode event; its success is not worth a log line.
 QUIET_HANDLER = "node-seen"
+QUIET_HANDLERS = (QUIET_HANDLER, "round-seen", "release-seen")
 
 
 class QuietEventHandlers(logging.Filter):
     """Drops kopf's "Handler 'node-seen' succeeded." (one per event: noise, and CPU at scale)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and f"'{QUIET_HANDLER}' succeeded" in record.getMessage())
+        if record.levelno != logging.INFO:
+            return True
+        message = record.getMessage()
+        return not any(f"'{quiet}' succeeded" in message for quiet in QUIET_HANDLERS)
 
 
 def plain(body: Any) -> dict[str, Any]:
@@ -75,6 +79,14 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     async def federated_round(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
         async with handled(body, retry, logger):
             await round_service.reconcile_round(ctx.api, plain(body))
+
+    @kopf.on.event(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry, id="round-seen")
+    async def federated_round_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+        ctx.rounds.observe(body, type)        # fedcare_rounds{phase}
+
+    @kopf.on.event(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry, id="release-seen")
+    async def model_release_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+        ctx.releases.observe(body, type)      # fedcare_releases{phase}
 
     @kopf.on.resume(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry)
     @kopf.on.create(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry)

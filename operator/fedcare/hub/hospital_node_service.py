@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import events
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.base import Condition, ConditionStatus
@@ -56,7 +57,7 @@ def ready_condition(conditions: list[Condition], generation: int | None, *, offe
     if offers_gpus and gpu is None:
         return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY,
                       "waiting for the agent's first GPU report", generation=generation)
-    if offers_gpus and gpu.status is ConditionStatus.FALSE:
+    if offers_gpus and gpu.status is not ConditionStatus.TRUE:   # Unknown (NVML hung) is not ready either
         return c.make(c.ConditionType.READY, False, c.Reason.GPU_NOT_READY, gpu.message, generation=generation)
     detail = f"; GPUs: {gpu.message}" if gpu is not None and gpu.message else ""
     return c.make(c.ConditionType.READY, True, c.Reason.RECONCILED,
@@ -171,8 +172,12 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
         updates.append(c.make(c.ConditionType.AVAILABLE, ConditionStatus.UNKNOWN, c.Reason.AGENT_NOT_CONNECTED,
                               f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/"
                               f"{e.LEASE_NAME})", generation=generation))
-    await write_hub_status(kube, name, updates, generation=generation, cordoned=spec.cordoned,
-                           fields={"siteNamespace": ns}, spec_checked=True, offers_gpus=spec.gpu.count > 0)
+    was_enrolled = (c.raw_condition(body, c.ConditionType.ENROLLED.value) or {}).get("status") == "True"
+    obj = await write_hub_status(kube, name, updates, generation=generation, cordoned=spec.cordoned,
+                                 fields={"siteNamespace": ns}, spec_checked=True, offers_gpus=spec.gpu.count > 0)
+    if obj is not None and not was_enrolled:
+        await events.post(kube, obj, events.NORMAL, "Enrolled",
+                          f"Enrolled site {name}: namespace {ns}, ServiceAccount {e.AGENT_SA} and its RBAC are ready")
     return spec
 
 

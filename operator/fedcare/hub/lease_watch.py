@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .. import metrics
 from ..api.resources import MANAGED_BY, MANAGED_BY_LABEL
 from ..integrations.kube import Kube, KubeError, Ref
 
@@ -38,6 +39,7 @@ async def watch_leases(kube: Callable[[], Kube], on_lease: Callable[[dict[str, A
                                                  timeout_seconds=timeout_seconds):
                 if etype == "ERROR":       # 410 Gone: our version is too old; start over
                     log.info("Lease watch expired (%s); re-listing", obj.get("message", "")[:200])
+                    metrics.LEASE_WATCH_RESTARTS.labels("Expired").inc()
                     version = ""
                     break
                 version = (obj.get("metadata") or {}).get("resourceVersion") or version
@@ -45,6 +47,7 @@ async def watch_leases(kube: Callable[[], Kube], on_lease: Callable[[dict[str, A
                     on_lease(obj)
             backoff = 1.0
         except KubeError as err:
+            metrics.LEASE_WATCH_RESTARTS.labels("APIError").inc()
             log.warning("Lease watch failed (%s); retrying in %.0fs", err, backoff)
             version = ""
             await asyncio.sleep(backoff)

@@ -7,17 +7,27 @@ import logging
 
 import kopf
 
+from .. import metrics
 from .context import HubContext
 from .handlers import QuietEventHandlers, make_registry
+from .metrics_state import HubStateCollector
 
 log = logging.getLogger(__name__)
 
 
-def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None) -> int:
-    registry = make_registry(HubContext(kubeconfig=kubeconfig), login=True)
+def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None,
+            metrics_address: str = "") -> int:
+    ctx = HubContext(kubeconfig=kubeconfig)
+    registry = make_registry(ctx, login=True)
+    state = HubStateCollector(ctx)
+    server = metrics.serve(metrics_address, metrics.build_registry("hub", [state]), [state.site_exposition])
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")
     # standalone: one replica (the chart uses strategy Recreate), no peering resource needed.
-    asyncio.run(kopf.operator(registry=registry, standalone=True, liveness_endpoint=liveness or None, **scope))
+    try:
+        asyncio.run(kopf.operator(registry=registry, standalone=True, liveness_endpoint=liveness or None, **scope))
+    finally:
+        if server is not None:
+            server.close()
     return 0

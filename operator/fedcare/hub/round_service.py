@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import events
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.base import Condition
@@ -54,10 +55,23 @@ async def reconcile_round(kube: Kube, body: dict[str, Any]) -> FederatedRoundSpe
     updates: list[Condition] = [
         c.make(c.ConditionType.VALID, True, c.Reason.RECONCILED, "spec is valid", generation=gen),
         c.make(c.ConditionType.READY, False, c.Reason.AWAITING_SCHEDULER, message, generation=gen)]
-    await write_status(kube, _ref(res, body), owned_types=c.owned(res.kind, c.Writer.HUB), updates=updates,
-                       fields={"phase": RoundPhase.PENDING.value, "observedGeneration": gen,
-                               "eligibleSites": len(eligible)})
+    obj = await write_status(kube, _ref(res, body), owned_types=c.owned(res.kind, c.Writer.HUB), updates=updates,
+                             fields={"phase": RoundPhase.PENDING.value, "observedGeneration": gen,
+                                     "eligibleSites": len(eligible)})
+    await _validated(kube, body, obj, f"{len(eligible)} of {need} required sites eligible now")
     return spec
+
+
+async def _validated(kube: Kube, before: dict[str, Any], obj: dict[str, Any] | None, detail: str) -> None:
+    """Event ``Validated`` when the spec (generation) is first found valid."""
+    valid = c.raw_condition(before, c.ConditionType.VALID.value) or {}
+    gen = before["metadata"].get("generation")
+    if obj is None or (valid.get("status") == "True" and valid.get("observedGeneration") == gen):
+        return
+    md = obj["metadata"]
+    await events.post(kube, obj, events.NORMAL, "Validated",
+                      f"Validated {obj.get('kind', '')} {md.get('namespace')}/{md['name']} (generation {gen}): "
+                      f"{detail}")
 
 
 async def reconcile_release(kube: Kube, body: dict[str, Any]) -> None:
@@ -72,5 +86,6 @@ async def reconcile_release(kube: Kube, body: dict[str, Any]) -> None:
                c.make(c.ConditionType.READY, False, c.Reason.AWAITING_ANCHORING,
                       "artifact verification, signing and on-chain anchoring are not part of this fedcare "
                       "version", generation=gen)]
-    await write_status(kube, _ref(res, body), owned_types=c.owned(res.kind, c.Writer.HUB), updates=updates,
-                       fields={"phase": ReleasePhase.PENDING.value, "observedGeneration": gen})
+    obj = await write_status(kube, _ref(res, body), owned_types=c.owned(res.kind, c.Writer.HUB), updates=updates,
+                             fields={"phase": ReleasePhase.PENDING.value, "observedGeneration": gen})
+    await _validated(kube, body, obj, "verification and anchoring are still to come")

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from .. import metrics
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +127,36 @@ class Kube:
 
     async def request(self, method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
                       content_type: str = "application/json") -> dict[str, Any]:
+        resource = metrics.resource_of(path)
+        started = time.perf_counter()
+        try:
+            return await self._request(method, path, resource, body=body, query=query, content_type=content_type)
+        finally:
+            metrics.KUBE_REQUEST_DURATION.labels(method).observe(time.perf_counter() - started)
+
+    async def _request(self, method: str, path: str, resource: str, *, body: Any, query: dict[str, str] | None,
+                       content_type: str) -> dict[str, Any]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         for attempt in range(self.policy.attempts):
             try:
-                return await self.api.call_api(
+                result = await self.api.call_api(
                     path, method, query_params=list((query or {}).items()), header_params=dict(headers),
                     body=body, response_types_map={200: "object", 201: "object", 202: "object"},
                     auth_settings=["BearerToken"], _return_http_data_only=True,
                     _request_timeout=self.policy.timeout) or {}
+                metrics.KUBE_REQUESTS.labels(method, resource, "2xx").inc()   # success (the client hides which 2xx)
+                return result
             except ApiException as exc:
+                metrics.KUBE_REQUESTS.labels(method, resource, str(exc.status or 0)).inc()
                 err = _error(exc.status or 0, exc.body.decode() if isinstance(exc.body, bytes) else
                              str(exc.body or exc.reason), path)
                 if exc.status not in TRANSIENT:
                     raise err from None
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                metrics.KUBE_REQUESTS.labels(method, resource, "0").inc()
                 err = KubeError(0, type(exc).__name__, "the API server could not be reached", path=path)
             if attempt + 1 < self.policy.attempts:
+                metrics.KUBE_RETRIES.labels(method, resource).inc()
                 delay = self.policy.delay(attempt)
                 log.debug("Retrying %s %s in %.2fs after %s", method, path, delay, err)
                 await asyncio.sleep(delay)

@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from .. import events, metrics
 from ..api import resources as r
 from ..kopf_setup import add_agent_login, configure
 from ..integrations.kube import Kube, KubeError
@@ -28,6 +29,7 @@ class SiteAgent:
         self.namespace = r.site_namespace(site)
         self.gone: str | None = None
         self._answering = asyncio.Lock()    # one answer at a time: GPU reservations must not race
+        metrics.init_agent_site(site)
 
     async def prepare(self) -> None:
         """Check the site is enrolled and adopt its lease duration. Raises SiteGone, KubeError."""
@@ -72,13 +74,21 @@ class SiteAgent:
             raw = copy.deepcopy(dict(body))
             try:
                 async with self._answering:
-                    accepted = await assignments.answer(self.hub, self.site, self.agent_id, raw,
-                                                        self.reporter.free_gpus)
+                    answered = await assignments.answer_with_reason(self.hub, self.site, self.agent_id, raw,
+                                                                    self.reporter.free_gpus,
+                                                                    self.reporter.gpu_ready_status)
             except KubeError as err:     # the next event (or kopf's re-list) brings it back
                 logger.warning("Could not answer the assignment: %s", err)
                 return
-            if accepted is not None:
-                logger.info("%s the assignment for round %s", "Accepted" if accepted else "Rejected",
-                            (raw["spec"].get("roundRef") or {}).get("name", "?"))
+            if answered is not None:
+                accepted, reason = answered
+                round_name = (raw["spec"].get("roundRef") or {}).get("name", "?")
+                verdict = "Accepted" if accepted else "Rejected"
+                metrics.ASSIGNMENT_ANSWERS.labels(metrics.label_value(self.site), verdict.lower(), reason).inc()
+                logger.info("%s the assignment for round %s", verdict, round_name)
+                md = raw["metadata"]
+                await events.post(self.hub, raw, events.NORMAL if accepted else events.WARNING, verdict,
+                                  f"Site {self.site} {verdict.lower()} RoundAssignment {md['namespace']}/{md['name']} "
+                                  f"({reason})", component="fedcare-agent")
 
         return registry

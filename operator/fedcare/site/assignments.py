@@ -43,10 +43,11 @@ def reserved_gpus(assignments: list[dict[str, Any]], *, besides: str) -> int:
     return total
 
 
-def decide(site: str, body: dict[str, Any], free_gpus: int | None, reserved: int = 0) \
-        -> tuple[bool, c.Reason | str, str]:
-    """(accepted, reason, message) for an assignment, given the site's healthy free GPUs and
-    the GPUs already reserved by its other accepted assignments."""
+def decide(site: str, body: dict[str, Any], free_gpus: int | None, reserved: int = 0,
+           gpu_ready: str = "True") -> tuple[bool, c.Reason | str, str]:
+    """(accepted, reason, message) for an assignment, given the site's healthy free GPUs, the
+    GPUs already reserved by its other accepted assignments, and its GPUReady status (Unknown,
+    e.g. a hung NVML, counts as no healthy GPU)."""
     try:
         spec = parse(KIND, body)
     except SpecError as err:
@@ -56,6 +57,9 @@ def decide(site: str, body: dict[str, Any], free_gpus: int | None, reserved: int
         return False, c.Reason.WRONG_SITE, f"assigned to site {spec.node_name}, but this agent serves site {site}"
     need = spec.training.gpus_per_site
     if need > 0:
+        if gpu_ready == "Unknown":
+            return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, but this site's GPUReady is " \
+                                                     "Unknown (NVML does not answer): no GPU is known healthy"
         if free_gpus is None:
             return False, c.Reason.INSUFFICIENT_GPU, f"{need} GPU(s) needed, but this site's GPUs are unknown " \
                                                      "(NVML unavailable)"
@@ -66,16 +70,24 @@ def decide(site: str, body: dict[str, Any], free_gpus: int | None, reserved: int
     return True, c.Reason.ACCEPTED, f"accepted by site {site}" + (f" ({need} GPU(s) reserved)" if need else "")
 
 
-async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free_gpus: int | None) -> bool | None:
+async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free_gpus: int | None,
+                 gpu_ready: str = "True") -> bool | None:
     """Write the site's answer if the assignment needs one; returns it (None if nothing written).
 
     Callers serialise answers (one at a time per site), so two assignments cannot both be
     promised the same GPUs."""
+    result = await answer_with_reason(hub, site, agent_id, body, free_gpus, gpu_ready)
+    return None if result is None else result[0]
+
+
+async def answer_with_reason(hub: Kube, site: str, agent_id: str, body: dict[str, Any],
+                             free_gpus: int | None, gpu_ready: str = "True") -> tuple[bool, str] | None:
+    """``answer``, returning (accepted, reason) — the reason is one of a small fixed set."""
     if not needs_answer(body):
         return None
     md = body["metadata"]
     others = await hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"]))
-    accepted, reason, message = decide(site, body, free_gpus, reserved_gpus(others, besides=md["name"]))
+    accepted, reason, message = decide(site, body, free_gpus, reserved_gpus(others, besides=md["name"]), gpu_ready)
     gen = md.get("generation")
     updates = [c.make(c.ConditionType.ACCEPTED, accepted, reason, message, generation=gen),
                c.make(c.ConditionType.READY, accepted, reason, message, generation=gen)]
@@ -84,4 +96,4 @@ async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free
               "attempt": (body.get("spec") or {}).get("attempt", 1)}
     ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
     await write_status(hub, ref, owned_types=AGENT_TYPES, updates=updates, fields=fields)
-    return accepted
+    return accepted, str(getattr(reason, "value", reason))

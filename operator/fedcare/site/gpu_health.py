@@ -31,6 +31,19 @@ class GPUReadyReason(str, enum.Enum):
     NO_HEALTHY_GPU = "NoHealthyGPU"
     NO_GPUS = "NoGPUs"
     NO_NVML = "NoNVML"
+    NVML_UNRESPONSIVE = "NVMLUnresponsive"  # Unknown: NVML stopped answering (hung driver)
+
+
+UNRESPONSIVE_PROBLEM = "unknown: NVML does not answer, health cannot be read"
+
+
+def unresponsive(inventory: GPUInventory) -> GPUInventory:
+    """The last inventory with every GPU marked not usable: after consecutive poll timeouts
+    nothing vouches for any GPU (one that fell off the bus hangs NVML exactly like this)."""
+    devices = [d.model_copy(update={"healthy": False, "problems": [UNRESPONSIVE_PROBLEM],
+                                    "utilization_percent": None, "temperature_c": None,
+                                    "power_milliwatts": None}) for d in inventory.devices]
+    return inventory.model_copy(update={"devices": devices})
 
 
 def _short_uuid(uuid: str) -> str:

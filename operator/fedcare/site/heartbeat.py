@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from .. import metrics
 from ..api import resources as r
 from ..integrations.kube import Forbidden, Kube, KubeError, NotFound, Ref, RetryPolicy
 
@@ -68,9 +69,14 @@ class Heartbeat:
         try:
             await hub.patch(lease_ref(self.site), patch)
         except (NotFound, Forbidden):
+            metrics.RENEWAL_FAILURES.labels(metrics.label_value(self.site)).inc()
             await check_site_exists(self.hub, self.site)
             raise
+        except KubeError:
+            metrics.RENEWAL_FAILURES.labels(metrics.label_value(self.site)).inc()
+            raise
         self.renewals += 1
+        metrics.RENEWALS.labels(metrics.label_value(self.site)).inc()
 
     def backoff(self) -> float:
         return min(self.interval, 0.5 * 2 ** min(self.failures, 8))

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 
-from .. import __version__
+from .. import __version__, metrics
 from ..api import resources as r
 from ..api.hospital_node import AgentVersions
 from ..integrations.kube import Kube, KubeError
@@ -47,7 +47,17 @@ async def _kubernetes_version(site: Kube | None) -> str:
         return ""
 
 
-async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None) -> int:
+async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
+              metrics_address: str = "") -> int:
+    server = metrics.serve(metrics_address, metrics.build_registry("agent"))
+    try:
+        return await _run(site, hub_kubeconfig, liveness, site_kubeconfig)
+    finally:
+        if server is not None:
+            server.close()
+
+
+async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None) -> int:
     hub = await Kube.from_kubeconfig(hub_kubeconfig)
     site_kube = await _site_cluster(site_kubeconfig)
     versions = AgentVersions(agent=__version__, kubernetes=await _kubernetes_version(site_kube),
@@ -78,5 +88,6 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
     return 3 if agent.gone else 0
 
 
-def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None) -> int:
-    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig))
+def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None,
+              metrics_address: str = "") -> int:
+    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, metrics_address))
