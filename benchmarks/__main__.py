@@ -7,6 +7,7 @@ The full forms (the numbers in docs/performance.md) take longer:
     python benchmarks/train_throughput.py     # CPU (and CUDA when present)
     python benchmarks/anchoring.py            # chain anchoring on anvil and fedcare verify, ~3 min
     python benchmarks/vault.py                # fedcare's Vault client against a real OpenBao, ~1 min
+    python benchmarks/kubelet_pods.py         # sandbox process kubelet: pod vs direct process, ~1 min
 """
 
 import pathlib
@@ -15,7 +16,8 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"],
-         ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"], ["vault.py", "--quick"]]
+         ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"], ["vault.py", "--quick"],
+         ["kubelet_pods.py", "--quick"]]
 
 if __name__ == "__main__":
     failed = 0

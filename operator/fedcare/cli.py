@@ -67,12 +67,16 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    if args.action == "kubelet":
+        from .sandbox.kubelet import main as kubelet_main
+
+        return kubelet_main(args)
     if args.action == "cluster":
         from .sandbox import cluster
 
         if args.site:
-            return cluster.run_with_sites(args.dir, args.site, args.port)
-        return cluster.main(args.dir, args.port)
+            return cluster.run_with_sites(args.dir or ".cluster", args.site, args.port)
+        return cluster.main(args.dir or ".cluster", args.port)
     from .sandbox.demo import main as demo_main
 
     return demo_main(args)
@@ -187,13 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     plot.set_defaults(func=_plot)
 
-    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox: the demo (emulated Kubernetes), or a "
-                                              "real Kubernetes control plane (cluster)")
-    sandbox.add_argument("action", choices=["demo", "cluster"],
+    sandbox = sub.add_parser("sandbox", help="the one-machine sandbox: the demo (emulated Kubernetes), a "
+                                              "real Kubernetes control plane (cluster), or a process kubelet")
+    sandbox.add_argument("action", choices=["demo", "cluster", "kubelet"],
                          help="demo: the narrated demo; cluster: run etcd, kube-apiserver, controller-manager "
-                              "and scheduler in the foreground (needs `make kube`), Ctrl-C or SIGTERM stops them")
-    sandbox.add_argument("--dir", default=".cluster",
-                         help="cluster: state folder (etcd data, certificates, logs, kubeconfig)")
+                              "and scheduler in the foreground (needs `make kube`), Ctrl-C or SIGTERM stops them; "
+                              "kubelet: a process kubelet (a Node running pods as processes)")
+    sandbox.add_argument("--dir", default=None,
+                         help="cluster: state folder (etcd data, certificates, logs, kubeconfig; default .cluster); "
+                              "kubelet: folder for pod logs, volumes and homes (required)")
     sandbox.add_argument("--port", type=int, default=0, help="cluster: API server port on 127.0.0.1 (0: a free one)")
     sandbox.add_argument("--site", action="append", default=[],
                          help="cluster: also run the hub and enroll this site with its agent (repeatable)")
@@ -202,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep the sandbox API up this long after the demo (for kubectl)")
     sandbox.add_argument("--no-train", dest="train", action="store_false",
                          help="skip the federated training step (the slowest, about a minute)")
+    from .sandbox.kubelet_cli import add_arguments as add_kubelet_arguments
+
+    add_kubelet_arguments(sandbox.add_argument_group("kubelet (fedcare sandbox kubelet --kubeconfig K --node NAME --dir D)"),
+                          with_dir=False)
     sandbox.set_defaults(func=_sandbox)
     verify = sub.add_parser("verify", help="prove a released model: hash, signature, chain record, site proofs")
     verify.add_argument("artifact", nargs="?", help="the model file (release.json, provenance.json and "

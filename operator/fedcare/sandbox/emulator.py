@@ -32,6 +32,8 @@ module). kmock as is breaks kopf in ways that look like operator bugs (see
   ``emulator_dispatch.py``; parser fixes for ``/api/v1/namespaces/NAME`` and ``watch=True``
   — see ``parser_fixes.py``; kr8s' trailing-slash discovery paths and the core
   ``groupVersion: v1`` (kmock says ``/v1``) — here.
+* **kubectl logs**: ``pods/NAME/log`` is proxied to the pod's node's kubelet endpoint, as
+  the API server does (``emulator_pods.pod_log``; the sandbox process kubelet serves it).
 * **kubectl**: watch streams say ``Content-Type: application/json`` (kmock: octet-stream,
   which ``kubectl get -w`` refuses); discovery lists no short names on subresources
   (kubectl warned on every command). kubectl sends typed builtins as protobuf (e.g.
@@ -58,11 +60,15 @@ from kmock._internal import enums, rendering
 from ..api.resources import RESOURCES, Resource
 from . import patching as p
 from .emulator_dispatch import Fault, apply_faults, dsl_handle, trim_history
+from .emulator_pods import PODS, pod_log
 from .emulator_state import NAMESPACES, StateEmulator, as_resource
 from .emulator_watch import serve_list, serve_watch
 from .parser_fixes import install_parser_fixes
 
-__all__ = ["RealisticEmulator", "Fault", "fedcare_emulator", "as_resource", "register_fedcare_resources"]
+#: A field of the emulator's ``/version`` answer (a real API server has no such field).
+EMULATOR_MARKER = "fedcareEmulator"
+
+__all__ = ["EMULATOR_MARKER", "RealisticEmulator", "Fault", "fedcare_emulator", "as_resource", "register_fedcare_resources"]
 
 
 @attrs.define(kw_only=True)
@@ -163,6 +169,12 @@ class RealisticEmulator(StateEmulator):
     _serve_create = _serve_update = _serve_delete = _serve_result  # 201s: see _handle()
 
     async def _serve_fetch(self, request: rendering.Request) -> Any:  # O(1): kmock scans all
+        if request.subresource == "log" and request.resource == PODS:   # kubectl logs: ask the kubelet
+            pod = self._get_live(self._key(request.resource, request.namespace, request.name))
+            if pod is None:
+                raise p.not_found(request.resource, request.name)
+            node = self._get_live(self._key(NODES, None, (pod.raw.get("spec") or {}).get("nodeName") or ""))
+            return await pod_log(pod.raw, node.raw if node else None, request.params, p.error)
         self._check_subresource(request)
         obj = self._get_live(self._key(request.resource, request.namespace, request.name))
         if obj is None:
@@ -176,6 +188,11 @@ class RealisticEmulator(StateEmulator):
         # kmock streams an async generator as application/octet-stream; kubectl needs JSON.
         # (kmock copies these headers onto the WATCH fallback reaction: the same for all.)
         return kmock.Response(headers={"Content-Type": "application/json"}, payload=serve_watch(self, request))
+
+    async def _serve_server_version(self, request: rendering.Request) -> Any:
+        # /version: kmock's (a K3s one) plus a marker, so the sandbox kubelet knows that no
+        # scheduler runs here and binds pods itself (see sandbox/kubelet.py).
+        return {**await super()._serve_server_version(request), EMULATOR_MARKER: "true"}
 
     async def _serve_version(self, request: rendering.Request) -> Any:
         result = await super()._serve_version(request)
@@ -201,6 +218,7 @@ BUILTINS: dict[str, tuple[str, bool]] = {
     "rbac.authorization.k8s.io/v1/clusterrolebindings": ("ClusterRoleBinding", False),
     "coordination.k8s.io/v1/leases": ("Lease", True),
 }
+NODES = kmock.resource("v1/nodes")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 

@@ -20,6 +20,7 @@ from kmock._internal import rendering
 
 from ..api.resources import Resource
 from . import patching as p
+from .emulator_pods import PODS, graceful_delete, mark_deleting, requested_grace
 from .emulator_watch import EventLog, WatchEvent
 from .selectors import match_fields, match_labels
 
@@ -255,7 +256,8 @@ class StateEmulator(kmock.KubernetesEmulator):
             await self._remove(ns_key, ns_last, ns_old)
 
     async def _delete_one(self, request: rendering.Request) -> dict[str, Any]:
-        opts = request.data if isinstance(request.data, dict) else {}
+        opts = dict(request.data) if isinstance(request.data, dict) else {}
+        opts["gracePeriodSeconds"] = requested_grace(opts, request.params)
         return await self._delete(self._key(request.resource, request.namespace, request.name), opts)
 
     async def _delete(self, key: Key, opts: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +269,18 @@ class StateEmulator(kmock.KubernetesEmulator):
         p.check_version(old, pre.get("resourceVersion"))
         if pre.get("uid") and pre["uid"] != old["metadata"].get("uid"):
             raise p.conflict()
-        if old["metadata"].get("deletionTimestamp"):
+        grace = graceful_delete(key[0], old, opts.get("gracePeriodSeconds"))
+        if grace is not None:  # a pod on a node: its kubelet stops it, then deletes it for good
+            if grace == old["metadata"].get("deletionGracePeriodSeconds"):
+                return old
+            new = copy.deepcopy(old)
+            mark_deleting(new["metadata"], grace)
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._append_version(obj, new)
+            await self._emit(key[0], "MODIFIED", new, old)
+            return new
+        if old["metadata"].get("deletionTimestamp") and not (key[0] == PODS and old["metadata"].get(
+                "deletionGracePeriodSeconds") and not old["metadata"].get("finalizers")):
             return old  # already being deleted
         new = copy.deepcopy(old)
         new["metadata"].update(deletionTimestamp=p.now(), deletionGracePeriodSeconds=0,
