@@ -7,7 +7,7 @@ import pathlib
 
 import yaml
 
-from celcheck import evaluate
+from fedcare.api.cel import evaluate
 from fedcare.api import crd
 from fedcare.api.kinds import MODEL_RELEASE
 
