@@ -12,6 +12,7 @@ from ..integrations.vault import VaultClient
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
+from .resync import interval_from_env, resync_loop
 from .metrics_state import PhaseIndex, release_index, round_index
 from .release_service import ReleaseConfig
 from .hub_credential import HubCredentialSettings
@@ -35,7 +36,10 @@ class HubContext:
     vault_footprint: FootprintSettings = field(default_factory=FootprintSettings)
     #: Mint the agents' hub tokens (TokenRequest) into Vault; None: sites bring a kubeconfig.
     hub_credential: HubCredentialSettings | None = None
+    #: Seconds between drift-repair passes over every site (0: off). See hub/resync.py.
+    resync_seconds: float = field(default_factory=interval_from_env)
     _monitor: asyncio.Task | None = field(default=None, init=False)
+    _resync: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -48,14 +52,17 @@ class HubContext:
             self._monitor = asyncio.create_task(self.availability.run(), name="availability")
             self._leases = asyncio.create_task(watch_leases(lambda: self.api, self.availability.lease_seen),
                                                name="lease-watch")
+            if self.resync_seconds > 0:
+                self._resync = asyncio.create_task(resync_loop(lambda: self.api, self.resync_seconds),
+                                                   name="resync")
 
     async def close(self) -> None:
-        for task in (self._leases, self._monitor):
+        for task in (self._resync, self._leases, self._monitor):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._monitor = self._leases = None
+        self._monitor = self._leases = self._resync = None
         await self.availability.close()
         await self.release.close()
         if self.kube is not None:

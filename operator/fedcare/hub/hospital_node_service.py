@@ -67,15 +67,19 @@ def ready_condition(conditions: list[Condition], generation: int | None, *, offe
 async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, generation: int | None,
                            cordoned: bool, fields: dict[str, Any] | None = None, recompute_ready: bool = True,
                            deleting: bool = False, spec_checked: bool = False, offers_gpus: bool = True,
-                           current: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                           current: dict[str, Any] | None = None, observed: bool = False) -> dict[str, Any] | None:
     """Write hub conditions in one pass; Ready is recomputed from the merged list, which
     includes the agent's GPUReady, so the two never need to coordinate.
 
     Only a reconcile that has just validated the spec (``spec_checked``) may replace an
-    InvalidSpec Ready; heartbeat and readiness writes leave it alone."""
+    InvalidSpec Ready; heartbeat and readiness writes leave it alone. Likewise only a write
+    that handled the spec (``spec_checked`` or ``observed``) sets ``observedGeneration``: a
+    heartbeat write after a spec change must not claim that change was reconciled."""
     def derive(conditions: list[Condition], status: dict[str, Any]) -> dict[str, Any]:
         phase = derive_phase(conditions, status, cordoned=cordoned, deleting=deleting)
-        return {"phase": phase.value, "observedGeneration": generation}
+        if spec_checked or observed:
+            return {"phase": phase.value, "observedGeneration": generation}
+        return {"phase": phase.value}
 
     def ready(conditions: list[Condition]) -> list[Condition]:
         current = c.find(conditions, c.ConditionType.READY.value)
@@ -134,7 +138,7 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
     except SpecError as err:
         await write_hub_status(kube, name, [c.make(c.ConditionType.READY, False, c.Reason.INVALID_SPEC,
                                                    err.summary(), generation=generation)],
-                               generation=generation, cordoned=False, recompute_ready=False)
+                               generation=generation, cordoned=False, recompute_ready=False, observed=True)
         raise
     assert isinstance(spec, HospitalNodeSpec)
     created = []
@@ -187,7 +191,7 @@ async def finalize(kube: Kube, body: dict[str, Any], logger: logging.Logger) -> 
     await write_hub_status(kube, name, [c.make(c.ConditionType.READY, False, c.Reason.DELETING,
                                                "removing the site namespace and its identity")],
                            generation=body["metadata"].get("generation"), cordoned=False, recompute_ready=False,
-                           deleting=True)
+                           deleting=True, observed=True)
     uid = body["metadata"]["uid"]
     lease = e.build_lease(body, 40)
     for plural, desired in [("leases", lease)] + [(p, build(body)) for p, build in reversed(e.CHILDREN)]:

@@ -13,7 +13,7 @@ import kopf
 from .. import events, metrics
 from ..api import resources as r
 from ..kopf_setup import add_agent_login, configure
-from ..integrations.kube import Kube, KubeError
+from ..integrations.kube import Kube, KubeError, Ref
 from . import assignments
 from .heartbeat import Heartbeat, SiteGone, check_site_exists, node_ref
 from .reporter import InventoryReporter
@@ -29,6 +29,7 @@ class SiteAgent:
         self.namespace = r.site_namespace(site)
         self.gone: str | None = None
         self._answering = asyncio.Lock()    # one answer at a time: GPU reservations must not race
+        self.answer_resync_seconds = 30.0
         metrics.init_agent_site(site)
 
     async def prepare(self) -> None:
@@ -40,7 +41,8 @@ class SiteAgent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or the site disappears (then ``stop`` is set for the others)."""
         tasks = [asyncio.create_task(self.heartbeat.run(stop), name="heartbeat"),
-                 asyncio.create_task(self.reporter.run(stop), name="inventory")]
+                 asyncio.create_task(self.reporter.run(stop), name="inventory"),
+                 asyncio.create_task(self.resync_answers(stop), name="answer-resync")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -55,6 +57,48 @@ class SiteAgent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def answer(self, raw: dict[str, Any], logger: Any = log) -> None:
+        """Answer one assignment if it needs it (idempotent); API failures are left to the resync."""
+        try:
+            async with self._answering:
+                answered = await assignments.answer_with_reason(self.hub, self.site, self.agent_id, raw,
+                                                                self.reporter.free_gpus,
+                                                                self.reporter.gpu_ready_status)
+        except KubeError as err:     # the next event, or the answer resync, brings it back
+            logger.warning("Could not answer the assignment: %s", err)
+            return
+        if answered is not None:
+            accepted, reason = answered
+            round_name = (raw["spec"].get("roundRef") or {}).get("name", "?")
+            verdict = "Accepted" if accepted else "Rejected"
+            metrics.ASSIGNMENT_ANSWERS.labels(metrics.label_value(self.site), verdict.lower(), reason).inc()
+            logger.info("%s the assignment for round %s", verdict, round_name)
+            md = raw["metadata"]
+            await events.post(self.hub, raw, events.NORMAL if accepted else events.WARNING, verdict,
+                              f"Site {self.site} {verdict.lower()} RoundAssignment {md['namespace']}/{md['name']} "
+                              f"({reason})", component="fedcare-agent")
+
+    async def resync_answers(self, stop: asyncio.Event) -> None:
+        """Every ``answer_resync_seconds``, answer what is still unanswered: a failed answer is
+        never re-delivered by a watch event (nothing changed on the object), so without this it
+        would wait for the next re-list, minutes away. Bounded: one list per pass."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.answer_resync_seconds)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                pending = [a for a in await self.hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural,
+                                                              self.namespace))
+                           if assignments.needs_answer(a)]
+            except KubeError as err:
+                log.warning("Could not list the site's assignments (%s); next try in %.0fs", err,
+                            self.answer_resync_seconds)
+                continue
+            for raw in pending:
+                await self.answer(raw)
 
     def registry(self, *, hub_kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         """``hub_kubeconfig``: log in to the hub with it (production); None: the caller adds a login."""
@@ -71,24 +115,6 @@ class SiteAgent:
         @kopf.on.event(r.GROUP, r.VERSION, r.ROUND_ASSIGNMENTS.plural, registry=registry,
                        when=lambda body, type, **_: type != "DELETED" and assignments.needs_answer(body))
         async def assignment(body: kopf.Body, logger: Any, **_: Any) -> None:
-            raw = copy.deepcopy(dict(body))
-            try:
-                async with self._answering:
-                    answered = await assignments.answer_with_reason(self.hub, self.site, self.agent_id, raw,
-                                                                    self.reporter.free_gpus,
-                                                                    self.reporter.gpu_ready_status)
-            except KubeError as err:     # the next event (or kopf's re-list) brings it back
-                logger.warning("Could not answer the assignment: %s", err)
-                return
-            if answered is not None:
-                accepted, reason = answered
-                round_name = (raw["spec"].get("roundRef") or {}).get("name", "?")
-                verdict = "Accepted" if accepted else "Rejected"
-                metrics.ASSIGNMENT_ANSWERS.labels(metrics.label_value(self.site), verdict.lower(), reason).inc()
-                logger.info("%s the assignment for round %s", verdict, round_name)
-                md = raw["metadata"]
-                await events.post(self.hub, raw, events.NORMAL if accepted else events.WARNING, verdict,
-                                  f"Site {self.site} {verdict.lower()} RoundAssignment {md['namespace']}/{md['name']} "
-                                  f"({reason})", component="fedcare-agent")
+            await self.answer(copy.deepcopy(dict(body)), logger)
 
         return registry

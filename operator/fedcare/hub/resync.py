@@ -1,0 +1,70 @@
+"""Drift repair: every enrolled site's objects are re-ensured on a slow, bounded schedule.
+
+Watch events alone miss drift that produces no event on a HospitalNode: a deleted Lease, a
+deleted RoleBinding, a failed write that nothing retried. One loop (not a kopf timer per
+object: at 1,000 sites per-object tasks cost more than the rest of the hub, see
+docs/performance.md) lists the HospitalNodes every ``interval`` seconds and runs the same
+idempotent reconcile as the handlers, a few at a time, spread over the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Callable
+
+from ..api.resources import API_VERSION, HOSPITAL_NODES
+from ..api.validation import SpecError
+from ..integrations.kube import Kube, KubeError, Ref
+from . import hospital_node_service as nodes
+
+log = logging.getLogger(__name__)
+DEFAULT_INTERVAL = 300.0
+CONCURRENCY = 4
+
+
+def interval_from_env() -> float:
+    """``FEDCARE_RESYNC_SECONDS`` (default 300; 0 turns the resync off; at least 5)."""
+    raw = os.environ.get("FEDCARE_RESYNC_SECONDS", "")
+    try:
+        value = float(raw) if raw else DEFAULT_INTERVAL
+    except ValueError:
+        log.warning("FEDCARE_RESYNC_SECONDS=%r is not a number; using %.0f s", raw, DEFAULT_INTERVAL)
+        value = DEFAULT_INTERVAL
+    return 0.0 if value <= 0 else max(5.0, value)
+
+
+async def resync_once(kube: Kube) -> int:
+    """Re-ensure every live HospitalNode's objects. Returns how many were reconciled."""
+    sem = asyncio.Semaphore(CONCURRENCY)
+    done = 0
+
+    async def one(node: dict) -> None:
+        nonlocal done
+        name = node["metadata"]["name"]
+        async with sem:
+            try:
+                await nodes.reconcile(kube, node, log)
+                done += 1
+            except SpecError:
+                pass          # reported in status by the reconcile; nothing to repair
+            except KubeError as err:
+                log.warning("Resync of site %s failed (%s); the next pass retries", name, err)
+
+    items = [n for n in await kube.list(Ref(API_VERSION, HOSPITAL_NODES.plural))
+             if not n["metadata"].get("deletionTimestamp")]
+    await asyncio.gather(*(one(n) for n in items))
+    return done
+
+
+async def resync_loop(kube: Callable[[], Kube], interval: float) -> None:
+    """Runs until cancelled; API errors back off to the next pass, never a tight loop."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+        try:
+            count = await resync_once(kube())
+            log.debug("Resync pass reconciled %d site(s)", count)
+        except KubeError as err:
+            log.warning("Resync pass could not list HospitalNodes (%s); next pass in %.0fs", err, interval)
