@@ -35,7 +35,7 @@ async def test_hub_and_agent_serve_metrics_and_log_json(emulator, api, tmp_path)
         body["spec"].update(leaseDurationSeconds=10, gpu={"count": 0})
         await api.create(Ref(API_VERSION, "hospitalnodes"), body)
         node = Ref(API_VERSION, "hospitalnodes", None, "rouen")
-        await eventually(lambda: _cond_is(api, node, "Enrolled", "True"), timeout=30)
+        await eventually(lambda: _cond_is(api, node, "Enrolled", "True"), timeout=60)   # process start, loaded CPUs
         agent = await spawn("--log-format", "json", "agent", "--site", "rouen", "--hub-kubeconfig", str(kubeconfig),
                             "--site-kubeconfig", "", "--liveness", "", "--metrics", f"127.0.0.1:{agent_metrics}",
                             log=tmp_path / "agent.log")

@@ -44,7 +44,9 @@ async def test_kstatus_at_each_step_and_status_shows_the_federation(emulator, hu
     async with hub():
         created = await api.create(NODES, node_body("rouen"))
         assert kstatus(created).status == "InProgress"                 # not observed by the hub yet
-        await api.create(NODES, node_body("lyon"))
+        never = node_body("lyon")
+        never["spec"]["leaseDurationSeconds"] = 600      # its agent never connects: AgentNotConnected all along
+        await api.create(NODES, never)
         await eventually(lambda: _enrolled(api, rouen), timeout=15)
         assert await health_of(api, rouen) == "InProgress"              # enrolled, agent not connected
         async with site_agent(emulator, "rouen", FakeNVML(gpus(2))) as agent:

@@ -51,18 +51,24 @@ def test_bad_format_is_refused():
         configure_logging(fmt="xml")
 
 
-def test_a_busy_metrics_port_is_an_error_not_a_crash(caplog):
+def test_a_busy_metrics_port_is_an_error_not_a_crash():
     import socket
 
     from fedcare import metrics
 
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        with caplog.at_level(logging.ERROR, logger="fedcare.metrics"):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("fedcare.metrics")
+    logger.addHandler(handler)
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
             assert metrics.serve(f"127.0.0.1:{port}", metrics.build_registry("agent")) is None
-    assert f"Cannot serve metrics on 127.0.0.1:{port}" in caplog.text and "--metrics ''" in caplog.text
+    finally:
+        logger.removeHandler(handler)
+    assert f"Cannot serve metrics on 127.0.0.1:{port}" in stream.getvalue() and "--metrics ''" in stream.getvalue()
 
 
 @pytest.mark.parametrize("bad", ["nowhere", "host:", "host:99999", "9102"])
