@@ -61,7 +61,8 @@ def start_emulator(tmp: pathlib.Path) -> tuple[subprocess.Popen, str, float]:
 
 async def enroll(kubeconfig: str, n: int, tmp: pathlib.Path, tier: str) -> dict[str, float]:
     node = yaml.safe_load((ROOT / "examples" / "hospitalnode-rouen.yaml").read_text())
-    hub = subprocess.Popen([sys.executable, "-m", "fedcare.cli", "hub", "--kubeconfig", kubeconfig, "--liveness", ""],
+    hub = subprocess.Popen([sys.executable, "-m", "fedcare.cli", "hub", "--kubeconfig", kubeconfig, "--liveness", "",
+                            "--metrics", ""],
                            stdout=open(tmp / f"hub-{tier}.log", "w"), stderr=subprocess.STDOUT)
     kube = await Kube.from_kubeconfig(kubeconfig)
     try:
@@ -78,7 +79,10 @@ async def enroll(kubeconfig: str, n: int, tmp: pathlib.Path, tier: str) -> dict[
         await asyncio.gather(*(create(i) for i in range(n)))
         created = time.monotonic() - began
         last_report = 0.0
+        deadline = began + max(600.0, n * 2.0)     # never wait forever on a broken run
         while True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{tier}: not every HospitalNode was Enrolled within {deadline - began:.0f}s")
             try:
                 items = await kube.list(NODES)
             except KubeError:
@@ -101,7 +105,11 @@ async def enroll(kubeconfig: str, n: int, tmp: pathlib.Path, tier: str) -> dict[
     finally:
         await kube.close()
         hub.terminate()
-        hub.wait(30)
+        try:
+            hub.wait(30)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait(10)
 
 
 def main() -> int:

@@ -30,6 +30,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The real control plane, started once per session, CRDs applied server-side."""
@@ -41,13 +49,15 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip(str(err))
     real = RealCluster(tmp_path_factory.mktemp("fedcare-kube")).start()
     pid = real.process.pid
+    children = _children(pid)      # etcd runs inside fedcare-kube; these are the three components
+    assert len(children) >= 3, f"fedcare-kube runs {len(children)} child processes, expected 3"
     try:
         cluster = Cluster(real)
         cluster.apply_crds()
         yield cluster
     finally:
         real.stop()
-        left = [p for p in _children(pid) if os.path.exists(f"/proc/{p}")]
+        left = [p for p in children if _alive(p)]
         for p in left:
             os.kill(p, signal.SIGKILL)
         assert not left, f"fedcare-kube left processes running after SIGTERM: {left}"

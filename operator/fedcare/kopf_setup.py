@@ -16,7 +16,6 @@ their own instead, so they can never reach a developer's real cluster.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import kopf
@@ -43,21 +42,47 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 def _from_kubeconfig(path: str, **kwargs: Any) -> kopf.ConnectionInfo:
-    """kopf's kubeconfig login, reading exactly ``path`` (kopf reads ``$KUBECONFIG``)."""
-    if not os.path.isfile(path):
-        raise kopf.LoginError(f"kubeconfig {path} does not exist or is not a file")
-    saved = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = path   # kopf's login runs once per (re-)login, in the operator's loop
+    """The current context of exactly ``path``, as kopf's own kubeconfig login reads one.
+
+    Written here because kopf's ``login_with_kubeconfig`` reads only ``$KUBECONFIG``: swapping
+    a process-wide variable from a login handler (which kopf runs on a worker thread) would race
+    with anything else reading it. Same fields as kopf's: server, CA, client certificate/key,
+    token, basic auth, default namespace.
+    """
+    import yaml
+
     try:
-        info = kopf.login_with_kubeconfig(**kwargs)
-    finally:
-        if saved is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = saved
-    if info is None:
-        raise kopf.LoginError(f"kubeconfig {path} yields no credentials")
-    return info
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise kopf.LoginError(f"kubeconfig {path} cannot be read: {err.strerror}") from None
+    except yaml.YAMLError:
+        raise kopf.LoginError(f"kubeconfig {path} is not valid YAML") from None
+
+    def named(section: str, name: str | None) -> dict[str, Any]:
+        for item in config.get(section) or []:
+            if item.get("name") == name:
+                return item.get(section[:-1]) or {}
+        raise kopf.LoginError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
+
+    context = named("contexts", config.get("current-context"))
+    cluster, user = named("clusters", context.get("cluster")), named("users", context.get("user"))
+    settings = kwargs.get("settings")
+    return kopf.ConnectionInfo(
+        server=cluster.get("server"),
+        ca_path=cluster.get("certificate-authority"),
+        ca_data=cluster.get("certificate-authority-data"),
+        insecure=cluster.get("insecure-skip-tls-verify"),
+        certificate_path=user.get("client-certificate"),
+        certificate_data=user.get("client-certificate-data"),
+        private_key_path=user.get("client-key"),
+        private_key_data=user.get("client-key-data"),
+        username=user.get("username"),
+        password=user.get("password"),
+        token=user.get("token"),
+        default_namespace=context.get("namespace"),
+        trust_env=settings.networking.trust_env if settings is not None else False,
+    )
 
 
 def add_hub_login(registry: kopf.OperatorRegistry, kubeconfig: str | None = None) -> None:

@@ -72,4 +72,21 @@ def cases() -> list[BadCase]:
     new = copy.deepcopy(revoked)
     new["spec"]["revocation"]["revoked"] = False
     out.append(BadCase("revocation-one-way", new, "a revocation cannot be undone", revoked))
+    new = copy.deepcopy(revoked)
+    del new["spec"]["revocation"]
+    out.append(BadCase("revocation-removed", new, "a revocation cannot be removed or undone", revoked))
+    for field, value in (("modelName", "other-model"), ("version", "9.9.9")):
+        new = copy.deepcopy(rel)
+        new["spec"][field] = value
+        out.append(BadCase(f"release-{field}-immutable", new, f"{field} is immutable", rel))
+    ra = {"apiVersion": "fedcare.io/v1alpha1", "kind": "RoundAssignment",
+          "metadata": {"name": "r1-rouen", "namespace": "default"},
+          "spec": {"roundRef": {"namespace": "default", "name": "r1"}, "nodeName": "rouen", "attempt": 1,
+                   "training": {"image": "ghcr.io/fedcare/train@sha256:" + "b" * 64}}}
+    for field, value, message in (("roundRef", {"namespace": "default", "name": "r2"}, "roundRef is immutable"),
+                                  ("nodeName", "lyon", "nodeName is immutable"),
+                                  ("attempt", 2, "attempt is immutable")):
+        new = copy.deepcopy(ra)
+        new["spec"][field] = value
+        out.append(BadCase(f"assignment-{field}-immutable", new, message, ra))
     return out

@@ -45,7 +45,7 @@ def test_agent_logs_in_with_the_hub_kubeconfig_even_inside_a_pod(tmp_path, monke
 def test_agent_login_names_a_missing_kubeconfig(tmp_path):
     registry = kopf.OperatorRegistry()
     kopf_setup.add_agent_login(registry, str(tmp_path / "nope"))
-    with pytest.raises(kopf.LoginError, match="does not exist"):
+    with pytest.raises(kopf.LoginError, match="cannot be read"):
         _login_handler(registry)(settings=kopf.OperatorSettings(), logger=None)
 
 

@@ -108,3 +108,14 @@ async def test_ensure_creates_then_converges(server):
     state["objects"]["/api/v1/namespaces/x"]["metadata"]["labels"] = {"a": "0"}
     obj, created = await ensure(kube, "namespaces", desired)
     assert not created and obj["metadata"]["labels"] == {"a": "1"}
+
+
+async def test_a_token_given_to_from_url_is_sent_as_a_bearer_token():
+    from fedcare.integrations.kube import Kube
+
+    kube = Kube.from_url("https://127.0.0.1:1", token="t0ken")
+    try:
+        auth = await kube.api.configuration.auth_settings()
+        assert auth["BearerToken"]["value"] == "Bearer t0ken"
+    finally:
+        await kube.close()

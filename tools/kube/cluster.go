@@ -226,6 +226,16 @@ func run(ctx context.Context, dir string, port int, readyTimeout time.Duration, 
 	} else if err := checkPort(port); err != nil {
 		return err
 	}
+	// One instance per directory: a second one would delete the first one's kubeconfig and
+	// fight it for the etcd data. The lock dies with the process, whatever kills it.
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("cannot create %s: %w", filepath.Join(dir, "lock"), err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("another fedcare-kube is already running with --dir %s: stop it, or give this one another --dir", dir)
+	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	_ = os.Remove(kubeconfig) // a stale one from an earlier run must not look ready
 	p, err := loadOrCreatePKI(pkiDir)

@@ -66,7 +66,10 @@ def evaluate(schema: dict[str, Any], new: Any, old: Any = _MISSING, path: str = 
         activation = {"self": celpy.json_to_cel(new)}
         if transition:
             activation["oldSelf"] = celpy.json_to_cel(old)
-        result = compile_rule(text).evaluate(activation)
+        try:
+            result = compile_rule(text).evaluate(activation)
+        except celpy.CELEvalError as err:   # cel-python raises (or returns) on a value of the wrong type
+            result = err
         if isinstance(result, celpy.CELEvalError):
             raise CELEvaluationError(f"CEL rule {text!r} at {path or '.'} failed to evaluate: {result}")
         if not bool(result):

@@ -13,8 +13,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import cel
-from .base import is_dns_label
-from .hospital_node import MAX_SITE_NAME
 from .kinds import BY_KIND, Kind
 
 
@@ -67,15 +65,9 @@ def problems_of(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
 
 
 def check_name(kind: Kind, name: str | None) -> list[tuple[str, str]]:
+    """Only presence: what a name must look like is a CEL rule of the kind (``kinds.py``)."""
     if not name:
         return [("metadata.name", "required field is missing")]
-    if not kind.resource.namespaced:
-        if not is_dns_label(name):
-            return [("metadata.name", "must be a DNS-1123 label: lower-case letters, digits and '-', "
-                                      "starting and ending with a letter or digit")]
-        if len(name) > MAX_SITE_NAME:
-            return [("metadata.name", f"must be at most {MAX_SITE_NAME} characters (it prefixes the site "
-                                      "namespace fedcare-site-<name>)")]
     return []
 
 
@@ -86,14 +78,26 @@ def _spec_schema(kind_name: str) -> dict[str, Any]:
     return schema_for(BY_KIND[kind_name].spec)
 
 
-def cel_problems(kind_name: str, spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """The CRD's own CEL rules (not the transition rules), as the API server would apply them.
+def cel_problems(kind_name: str, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CRD's own CEL rules (not the transition rules), as the API server would apply them:
+    the object-level rules (metadata included) and every rule under ``spec``.
 
     For objects that bypassed admission (the emulator, stale CRDs): the rules are the single
     source, written beside their fields; nothing here restates them.
     """
-    return [(f"spec.{f.field}".rstrip("."), f.message or f"violates {f.rule}")
-            for f in cel.evaluate(_spec_schema(kind_name), spec)]
+    schema = {"x-kubernetes-validations": [dict(r) for r in BY_KIND[kind_name].rules],
+              "properties": {"spec": _spec_schema(kind_name)}}
+    try:
+        failures = cel.evaluate(schema, body)
+    except cel.CELEvaluationError:
+        # A value of the wrong type that the model's lax parsing let through (e.g. a number
+        # written as a string): the API server refuses it by type; say so without the value.
+        return [("spec", "a field has the wrong type for a validation rule (numbers must not be quoted); "
+                         "check the spec against `kubectl explain`")]
+    # An object-level rule has no fieldPath the server would accept for metadata.name (the
+    # schema does not describe metadata); point at the field the rule reads.
+    return [(f.field or ("metadata.name" if "self.metadata.name" in f.rule else "metadata"),
+             f.message or f"violates {f.rule}") for f in failures]
 
 
 def parse(kind_name: str, body: dict[str, Any]) -> BaseModel:
@@ -114,7 +118,10 @@ def parse(kind_name: str, body: dict[str, Any]) -> BaseModel:
         except ValidationError as exc:
             problems.extend(problems_of(exc, "spec"))
         else:
-            problems.extend(cel_problems(kind_name, spec))
+            if not problems:     # the object-level rules read metadata.name
+                problems.extend(cel_problems(kind_name, body))
+            else:
+                problems.extend(cel_problems(kind_name, {"spec": spec}))
     if problems:
         raise SpecError(kind_name, problems)
     assert model is not None

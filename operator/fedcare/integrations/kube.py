@@ -114,8 +114,9 @@ class Kube:
     def from_url(cls, url: str, *, token: str = "", policy: RetryPolicy | None = None) -> "Kube":
         cfg = k8s.Configuration(host=url.rstrip("/"))
         cfg.verify_ssl = False
-        if token:
-            cfg.api_key = {"authorization": f"Bearer {token}"}
+        if token:   # kubernetes_asyncio sends api_key["BearerToken"] with its prefix, nothing else
+            cfg.api_key = {"BearerToken": token}
+            cfg.api_key_prefix = {"BearerToken": "Bearer"}
         return cls(k8s.ApiClient(cfg), policy)
 
     def with_policy(self, policy: RetryPolicy) -> "Kube":

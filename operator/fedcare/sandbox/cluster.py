@@ -76,7 +76,11 @@ class RealCluster:
             ready.set()
 
         threading.Thread(target=read, name="fedcare-kube-output", daemon=True).start()
-        ready.wait(self.ready_timeout + 10)
+        try:
+            ready.wait(self.ready_timeout + 10)
+        except BaseException:      # a signal or Ctrl-C while starting: leave nothing running
+            self.stop()
+            raise
         if not self.server:
             self.stop()
             tail = "\n".join(self._output[-15:]) or "(no output)"
@@ -88,7 +92,7 @@ class RealCluster:
     def output(self) -> str:
         return "\n".join(self._output)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 90.0) -> int | None:
         """SIGTERM, wait; SIGKILL the whole process group if it hangs. Returns the exit code."""
         proc = self.process
         if proc is None or proc.poll() is not None:
@@ -124,8 +128,11 @@ def _kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
     exe = str(kubectl) if kubectl.exists() else (shutil.which("kubectl") or "")
     if not exe:
         raise ClusterError("kubectl not found in .tools/bin or on PATH: run `make tools`")
-    proc = subprocess.run([exe, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=120,
-                          input=input)
+    try:
+        proc = subprocess.run([exe, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True,
+                              timeout=180, input=input)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"kubectl {' '.join(args[:3])} did not answer within 180s") from None
     if proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -146,12 +153,33 @@ def _site_kubeconfig(cluster: RealCluster, site: str, token: str) -> pathlib.Pat
     return path
 
 
+class _Stop(Exception):
+    """SIGTERM or Ctrl-C: unwind, stopping the processes first and the control plane last."""
+
+
+def _raise_stop(*_: object) -> None:
+    raise _Stop()
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 def run_with_sites(directory: str, sites: list[str], port: int = 0) -> int:
     """A real control plane, the hub and one site agent per site, until Ctrl-C or SIGTERM.
 
     Each agent holds only a short-lived token of its enrolled ServiceAccount (TokenRequest),
-    exactly as in production; the chart's admission policy is applied, so a site cannot
-    write the hub's conditions.
+    exactly as in production. The chart's admission policy is applied (with helm from
+    `make tools`), so a site cannot write the hub's conditions; without helm this says so.
+    A signal at any moment stops the hub and the agents first, then the control plane.
     """
     import json
     import sys
@@ -160,63 +188,71 @@ def run_with_sites(directory: str, sites: list[str], port: int = 0) -> int:
 
     log_dir = pathlib.Path(directory).resolve() / "logs"
     procs: list[subprocess.Popen[bytes]] = []
-    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, _raise_stop)
     try:
         with RealCluster(pathlib.Path(directory).resolve(), port=port) as cluster:
-            kc = str(cluster.kubeconfig)
-            log_dir.mkdir(parents=True, exist_ok=True)
-            print(f"control plane ready in {cluster.startup_seconds:.1f}s at {cluster.server}", flush=True)
-            _kubectl(kc, "apply", "--server-side", "--field-manager=fedcare-sandbox", "-f", str(ROOT / "crds"))
-            _kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-            helm = ROOT / ".tools" / "bin" / "helm"
-            if helm.exists():
-                policy = subprocess.run([str(helm), "template", "fedcare", str(ROOT / "charts" / "fedcare"),
-                                         "--set", "mode=hub", "--show-only", "templates/admission-policy.yaml"],
-                                        capture_output=True, text=True, timeout=60, check=True).stdout
-                _kubectl(kc, "apply", "-f", "-", input=policy)
-            env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-            procs.append(subprocess.Popen([sys.executable, "-m", "fedcare.cli", "hub", "--kubeconfig", kc,
-                                           "--liveness", ""], env=env, stdout=(log_dir / "hub.log").open("wb"),
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-            example = yaml.safe_load((ROOT / "examples" / "hospitalnode-rouen.yaml").read_text())
-            for site in sites:
-                node = dict(example, metadata={"name": site, "labels": example["metadata"].get("labels", {})})
-                node["spec"] = dict(example["spec"], gpu={"count": 0})     # CPU-only: no GPU on this machine
-                _kubectl(kc, "apply", "-f", "-", input=json.dumps(node))
-            for site in sites:
-                _kubectl(kc, "wait", "--for=condition=Enrolled", f"hospitalnode/{site}", "--timeout=120s")
-                token = _kubectl(kc, "create", "token", "fedcare-agent", "-n", f"fedcare-site-{site}",
-                                 "--duration=24h").strip()
-                site_kc = _site_kubeconfig(cluster, site, token)
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "fedcare.cli", "agent", "--site", site, "--hub-kubeconfig", str(site_kc),
-                     "--site-kubeconfig", "", "--liveness", ""], env=env,
-                    stdout=(log_dir / f"agent-{site}.log").open("wb"), stderr=subprocess.STDOUT,
-                    start_new_session=True))
-            for site in sites:
-                _kubectl(kc, "wait", "--for=condition=Ready", f"hospitalnode/{site}", "--timeout=120s")
-            print(f"hub and {len(sites)} site agent(s) running; try:\n"
-                  f"  export KUBECONFIG={kc}\n"
-                  f"  kubectl get fedcare\n"
-                  f"  kubectl --kubeconfig {cluster.dir}/site-{sites[0]}.kubeconfig get hospitalnode {sites[0]}"
-                  f"   # the agent's own identity\n"
-                  f"logs: {log_dir}; Ctrl-C stops everything", flush=True)
-            while not stop.wait(1):
-                if any(p.poll() is not None for p in procs):
-                    print(f"a fedcare process exited; see {log_dir}", flush=True)
-                    return 1
-            return 0
+            try:
+                return _serve_sites(cluster, sites, log_dir, procs, json, sys, yaml)
+            finally:
+                _stop_all(procs)          # while the API still answers: the agents stop cleanly
+    except _Stop:
+        print("stopped", flush=True)
+        return 0
     except ClusterError as err:
         print(f"fedcare sandbox cluster: {err}", flush=True)
         return 2
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _serve_sites(cluster: RealCluster, sites: list[str], log_dir: pathlib.Path,
+                 procs: list[subprocess.Popen[bytes]], json, sys, yaml) -> int:  # noqa: ANN001
+    kc = str(cluster.kubeconfig)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"control plane ready in {cluster.startup_seconds:.1f}s at {cluster.server}", flush=True)
+    _kubectl(kc, "apply", "--server-side", "--field-manager=fedcare-sandbox", "-f", str(ROOT / "crds"))
+    _kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    helm = ROOT / ".tools" / "bin" / "helm"
+    if helm.exists():
+        try:
+            policy = subprocess.run([str(helm), "template", "fedcare", str(ROOT / "charts" / "fedcare"),
+                                     "--set", "mode=hub", "--show-only", "templates/admission-policy.yaml"],
+                                    capture_output=True, text=True, timeout=60, check=True).stdout
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+            raise ClusterError(f"helm could not render the chart's admission policy: {err}") from None
+        _kubectl(kc, "apply", "-f", "-", input=policy)
+    else:
+        print("WARNING: helm is not in .tools/bin (run `make tools`): the admission policy that keeps site "
+              "agents off the hub's conditions is NOT applied", flush=True)
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    procs.append(subprocess.Popen([sys.executable, "-m", "fedcare.cli", "hub", "--kubeconfig", kc,
+                                   "--liveness", "", "--metrics", ""], env=env,
+                                  stdout=(log_dir / "hub.log").open("wb"), stderr=subprocess.STDOUT,
+                                  start_new_session=True))
+    example = yaml.safe_load((ROOT / "examples" / "hospitalnode-rouen.yaml").read_text())
+    for site in sites:
+        node = dict(example, metadata={"name": site, "labels": example["metadata"].get("labels", {})})
+        node["spec"] = dict(example["spec"], gpu={"count": 0})     # CPU-only: no GPU on this machine
+        _kubectl(kc, "apply", "-f", "-", input=json.dumps(node))
+    for site in sites:
+        _kubectl(kc, "wait", "--for=condition=Enrolled", f"hospitalnode/{site}", "--timeout=120s")
+        token = _kubectl(kc, "create", "token", "fedcare-agent", "-n", f"fedcare-site-{site}",
+                         "--duration=24h").strip()
+        site_kc = _site_kubeconfig(cluster, site, token)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fedcare.cli", "agent", "--site", site, "--hub-kubeconfig", str(site_kc),
+             "--site-kubeconfig", "", "--liveness", "", "--metrics", ""], env=env,
+            stdout=(log_dir / f"agent-{site}.log").open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True))
+    for site in sites:
+        _kubectl(kc, "wait", "--for=condition=Ready", f"hospitalnode/{site}", "--timeout=120s")
+    print(f"hub and {len(sites)} site agent(s) running; try:\n"
+          f"  export KUBECONFIG={kc}\n"
+          f"  kubectl get fedcare\n"
+          f"  kubectl --kubeconfig {cluster.dir}/site-{sites[0]}.kubeconfig get hospitalnode {sites[0]}"
+          f"   # the agent's own identity\n"
+          f"logs: {log_dir}; Ctrl-C stops everything", flush=True)
+    while True:
+        time.sleep(1)
+        if any(p.poll() is not None for p in procs):
+            print(f"a fedcare process exited; see {log_dir}", flush=True)
+            return 1
