@@ -33,7 +33,11 @@ def _crds(args: argparse.Namespace) -> int:
 def _hub(args: argparse.Namespace) -> int:
     from .hub.main import run_hub
 
-    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace)
+    from .hub.round_settings import round_config
+
+    rounds = round_config(artifact_dir=args.artifact_dir, artifact_claim=args.artifact_claim, app=args.flower_app,
+                          fleet_address=args.fleet_address, insecure=args.insecure_flower or None)
+    return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace, rounds=rounds)
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -65,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then ~/.kube/config)")
     hub.add_argument("--namespace", action="append", default=None,
                      help="watch only these namespaces for namespaced kinds (repeatable; default: all)")
+    hub.add_argument("--artifact-dir", default=None, help="artifact store folder (env FEDCARE_ARTIFACT_DIR)")
+    hub.add_argument("--artifact-claim", default=None, help="artifact store PVC (env FEDCARE_ARTIFACT_CLAIM)")
+    hub.add_argument("--flower-app", default=None, help="Flower app folder submitted with flwr run")
+    hub.add_argument("--fleet-address", default=None,
+                     help="host:port sites dial for the SuperLink when they are separate clusters")
+    hub.add_argument("--insecure-flower", action="store_true",
+                     help="DEVELOPMENT ONLY: run Flower without TLS or SuperNode authentication")
     hub.set_defaults(func=_hub)
 
     agent = sub.add_parser("agent", help="run the site agent for one hospital")

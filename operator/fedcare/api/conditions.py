@@ -27,6 +27,13 @@ class ConditionType(str, enum.Enum):
     GPU_READY = "GPUReady"              # HospitalNode, agent: NVML health of the site's GPUs
     ACCEPTED = "Accepted"               # RoundAssignment, agent: the site took the work or refused it
     VALID = "Valid"                     # FederatedRound/ModelRelease, hub: the spec passed validation
+    # FederatedRound execution, hub (hub/round_scheduler.py)
+    PARTICIPANTS_SELECTED = "ParticipantsSelected"
+    AGGREGATOR_READY = "AggregatorReady"
+    ASSIGNMENTS_DISPATCHED = "AssignmentsDispatched"
+    QUORUM_HEALTHY = "QuorumHealthy"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
 
 
 #: Who may write each condition type, per kind. Tests assert that writers only touch their own.
@@ -37,6 +44,12 @@ WRITERS: dict[tuple[str, str], Writer] = {
     ("HospitalNode", ConditionType.GPU_READY.value): Writer.AGENT,
     ("FederatedRound", ConditionType.READY.value): Writer.HUB,
     ("FederatedRound", ConditionType.VALID.value): Writer.HUB,
+    ("FederatedRound", ConditionType.PARTICIPANTS_SELECTED.value): Writer.HUB,
+    ("FederatedRound", ConditionType.AGGREGATOR_READY.value): Writer.HUB,
+    ("FederatedRound", ConditionType.ASSIGNMENTS_DISPATCHED.value): Writer.HUB,
+    ("FederatedRound", ConditionType.QUORUM_HEALTHY.value): Writer.HUB,
+    ("FederatedRound", ConditionType.COMPLETE.value): Writer.HUB,
+    ("FederatedRound", ConditionType.FAILED.value): Writer.HUB,
     ("ModelRelease", ConditionType.READY.value): Writer.HUB,
     ("ModelRelease", ConditionType.VALID.value): Writer.HUB,
     # A RoundAssignment's status belongs to the site agent alone (the hub writes its spec).
@@ -70,6 +83,28 @@ class Reason(str, enum.Enum):
     ACCEPTED = "Accepted"
     INSUFFICIENT_GPU = "InsufficientGPU"
     WRONG_SITE = "WrongSite"
+    # FederatedRound execution (hub)
+    SELECTED = "Selected"
+    QUORUM_NOT_MET = "QuorumNotMet"
+    QUORUM_LOST = "QuorumLost"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    AGGREGATOR_STARTING = "AggregatorStarting"
+    AGGREGATOR_RUNNING = "AggregatorRunning"
+    AGGREGATOR_FAILED = "AggregatorFailed"
+    PRIVACY_BUDGET_EXHAUSTED = "PrivacyBudgetExhausted"
+    DISPATCHED = "Dispatched"
+    AWAITING_SITES = "AwaitingSites"
+    RUN_SUBMITTED = "RunSubmitted"
+    TRAINING = "Training"
+    RUN_SUCCEEDED = "RunSucceeded"
+    RUN_FAILED = "RunFailed"
+    SUSPENDED = "Suspended"
+    NOT_STARTED = "NotStarted"
+    # RoundAssignment execution (agent)
+    POD_RUNNING = "PodRunning"
+    POD_FAILED = "PodFailed"
+    INSECURE_REFUSED = "InsecureRefused"
+    DEADLINE_PASSED = "DeadlinePassed"
 
 
 def now() -> dt.datetime:

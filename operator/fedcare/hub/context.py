@@ -11,6 +11,7 @@ from ..integrations.kube import Kube
 from .availability import AvailabilityMonitor
 from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
+from .round_scheduler import Reconciler, RoundConfig
 
 
 @dataclass
@@ -19,12 +20,22 @@ class HubContext:
     kube: Kube | None = None
     #: When each site's Lease renewals were seen, on the hub's clock (rebuilt after a restart).
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
+    #: Round execution settings (hub/round_settings.py); None: read from the environment.
+    rounds: RoundConfig | None = None
     availability: AvailabilityMonitor = field(init=False)
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
+        if self.rounds is None:
+            from .round_settings import round_config
+            self.rounds = round_config()
+
+    @property
+    def round_reconciler(self) -> Reconciler:
+        assert self.rounds is not None
+        return Reconciler(self.api, self.rounds)
 
     async def start(self) -> None:
         if self.kube is None:

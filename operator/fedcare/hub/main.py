@@ -10,14 +10,16 @@ import kopf
 
 from .context import HubContext
 from .handlers import QuietEventHandlers, make_registry
+from .round_scheduler import RoundConfig
 
 log = logging.getLogger(__name__)
 
 
-def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None) -> int:
+def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None,
+            rounds: RoundConfig | None = None) -> int:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig    # read by kopf's own login and by our client alike
-    registry = make_registry(HubContext(kubeconfig=kubeconfig), login=True)
+    registry = make_registry(HubContext(kubeconfig=kubeconfig, rounds=rounds), login=True)
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")
