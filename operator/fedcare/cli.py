@@ -44,7 +44,8 @@ def _agent(args: argparse.Namespace) -> int:
     from .site.main import run_agent
 
     return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
-                     site_kubeconfig=args.site_kubeconfig)
+                     site_kubeconfig=args.site_kubeconfig, work_namespace=args.work_namespace,
+                     insecure_flower=args.insecure_flower)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--site-kubeconfig", default=None,
                        help="kubeconfig for the site cluster (default: in-cluster; '' = no site cluster)")
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
+    agent.add_argument("--work-namespace", default="fedcare-training",
+                       help="site cluster namespace for training pods (default: fedcare-training)")
+    agent.add_argument("--insecure-flower", action="store_true",
+                       help="DEVELOPMENT ONLY: join SuperLinks that run without TLS or SuperNode authentication")
     agent.set_defaults(func=_agent)
 
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")

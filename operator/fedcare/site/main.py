@@ -17,6 +17,7 @@ from ..kopf_runner import run_kopf
 from .agent import SiteAgent
 from .heartbeat import SiteGone
 from .reporter import InventoryReporter
+from .work import SiteWork
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,18 @@ async def _kubernetes_version(site: Kube | None) -> str:
         return ""
 
 
-async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None) -> int:
+async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
+              work_namespace: str = "fedcare-training", insecure_flower: bool = False) -> int:
     hub = await Kube.from_kubeconfig(hub_kubeconfig)
     site_kube = await _site_cluster(site_kubeconfig)
     versions = AgentVersions(agent=__version__, kubernetes=await _kubernetes_version(site_kube),
                              flwr=_flwr_version())
     reader = NVMLReader(node_name=os.environ.get("NODE_NAME", ""))
     agent_id = f"{site}/{os.environ.get('POD_NAME') or socket.gethostname()}"
+    work = SiteWork(hub, site_kube, site, agent_id, namespace=work_namespace, insecure=insecure_flower) \
+        if site_kube is not None else None
     agent = SiteAgent(site, hub, InventoryReporter(hub, site, reader=reader, site_kube=site_kube,
-                                                   versions=versions), agent_id=agent_id)
+                                                   versions=versions), agent_id=agent_id, work=work)
     try:
         await agent.prepare()
     except SiteGone as err:
@@ -78,6 +82,7 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
     return 3 if agent.gone else 0
 
 
-def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None) -> int:
+def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None,
+              work_namespace: str = "fedcare-training", insecure_flower: bool = False) -> int:
     os.environ["KUBECONFIG"] = hub_kubeconfig   # kopf logs in to the hub with the site's identity
-    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig))
+    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, work_namespace, insecure_flower))
