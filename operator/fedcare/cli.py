@@ -49,6 +49,10 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    if args.action == "kubelet":
+        from .sandbox.kubelet import main as kubelet_main
+
+        return kubelet_main(args)
     from .sandbox.demo import main as demo_main
 
     return demo_main(args)
@@ -92,12 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=_agent)
 
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
-    sandbox.add_argument("action", choices=["demo"])
+    sandbox.add_argument("action", choices=["demo", "kubelet"],
+                         help="demo: the narrated sandbox; kubelet: a process kubelet (a Node running pods as processes)")
     sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
     sandbox.add_argument("--seconds", type=float, default=0,
                          help="keep the sandbox API up this long after the demo (for kubectl)")
     sandbox.add_argument("--no-train", dest="train", action="store_false",
                          help="skip the federated training step (the slowest, about a minute)")
+    from .sandbox.kubelet_cli import add_arguments as add_kubelet_arguments
+
+    add_kubelet_arguments(sandbox.add_argument_group("kubelet (fedcare sandbox kubelet --kubeconfig K --node NAME --dir D)"))
     sandbox.set_defaults(func=_sandbox)
     return parser
 

@@ -146,7 +146,7 @@ class Kube:
         raise err
 
     async def watch(self, ref: Ref, *, label_selector: str = "", resource_version: str = "",
-                    timeout_seconds: int = 300) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                    timeout_seconds: int = 300, field_selector: str = "") -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yield ``(type, object)`` from one watch stream until the server ends it.
 
         One connection, no retry: the caller re-lists and re-watches (it must, after a 410).
@@ -156,6 +156,8 @@ class Kube:
         query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout_seconds))]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         if resource_version:
             query.append(("resourceVersion", resource_version))
         try:
