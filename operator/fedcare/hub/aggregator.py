@@ -78,7 +78,9 @@ def manifests(body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorCon
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta(n["service"]),
                "spec": {"selector": {ROUND_LABEL: md["name"], COMPONENT_LABEL: "superlink"},
                         "ports": [{"name": "flower", "port": cfg.port, "targetPort": cfg.port, "protocol": "TCP"}]}}
-    args = ["--host", "0.0.0.0", "--port", str(cfg.port), "--database", f"{STATE_MOUNT}/state.db",
+    # $(POD_IP) (downward API): the pod's own address, so two SuperLinks on one machine (the
+    # sandbox's process kubelet) never share a port, and a real pod serves its Service.
+    args = ["--host", "$(POD_IP)", "--port", str(cfg.port), "--database", f"{STATE_MOUNT}/state.db",
             "--disable-runtime-dependency-installation"]
     if cfg.insecure:
         args.append("--insecure")
@@ -91,7 +93,7 @@ def manifests(body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorCon
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "superlink", "image": spec.training.image, "command": ["flower-superlink"], "args": args,
-            "env": [{"name": "FLWR_HOME", "value": f"{STATE_MOUNT}/home"}],
+            "env": [{"name": "FLWR_HOME", "value": f"{STATE_MOUNT}/home"}, {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "ports": [{"name": "flower", "containerPort": cfg.port}],
             "readinessProbe": {"httpGet": {"path": "/health", "port": cfg.port,
                                            "scheme": "HTTP" if cfg.insecure else "HTTPS"}},

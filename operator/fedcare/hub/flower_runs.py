@@ -21,6 +21,7 @@ import os
 import pathlib
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,8 @@ class FlowerCLI:
     def __post_init__(self) -> None:
         self.home = pathlib.Path(self.home)
         if not self.flwr:
-            self.flwr = shutil.which("flwr") or "flwr"
+            beside = pathlib.Path(sys.executable).parent / "flwr"     # the hub's own virtualenv first
+            self.flwr = str(beside) if beside.is_file() else (shutil.which("flwr") or "flwr")
 
     # -- configuration ---------------------------------------------------------------------
     def _config(self, key: str, address: str, *, insecure: bool, root_certificates: str = "") -> dict[str, str]:

@@ -25,12 +25,19 @@ def _label_value(value: str) -> str:
     return value[:56] + "-" + hashlib.sha256(value.encode()).hexdigest()[:6]
 
 
+def _base(assignment: dict[str, Any]) -> str:
+    """Unique per site and assignment (every site's assignment of a round has the same name, and
+    sites may share one training namespace)."""
+    site = assignment["spec"]["nodeName"]
+    return _label_value(f"{site}-{assignment['metadata']['name']}")[:55]
+
+
 def pod_name(assignment: dict[str, Any], retry: int) -> str:
-    return f"{_label_value(assignment['metadata']['name'])[:55]}-r{retry}"
+    return f"{_base(assignment)}-r{retry}"
 
 
 def policy_name(assignment: dict[str, Any]) -> str:
-    return f"{_label_value(assignment['metadata']['name'])[:55]}-egress"
+    return f"{_base(assignment)}-egress"
 
 
 def labels(assignment: dict[str, Any], site: str) -> dict[str, str]:
@@ -56,7 +63,7 @@ def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str,
     scheduling = node_spec.get("scheduling") or {}
     dataset = node_spec.get("dataset") or {}
     args = ["--superlink", spec["superLink"]["address"], "--node-config", node_config(assignment, site),
-            "--host", "0.0.0.0", "--port", str(RUNTIME_PORT)]
+            "--host", "$(POD_IP)", "--port", str(RUNTIME_PORT)]   # runtime API: own address, no ingress
     if insecure:
         args.append("--insecure")
     # else: TLS and SuperNode authentication (Vault): --root-certificates <mounted CA bundle>
@@ -88,7 +95,7 @@ def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "supernode", "image": training["image"], "command": ["flower-supernode"], "args": args,
-                "env": [{"name": "FLWR_HOME", "value": "/tmp/flwr"}],
+                "env": [{"name": "FLWR_HOME", "value": "/tmp/flwr"}, {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                 "resources": resources,
                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "privileged": False, "capabilities": {"drop": ["ALL"]}},

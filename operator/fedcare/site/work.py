@@ -174,8 +174,11 @@ class SiteWork:
                 log.info("Site %s: deleted training pod %s", self.site, md["name"])
         if ra is None and pods:
             key = pods[0]["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, "")
-            await self.site_kube.delete(Ref("networking.k8s.io/v1", "networkpolicies", self.namespace,
-                                            f"{key[:55]}-egress"))
+            policies = Ref("networking.k8s.io/v1", "networkpolicies", self.namespace)
+            for np in await self.site_kube.list(policies, label_selector=f"{r.SITE_LABEL}={self.site},"
+                                                                          f"{tp.ASSIGNMENT_LABEL}={key}"):
+                await self.site_kube.delete(Ref(policies.api_version, policies.plural, self.namespace,
+                                                np["metadata"]["name"]))
 
     async def _status(self, ra: dict[str, Any], phase: AssignmentPhase, reason: c.Reason, message: str,
                       **fields: Any) -> None:
