@@ -245,6 +245,8 @@ class FederatedRoundStatus(StatusModel):
     aggregator: AggregatorStatus | None = Field(default=None, description="The round's SuperLink.")
     run_id: str = Field(default="", description="Flower run id on the round's SuperLink.")
     run_status: str = Field(default="", description="Flower run status (pending, running, finished:…).")
+    run_submitting: bool = Field(default=False, description="A run may have been submitted without its id "
+                                                            "recorded (the hub lists the SuperLink's runs first).")
     server_rounds: list[ServerRoundStatus] = Field(default_factory=list, description="Metrics per server round.")
     suspended: bool = Field(default=False, description="The run is stopped because spec.suspend is true.")
     cleaned_up: bool = Field(default=False, description="A finished round's SuperLink and assignments are gone.")

@@ -25,6 +25,7 @@ class HubContext:
     availability: AvailabilityMonitor = field(init=False)
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
+    _flwr_asked: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
@@ -35,7 +36,7 @@ class HubContext:
     @property
     def round_reconciler(self) -> Reconciler:
         assert self.rounds is not None
-        return Reconciler(self.api, self.rounds)
+        return Reconciler(self.api, self.rounds, self._flwr_asked)
 
     async def start(self) -> None:
         if self.kube is None:

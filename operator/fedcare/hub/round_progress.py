@@ -16,8 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def out_dir(artifact_dir: str, namespace: str, name: str, attempt: int) -> pathlib.Path:
-    return pathlib.Path(artifact_dir) / namespace / name / f"attempt-{attempt}"
+def out_dir(artifact_dir: str, namespace: str, name: str, uid: str, attempt: int) -> pathlib.Path:
+    """``<store>/<namespace>/<name>-<uid8>/attempt-<n>``: a re-created round of the same name
+    never reads or overwrites an older one's files."""
+    return pathlib.Path(artifact_dir) / namespace / f"{name}-{uid[:8]}" / f"attempt-{attempt}"
+
+
+def provenance_status(folder: pathlib.Path) -> str:
+    """running | completed | failed as the ServerApp last wrote it ('' before it started)."""
+    try:
+        return str(json.loads((folder / "provenance.json").read_text()).get("status") or "")
+    except (OSError, ValueError):
+        return ""
 
 
 def _num(value: Any) -> str:

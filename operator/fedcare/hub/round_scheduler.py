@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..integrations.kube import Kube, Ref, ensure
 from ..status_writer import write_status
 from . import aggregator as agg
 from . import round_progress as progress
-from .flower_runs import FlowerCLI, FlowerError
+from .flower_runs import FlowerCLI, FlowerError, RunInfo
 from .selection import eligible_sites
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ T = c.ConditionType
 TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
+FLWR_CHECK_INTERVAL = 20.0
 RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes"}
 
 
@@ -121,8 +123,26 @@ def derive_ready(conds: list[Condition]) -> list[Condition]:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, cfg: RoundConfig):
+    def __init__(self, kube: Kube, cfg: RoundConfig, asked: dict[str, float] | None = None):
         self.kube, self.cfg = kube, cfg
+        #: When the hub last asked each SuperLink about its run (monotonic); shared across passes.
+        self._asked = asked if asked is not None else {}
+
+    async def _run_info(self, body: dict[str, Any], control: str, run_id: str, folder: Any) -> RunInfo:
+        """The run's state. ``flwr ls`` costs a Python start-up (seconds of CPU on a small
+        machine, taken from training), so it is asked when the ServerApp's provenance says the
+        run ended, and otherwise at most every ``FLWR_CHECK_INTERVAL`` (a run that dies without
+        writing provenance is still noticed)."""
+        key = self.key(body)
+        st = body.get("status") or {}
+        written = progress.provenance_status(folder)
+        now = time.monotonic()
+        last = self._asked.get(key)
+        if written in ("completed", "failed") or last is None or now - last >= FLWR_CHECK_INTERVAL:
+            info = await self.cfg.flower.run(key, control, run_id, insecure=self.cfg.aggregator.insecure)
+            self._asked[key] = now
+            return info
+        return RunInfo(run_id, st.get("runStatus") or "running")
 
     # -- writing -----------------------------------------------------------------------------
     async def write(self, body: dict[str, Any], updates: list[Condition], **fields: Any) -> dict[str, Any] | None:
@@ -207,6 +227,10 @@ class Reconciler:
                             + (f" while {waiting.message}" if waiting and waiting.message else ""))
             return
         if not st.get("participants"):
+            problem = await self.initial_model_problem(body, spec)
+            if problem:
+                await self.fail(body, c.Reason.INVALID_SPEC, problem)
+                return
             body = await self.select(body, spec)
             if body is None:
                 return
@@ -225,7 +249,8 @@ class Reconciler:
         fields: dict[str, Any] = {
             "startTime": _iso(now), "deadline": _iso(now + dt.timedelta(seconds=spec.active_deadline_seconds)),
             "attempt": int(st.get("attempt") or 0) + 1, "suspended": False, "runId": "", "runStatus": "",
-            "serverRounds": [], "currentRound": 0, "roundsCompleted": 0, "serverRound": f"0/{spec.rounds}"}
+            "serverRounds": [], "currentRound": 0, "roundsCompleted": 0, "serverRound": f"0/{spec.rounds}",
+            "runSubmitting": False}
         updates = []
         if resumed:
             # The suspended attempt's run cannot resume (shared/FLOWER.md §4): start afresh, same sites.
@@ -248,6 +273,20 @@ class Reconciler:
         await self.write(body, [self.cond(body, t, False, c.Reason.SUSPENDED, message)
                                 for t in (T.AGGREGATOR_READY, T.ASSIGNMENTS_DISPATCHED)],
                          suspended=True, runId="", runStatus="", aggregator=None)
+
+    async def initial_model_problem(self, body: dict[str, Any], spec: FederatedRoundSpec) -> str:
+        initial = spec.model.initial_model
+        if initial is None:
+            return ""
+        if initial.model_release_ref is not None:
+            ns, name = body["metadata"]["namespace"], initial.model_release_ref.name
+            if await self.kube.get_or_none(Ref(r.API_VERSION, r.MODEL_RELEASES.plural, ns, name)) is None:
+                return (f"spec.model.initialModel.modelReleaseRef: ModelRelease {name} does not exist in namespace "
+                        f"{ns}; create it first or remove initialModel to start from random weights")
+        # The training app (workloads/) has no run-config key for initial weights yet: say so
+        # instead of silently training from random weights.
+        return ("spec.model.initialModel: the training app cannot start from given weights yet; remove "
+                "initialModel to start from random weights")
 
     async def select(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
         nodes = await self.kube.list(Ref(r.API_VERSION, r.HOSPITAL_NODES.plural))
@@ -403,22 +442,26 @@ class Reconciler:
         md = body["metadata"]
         control = st["aggregator"]["controlAddress"]
         insecure = self.cfg.aggregator.insecure
-        folder = progress.out_dir(self.cfg.aggregator.artifact_dir, md["namespace"], md["name"],
+        folder = progress.out_dir(self.cfg.aggregator.artifact_dir, md["namespace"], md["name"], md["uid"],
                                   int(st.get("attempt") or 1))
         run_id = st.get("runId") or ""
         try:
             if not run_id:
-                runs = await self.cfg.flower.runs(self.key(body), control, insecure=insecure)
-                if runs:             # submitted before a restart: adopt it, never submit twice
+                runs = []
+                if st.get("runSubmitting"):   # a submission may have happened before a restart
+                    runs = await self.cfg.flower.runs(self.key(body), control, insecure=insecure)
+                if runs:             # adopt it, never submit twice
                     run_id = sorted(runs, key=lambda x: x.run_id)[-1].run_id
                     log.info("Round %s: adopted Flower run %s", md["name"], run_id)
                 else:
+                    body = await self.write(body, [], runSubmitting=True) or body
                     folder.mkdir(parents=True, exist_ok=True)
                     run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app,
                                                           self.run_config(body, spec, str(folder)), insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
-            info = await self.cfg.flower.run(self.key(body), control, run_id, insecure=insecure)
+                self._asked.pop(self.key(body), None)
+            info = await self._run_info(body, control, run_id, folder)
         except FlowerError as err:
             message = f"the SuperLink's Control API at {control}: {err}"
             if "Invalid run configuration" in str(err):
