@@ -98,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="the one-machine sandbox (emulated Kubernetes)")
     sandbox.add_argument("action", choices=["demo", "kubelet"],
                          help="demo: the narrated sandbox; kubelet: a process kubelet (a Node running pods as processes)")
-    sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
+    sandbox.add_argument("--sites", default="3", help="number of hospitals, or comma-separated site names")
+    sandbox.add_argument("--rounds", type=int, default=3, help="server rounds of the demo's FederatedRound")
+    sandbox.add_argument("--images", type=int, default=120, help="synthetic training images per hospital")
     sandbox.add_argument("--seconds", type=float, default=0,
                          help="keep the sandbox API up this long after the demo (for kubectl)")
-    sandbox.add_argument("--no-train", dest="train", action="store_false",
-                         help="skip the federated training step (the slowest, about a minute)")
     from .sandbox.kubelet_cli import add_arguments as add_kubelet_arguments
 
     add_kubelet_arguments(sandbox.add_argument_group("kubelet (fedcare sandbox kubelet --kubeconfig K --node NAME --dir D)"))

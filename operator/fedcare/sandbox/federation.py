@@ -217,7 +217,7 @@ class Federation:
         await asyncio.wait_for(asyncio.gather(*(t for t in (h.task, h.kopf_task) if t), return_exceptions=True), 30)
         h.task = h.kopf_task = None
 
-    async def wait_enrolled(self, timeout: float = 60.0) -> None:
+    async def wait_enrolled(self, timeout: float = 120.0) -> None:
         """Each site's hub namespace exists (an agent's kopf watches it from its start)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -228,7 +228,7 @@ class Federation:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"the sites were not enrolled within {timeout:.0f}s")
 
-    async def wait_sites_ready(self, timeout: float = 60.0) -> None:
+    async def wait_sites_ready(self, timeout: float = 180.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
