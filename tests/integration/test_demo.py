@@ -12,6 +12,7 @@ import pytest
 
 @pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
                     reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")
+@pytest.mark.timeout(1000)
 def test_demo_trains_through_the_operator():
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     proc = subprocess.run([sys.executable, "-m", "fedcare.cli", "sandbox", "demo", "--sites", "2", "--rounds", "1",

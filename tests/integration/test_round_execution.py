@@ -54,10 +54,11 @@ async def nothing_left(fed):
     return True
 
 
+@pytest.mark.timeout(1500)
 async def test_round_runs_to_success_through_a_hub_restart(emulator, tmp_path):
     """2 sites, 2 rounds; the hub is stopped and restarted mid-run: no duplicate SuperLink,
     assignment, pod or Flower run, and the round completes with its result and release."""
-    async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=60) as fed:
+    async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40) as fed:
         api = fed.api
         body = round_manifest("r1", sites=2, rounds=2, holdout=str(fed.data / "holdout"),
                               release={"create": True, "modelName": "ultrasound-cnn"})
@@ -119,6 +120,7 @@ async def test_round_runs_to_success_through_a_hub_restart(emulator, tmp_path):
         assert not [e for e in events if e["type"] == "Warning"]
 
 
+@pytest.mark.timeout(900)
 async def test_deleting_a_round_mid_run_cleans_up_and_pods_are_retried(emulator, tmp_path):
     async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40) as fed:
         api = fed.api
@@ -150,6 +152,7 @@ async def test_deleting_a_round_mid_run_cleans_up_and_pods_are_retried(emulator,
                     if c["metadata"]["name"].startswith("r2-")]
 
 
+@pytest.mark.timeout(600)
 async def test_rounds_that_cannot_run_say_why(emulator, tmp_path):
     """Bad input and quorum: every case named, nothing started that should not be."""
     async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=20,
