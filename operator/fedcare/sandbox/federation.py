@@ -147,7 +147,7 @@ class Federation:
         self.hub_ctx: HubContext | None = None
 
     def round_config(self) -> RoundConfig:
-        return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=60.0), app=default_app(),
+        return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
                            aggregator=AggregatorConfig(artifact_dir=str(self.artifact_dir),
                                                        artifact_claim=ARTIFACT_CLAIM, insecure=True),
                            poll_interval=self.poll)
