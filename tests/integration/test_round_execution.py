@@ -132,7 +132,7 @@ async def test_deleting_a_round_mid_run_cleans_up_and_pods_are_retried(emulator,
         await eventually(both_running, timeout=300, interval=0.5)
         # a training container crashes: the pod restarts it and the assignment counts it
         kubelet = fed.handles["rouen"].kubelet
-        pid = kubelet.processes[0] if kubelet.processes else None
+        pid = next(iter(kubelet.processes), None)
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
 

@@ -131,10 +131,11 @@ class Federation:
     """Start with ``async with federation(url, workdir, sites) as fed``; see module doc."""
 
     def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
-                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None):
+                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True):
         self.url, self.workdir, self.sites = url, workdir, sites
         self.site_gpus = site_gpus or {}
         self.poll = poll
+        self.site_kubelets = site_kubelets     # False: training pods are created but never run (benchmarks)
         self.kubelet_kwargs = {"backoff_base": 0.5, "backoff_cap": 5.0, "shutdown_grace": 5.0,
                                "lease_duration": 20, **(kubelet_kwargs or {})}
         self.api = Kube.from_url(url, policy=POLICY)
@@ -185,6 +186,9 @@ class Federation:
                                           labels={"fedcare.io/role": "hub"}, **self.kubelet_kwargs)
         await self.hub_kubelet.start()
         for site in self.sites:
+            if not self.site_kubelets:
+                self.handles[site] = SiteHandle(site, None, None, Kube.from_url(self.url, policy=POLICY))  # type: ignore[arg-type]
+                continue
             kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=True,
                                      gpus=self.site_gpus.get(site, 0), labels={SITE_LABEL: site},
                                      taints=[{"key": SITE_LABEL, "value": site, "effect": "NoSchedule"}],
@@ -247,14 +251,16 @@ class Federation:
         await self.stop_hub()
         if self.hub_ctx is not None:
             await self.hub_ctx.close()
-        kubelets = [h.kubelet for h in self.handles.values()] + ([self.hub_kubelet] if self.hub_kubelet else [])
+        kubelets = [h.kubelet for h in self.handles.values() if h.kubelet] + \
+            ([self.hub_kubelet] if self.hub_kubelet else [])
         await asyncio.gather(*(k.stop() for k in kubelets), return_exceptions=True)
         for h in self.handles.values():
             await h.hub.close()
         await self.api.close()
 
     def processes(self) -> list[int]:
-        kubelets = [h.kubelet for h in self.handles.values()] + ([self.hub_kubelet] if self.hub_kubelet else [])
+        kubelets = [h.kubelet for h in self.handles.values() if h.kubelet] + \
+            ([self.hub_kubelet] if self.hub_kubelet else [])
         return [pid for k in kubelets for pid in k.processes]
 
 
