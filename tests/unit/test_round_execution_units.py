@@ -20,7 +20,8 @@ from fedcare.site.work import past_deadline
 IMAGE = "ghcr.io/fedcare/ultrasound-train@sha256:" + "a" * 64
 
 
-def assignment(name="r1-abc-a1", site="rouen", gpus=0, deadline=None, phase="Accepted", address="r1-superlink.default.svc.cluster.local:9092"):
+def assignment(name="r1-abc-a1", site="rouen", gpus=0, deadline=None, phase="Accepted",
+               address="r1-superlink.default.svc.cluster.local:9092"):
     return {"metadata": {"name": name, "namespace": f"fedcare-site-{site}", "generation": 1},
             "spec": {"roundRef": {"namespace": "default", "name": "r1"}, "nodeName": site, "attempt": 1,
                      "superLink": {"address": address, "insecure": True},
@@ -132,7 +133,8 @@ async def test_flwr_cli_missing_or_hanging_is_a_clear_error(tmp_path):
     with pytest.raises(FlowerError, match="did not answer within"):
         await hanging.runs("k", "127.0.0.1:9", insecure=True)
     failing = tmp_path / "failing-flwr"
-    failing.write_text('#!/bin/sh\necho \'{"success": false, "error-message": "[code: 15] Invalid run configuration."}\'\n')
+    failing.write_text("#!/bin/sh\necho '{\"success\": false, "
+                       "\"error-message\": \"[code: 15] Invalid run configuration.\"}'\n")
     failing.chmod(failing.stat().st_mode | stat.S_IEXEC)
     cli = FlowerCLI(tmp_path / "home", flwr=str(failing), attempts=1)
     with pytest.raises(FlowerError, match="Invalid run configuration"):

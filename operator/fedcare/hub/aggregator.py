@@ -93,7 +93,8 @@ def manifests(body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorCon
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "superlink", "image": spec.training.image, "command": ["flower-superlink"], "args": args,
-            "env": [{"name": "FLWR_HOME", "value": f"{STATE_MOUNT}/home"}, {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "env": [{"name": "FLWR_HOME", "value": f"{STATE_MOUNT}/home"},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "ports": [{"name": "flower", "containerPort": cfg.port}],
             "readinessProbe": {"httpGet": {"path": "/health", "port": cfg.port,
                                            "scheme": "HTTP" if cfg.insecure else "HTTPS"}},

@@ -53,7 +53,8 @@ POLICY = RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0, timeout=10.0)
 WORK_NAMESPACE = "fedcare-training"
 ARTIFACT_CLAIM = "fedcare-artifacts"
 SITE_LABEL = "fedcare.io/site"
-TRAIN_IMAGE = "ghcr.io/fedcare/ultrasound-train@sha256:" + "b1844e262ceb52d3bc76564512d13303e63260f29bcf690357af563e591a0a59"
+TRAIN_IMAGE = ("ghcr.io/fedcare/ultrasound-train@sha256:"
+               "b1844e262ceb52d3bc76564512d13303e63260f29bcf690357af563e591a0a59")
 
 
 def synth(data: pathlib.Path, sites: int, images: int, holdout: int = 150, seed: int = 0) -> None:
@@ -187,14 +188,16 @@ class Federation:
         await self.hub_kubelet.start()
         for site in self.sites:
             if not self.site_kubelets:
-                self.handles[site] = SiteHandle(site, None, None, Kube.from_url(self.url, policy=POLICY))  # type: ignore[arg-type]
+                self.handles[site] = SiteHandle(site, None, None,  # type: ignore[arg-type]
+                                                Kube.from_url(self.url, policy=POLICY))
                 continue
             kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=True,
                                      gpus=self.site_gpus.get(site, 0), labels={SITE_LABEL: site},
                                      taints=[{"key": SITE_LABEL, "value": site, "effect": "NoSchedule"}],
                                      **self.kubelet_kwargs)
             await kubelet.start()
-            self.handles[site] = SiteHandle(site, None, kubelet, Kube.from_url(self.url, policy=POLICY))  # type: ignore[arg-type]
+            self.handles[site] = SiteHandle(site, None, kubelet,  # type: ignore[arg-type]
+                                            Kube.from_url(self.url, policy=POLICY))
 
     async def start_agent(self, site: str) -> None:
         h = self.handles[site]
