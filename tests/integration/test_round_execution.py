@@ -144,7 +144,7 @@ async def test_deleting_a_round_mid_run_cleans_up_and_pods_are_retried(emulator,
         await eventually(phase_is(api, "r2", "Running"), timeout=300, interval=0.5)
         await api.delete(Ref(API_VERSION, "federatedrounds", "default", "r2"))
         await eventually(lambda: nothing_left(fed), timeout=90, interval=0.5)
-        await eventually(lambda: _gone(api, "r2"), timeout=30, interval=0.2)
+        await eventually(lambda: _gone(api, "r2"), timeout=120, interval=0.5)
         assert await api.list(Ref("v1", "services", "default")) == []
         assert await api.list(Ref("v1", "persistentvolumeclaims", "default")) != []   # the artifact store stays
         assert not [c for c in await api.list(Ref("v1", "persistentvolumeclaims", "default"))

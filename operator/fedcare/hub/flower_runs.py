@@ -91,6 +91,9 @@ class FlowerCLI:
                 proc.kill()
                 await proc.wait()
                 last = f"flwr {args[0]} did not answer within {self.timeout:.0f}s"
+            except asyncio.CancelledError:     # the hub is stopping or the round going: leave no child
+                proc.kill()
+                raise
             else:
                 doc = _last_json(out.decode(errors="replace"))
                 if doc is not None and doc.get("success", True) is not False:

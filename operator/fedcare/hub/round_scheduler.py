@@ -201,6 +201,8 @@ class Reconciler:
 
     # -- the pass ------------------------------------------------------------------------------
     async def reconcile(self, body: dict[str, Any]) -> None:
+        if body["metadata"].get("deletionTimestamp"):
+            return          # the finalizer (finalize) owns a round being deleted
         try:
             spec = parse(KIND, body)
         except SpecError:
