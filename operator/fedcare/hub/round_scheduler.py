@@ -18,6 +18,7 @@ Steps and the condition each sets (phase is derived from them, Ready is True on 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -367,20 +368,24 @@ class Reconciler:
         existing = {ra["metadata"]["namespace"]: ra for ra in await self.assignments(body)}
         attempt = int(st.get("attempt") or 1)
         participants = [dict(p) for p in st.get("participants") or []]
-        created = 0
-        for p in participants:
+        name = assignment_name(body, attempt)
+
+        async def one(p: dict[str, Any]) -> int:
             ns = r.site_namespace(p["node"])
-            name = assignment_name(body, attempt)
             ra = existing.get(ns)
+            made = 0
             if ra is not None and (ra.get("spec") or {}).get("attempt") != attempt:
                 await self.kube.delete(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, ns, ra["metadata"]["name"]))
                 ra = None
             if ra is None:
                 ra, made = await ensure(self.kube, r.ROUND_ASSIGNMENTS.plural,
                                         self.assignment_manifest(body, spec, p["node"], name))
-                created += made
             p["assignment"] = name
             self._merge_assignment(p, ra)
+            return int(made)
+
+        # Concurrently: one site's API round trips need not wait for another's.
+        created = sum(await asyncio.gather(*(one(p) for p in participants)))
         if created:
             log.info("Round %s: dispatched %d assignment(s), attempt %d", body["metadata"]["name"], created, attempt)
         running = sum(p["state"] in ("Running", "Finished") for p in participants)
