@@ -26,7 +26,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt workloads/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,train]' -e './workloads[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,train,plot]' -e './workloads[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -33,8 +33,12 @@ def _crds(args: argparse.Namespace) -> int:
 def _hub(args: argparse.Namespace) -> int:
     from .hub.main import run_hub
 
+    from .hub.round_settings import round_config
+
+    rounds = round_config(artifact_dir=args.artifact_dir, artifact_claim=args.artifact_claim, app=args.flower_app,
+                          fleet_address=args.fleet_address, insecure=args.insecure_flower or None)
     return run_hub(liveness=args.liveness, kubeconfig=args.kubeconfig, namespaces=args.namespace,
-                   metrics_address=args.metrics)
+                   metrics_address=args.metrics, rounds=rounds)
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -45,7 +49,8 @@ def _agent(args: argparse.Namespace) -> int:
         return 2
     return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
                      site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics,
-                     hub_credential=args.hub_credential)
+                     hub_credential=args.hub_credential, work_namespace=args.work_namespace,
+                     insecure_flower=args.insecure_flower)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -160,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="watch only these namespaces for namespaced kinds (repeatable; default: all)")
     hub.add_argument("--metrics", default=metrics_default(), type=metrics_address,
                      help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
+    hub.add_argument("--artifact-dir", default=None, help="artifact store folder (env FEDCARE_ARTIFACT_DIR)")
+    hub.add_argument("--artifact-claim", default=None, help="artifact store PVC (env FEDCARE_ARTIFACT_CLAIM)")
+    hub.add_argument("--flower-app", default=None, help="Flower app folder submitted with flwr run")
+    hub.add_argument("--fleet-address", default=None,
+                     help="host:port sites dial for the SuperLink when they are separate clusters")
+    hub.add_argument("--insecure-flower", action="store_true",
+                     help="DEVELOPMENT ONLY: run Flower without TLS or SuperNode authentication")
     hub.set_defaults(func=_hub)
 
     agent = sub.add_parser("agent", help="run the site agent for one hospital")
@@ -173,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' = off)")
     agent.add_argument("--metrics", default=metrics_default(), type=metrics_address,
                        help="Prometheus /metrics address HOST:PORT (default %(default)s; '' = off)")
+    agent.add_argument("--work-namespace", default="fedcare-training",
+                       help="site cluster namespace for training pods (default: fedcare-training)")
+    agent.add_argument("--insecure-flower", action="store_true",
+                       help="DEVELOPMENT ONLY: join SuperLinks that run without TLS or SuperNode authentication")
     agent.set_defaults(func=_agent)
 
     status = sub.add_parser("status", help="the federation at a glance: sites, rounds, releases")
@@ -203,11 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=0, help="cluster: API server port on 127.0.0.1 (0: a free one)")
     sandbox.add_argument("--site", action="append", default=[],
                          help="cluster: also run the hub and enroll this site with its agent (repeatable)")
-    sandbox.add_argument("--sites", default="rouen,lyon,lille", help="comma-separated site names")
+    sandbox.add_argument("--sites", default="3", help="demo: number of hospitals, or comma-separated site names")
+    sandbox.add_argument("--rounds", type=int, default=3, help="demo: server rounds of the demo's FederatedRound")
+    sandbox.add_argument("--images", type=int, default=120, help="demo: synthetic training images per hospital")
     sandbox.add_argument("--seconds", type=float, default=0,
                          help="keep the sandbox API up this long after the demo (for kubectl)")
-    sandbox.add_argument("--no-train", dest="train", action="store_false",
-                         help="skip the federated training step (the slowest, about a minute)")
     from .sandbox.kubelet_cli import add_arguments as add_kubelet_arguments
 
     add_kubelet_arguments(sandbox.add_argument_group("kubelet (fedcare sandbox kubelet --kubeconfig K --node NAME --dir D)"),

@@ -49,14 +49,19 @@ async def test_round_with_quorum_above_maximum_is_rejected(hub, api):
     assert await api.list(Ref(API_VERSION, "roundassignments")) == []
 
 
-async def test_valid_round_reports_eligible_sites_honestly(hub, api):
+async def test_valid_round_waits_for_quorum_honestly(hub, api):
+    async def waiting():
+        obj = await status_of(api, "federatedrounds", ROUND["metadata"]["name"])
+        return obj if cond(obj, "Ready").get("reason") == "QuorumNotMet" else None
+
     async with hub():
         await api.create(ROUNDS, copy.deepcopy(ROUND))
-        obj = await eventually(lambda: status_of(api, "federatedrounds", ROUND["metadata"]["name"]), timeout=15)
+        obj = await eventually(waiting, timeout=15)
     assert cond(obj, "Valid")["status"] == "True"
+    assert cond(obj, "Valid")["message"].startswith("spec is valid; 0 of 2 required sites eligible at admission")
     ready = cond(obj, "Ready")
-    assert ready["status"] == "False" and ready["reason"] == "AwaitingScheduler"
-    assert ready["message"].startswith("0 of 2 required sites eligible now")
+    assert ready["status"] == "False" and ready["message"].startswith("0 of 2 required sites eligible")
+    assert obj["status"]["phase"] == "Pending" and obj["status"]["deadline"]
     assert obj["status"]["eligibleSites"] == 0 and obj["status"]["observedGeneration"] == 1
 
 

@@ -206,6 +206,7 @@ HUB_RULES = (
            verbs=[*CRUD, "update"])
     | grants(groups=[""], resources=["namespaces", "serviceaccounts"], verbs=CRUD)
     | grants(groups=[""], resources=["serviceaccounts/token"], verbs=["create"])
+    | grants(groups=[""], resources=["pods", "services", "persistentvolumeclaims"], verbs=CRUD)   # SuperLinks
     | grants(groups=["rbac.authorization.k8s.io"],
              resources=["roles", "rolebindings", "clusterroles", "clusterrolebindings"], verbs=CRUD)
     | grants(groups=["coordination.k8s.io"], resources=["leases"], verbs=[*CRUD, "update"])
@@ -233,7 +234,9 @@ def test_hub_holds_every_permission_it_grants_to_sites():
 def test_site_rbac_is_nodes_read_plus_its_namespace(site):
     assert rules_of(site, "ClusterRole") == grants(groups=[""], resources=["nodes"], verbs=["get", "list", "watch"])
     assert rules_of(site, "Role") == (
-        grants(groups=[""], resources=["pods"], verbs=["get", "list", "watch", "create", "delete"])
+        grants(groups=[""], resources=["pods"], verbs=["get", "list", "watch", "create", "patch", "delete"])
+        | grants(groups=["networking.k8s.io"], resources=["networkpolicies"],
+                 verbs=["get", "list", "watch", "create", "patch", "delete"])
         | grants(groups=[""], resources=["pods/log"], verbs=["get"])
         | grants(groups=[""], resources=["events"], verbs=["create", "patch"])
         | grants(groups=[""], resources=["persistentvolumeclaims"], verbs=["get", "list", "watch"]))

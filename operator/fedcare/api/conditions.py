@@ -33,6 +33,13 @@ class ConditionType(str, enum.Enum):
     PROMOTED = "Promoted"               # ModelRelease, hub: spec.stage in effect (or why not)
     REVOKED = "Revoked"                 # ModelRelease, hub: revocation confirmed on chain
     CREDENTIALS_READY = "CredentialsReady"  # HospitalNode, hub: the site's Vault path, policy and role exist
+    # FederatedRound execution, hub (hub/round_scheduler.py)
+    PARTICIPANTS_SELECTED = "ParticipantsSelected"
+    AGGREGATOR_READY = "AggregatorReady"
+    ASSIGNMENTS_DISPATCHED = "AssignmentsDispatched"
+    QUORUM_HEALTHY = "QuorumHealthy"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
 
 
 #: Who may write each condition type, per kind. Tests assert that writers only touch their own.
@@ -44,6 +51,12 @@ WRITERS: dict[tuple[str, str], Writer] = {
     ("HospitalNode", ConditionType.CREDENTIALS_READY.value): Writer.HUB,
     ("FederatedRound", ConditionType.READY.value): Writer.HUB,
     ("FederatedRound", ConditionType.VALID.value): Writer.HUB,
+    ("FederatedRound", ConditionType.PARTICIPANTS_SELECTED.value): Writer.HUB,
+    ("FederatedRound", ConditionType.AGGREGATOR_READY.value): Writer.HUB,
+    ("FederatedRound", ConditionType.ASSIGNMENTS_DISPATCHED.value): Writer.HUB,
+    ("FederatedRound", ConditionType.QUORUM_HEALTHY.value): Writer.HUB,
+    ("FederatedRound", ConditionType.COMPLETE.value): Writer.HUB,
+    ("FederatedRound", ConditionType.FAILED.value): Writer.HUB,
     ("ModelRelease", ConditionType.READY.value): Writer.HUB,
     ("ModelRelease", ConditionType.VALID.value): Writer.HUB,
     ("ModelRelease", ConditionType.VERIFIED.value): Writer.HUB,
@@ -90,6 +103,28 @@ class Reason(str, enum.Enum):
     VAULT_SEALED = "VaultSealed"
     VAULT_PATH_REFUSED = "VaultPathRefused"
     VAULT_DISABLED = "VaultDisabled"
+    # FederatedRound execution (hub)
+    SELECTED = "Selected"
+    QUORUM_NOT_MET = "QuorumNotMet"
+    QUORUM_LOST = "QuorumLost"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    AGGREGATOR_STARTING = "AggregatorStarting"
+    AGGREGATOR_RUNNING = "AggregatorRunning"
+    AGGREGATOR_FAILED = "AggregatorFailed"
+    PRIVACY_BUDGET_EXHAUSTED = "PrivacyBudgetExhausted"
+    DISPATCHED = "Dispatched"
+    AWAITING_SITES = "AwaitingSites"
+    RUN_SUBMITTED = "RunSubmitted"
+    TRAINING = "Training"
+    RUN_SUCCEEDED = "RunSucceeded"
+    RUN_FAILED = "RunFailed"
+    SUSPENDED = "Suspended"
+    NOT_STARTED = "NotStarted"
+    # RoundAssignment execution (agent)
+    POD_RUNNING = "PodRunning"
+    POD_FAILED = "PodFailed"
+    INSECURE_REFUSED = "InsecureRefused"
+    DEADLINE_PASSED = "DeadlinePassed"
 
 
 def now() -> dt.datetime:

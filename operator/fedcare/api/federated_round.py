@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from .base import Condition, Decimal, Digest, DNSLabel, DNSSubdomain, FedcareModel, LabelSelector, StatusModel
+
+#: Architectures the training image (workloads/) knows, and the run-config ``model`` each maps to.
+ARCHITECTURES = {"ultrasound-cnn-small": "small", "ultrasound-cnn-large": "large"}
 
 IMAGE_WITH_DIGEST = r"^[a-z0-9]+([._/:-][a-z0-9]+)*@sha256:[a-f0-9]{64}$"
 
@@ -89,6 +92,9 @@ class TrainingSpec(FedcareModel):
     learning_rate: Decimal = Field(default="0.001", description="Local learning rate (decimal string).")
     gpus_per_site: int = Field(default=1, ge=0, le=16, description="GPUs each site's training pod requests.")
     gpu_product: str = Field(default="", max_length=256, description="Required GPU product. Empty: any.")
+    max_restarts: int = Field(default=3, ge=0, le=100,
+                              description="Times a site's crashed training pod is re-created before the site's "
+                                          "assignment fails.")
 
 
 class DifferentialPrivacy(FedcareModel):
@@ -133,11 +139,21 @@ class FederatedRoundSpec(FedcareModel):
                                          json_schema_extra=immutable("activeDeadlineSeconds is immutable"))
     release: ReleaseTemplate = Field(default_factory=ReleaseTemplate, description="What to release at the end.")
     suspend: bool = Field(default=False, description="Pause the run; resuming starts the deadline anew.")
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31536000,
+                                                   description="Delete the round this long after it succeeded or "
+                                                               "failed. Unset: keep it.")
 
+    @model_validator(mode="after")
+    def _known_architecture(self) -> "FederatedRoundSpec":
+        if self.model.architecture not in ARCHITECTURES:
+            raise ValueError(f"model.architecture must be one of {', '.join(sorted(ARCHITECTURES))}: the training "
+                             "image knows no other")
+        return self
 
 
 class RoundPhase(str, enum.Enum):
     PENDING = "Pending"
+    SCHEDULING = "Scheduling"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -148,16 +164,43 @@ class RoundPhase(str, enum.Enum):
 class ParticipantStatus(StatusModel):
     node: str = Field(description="HospitalNode name.")
     assignment: str = Field(default="", description="RoundAssignment name in the site namespace.")
-    state: str = Field(default="Selected", description="Hub's view: Selected, Connected, Training, Succeeded, "
-                                                       "Failed or Unknown.")
-    last_round: int = Field(default=0, ge=0, description="Last server round the site replied to.")
+    state: str = Field(default="Selected", description="Hub's view: Selected, Accepted, Running, Rejected, "
+                                                       "Failed, Dropped or Finished.")
+    last_round: int = Field(default=0, ge=0, description="Last server round the site contributed to.")
     reason: str = Field(default="", description="Why the site is in that state.")
+    restarts: int = Field(default=0, ge=0, description="Training pod restarts and re-creations at the site.")
+    epsilon: str = Field(default="", description="Differential-privacy epsilon spent by the site (DP rounds).")
+
+
+class SiteRoundResult(StatusModel):
+    site: str = Field(description="HospitalNode name.")
+    status: str = Field(description="ok, failed (an error reply) or dropped (no reply in time).")
+    examples: int = Field(default=0, ge=0, description="Training examples the site used.")
+    reason: str = Field(default="", max_length=512, description="Why the site did not contribute.")
+
+
+class ServerRoundStatus(StatusModel):
+    round: int = Field(ge=0, description="Server round (1-based).")
+    loss: str = Field(default="", description="Held-out loss of the global model after the round.")
+    accuracy: str = Field(default="", description="Held-out accuracy of the global model after the round.")
+    auroc: str = Field(default="", description="Held-out macro AUROC of the global model after the round.")
+    train_loss: str = Field(default="", description="Example-weighted training loss reported by the sites.")
+    examples: int = Field(default=0, ge=0, description="Training examples aggregated.")
+    sites: list[SiteRoundResult] = Field(default_factory=list, description="What each site did in this round.")
 
 
 class RoundResult(StatusModel):
     storage_uri: str = Field(default="", description="Where the final model is.")
     digest: str = Field(default="", description="sha256 digest of the final model.")
+    provenance_digest: str = Field(default="", description="sha256 digest of provenance.json.")
     model_release_ref: str = Field(default="", description="The ModelRelease created from it.")
+
+
+class AggregatorStatus(StatusModel):
+    pod: str = Field(default="", description="The SuperLink pod.")
+    service: str = Field(default="", description="The SuperLink Service (the Fleet address sites dial).")
+    address: str = Field(default="", description="Fleet API address given to the sites.")
+    control_address: str = Field(default="", description="Control API address the hub submits the run to.")
 
 
 class FederatedRoundStatus(StatusModel):
@@ -173,3 +216,16 @@ class FederatedRoundStatus(StatusModel):
     start_time: dt.datetime | None = Field(default=None, description="When the run was admitted.")
     completion_time: dt.datetime | None = Field(default=None, description="When the run finished.")
     result: RoundResult | None = Field(default=None, description="The aggregated model.")
+    attempt: int = Field(default=0, ge=0, description="Dispatch attempt (fencing token of the assignments); "
+                                                      "bumped when a suspended round resumes.")
+    deadline: dt.datetime | None = Field(default=None, description="Absolute deadline shared by every site.")
+    sites_ready: str = Field(default="", description="Sites running / participants, for display.")
+    server_round: str = Field(default="", description="Server round i/n, for display.")
+    aggregator: AggregatorStatus | None = Field(default=None, description="The round's SuperLink.")
+    run_id: str = Field(default="", description="Flower run id on the round's SuperLink.")
+    run_status: str = Field(default="", description="Flower run status (pending, running, finished:…).")
+    run_submitting: bool = Field(default=False, description="A run may have been submitted without its id "
+                                                            "recorded (the hub lists the SuperLink's runs first).")
+    server_rounds: list[ServerRoundStatus] = Field(default_factory=list, description="Metrics per server round.")
+    suspended: bool = Field(default=False, description="The run is stopped because spec.suspend is true.")
+    cleaned_up: bool = Field(default=False, description="A finished round's SuperLink and assignments are gone.")

@@ -51,6 +51,25 @@ class VaultSpec(FedcareModel):
                       description="Vault path prefix holding this site's secrets. Empty: fedcare/sites/<name>.")
 
 
+class Toleration(FedcareModel):
+    """A core/v1 Toleration for the site's training pods."""
+
+    key: str = Field(default="", max_length=317, description="Taint key; empty with Exists matches all.")
+    operator: str = Field(default="Equal", pattern=r"^(Equal|Exists)$", description="Equal or Exists.")
+    value: str = Field(default="", max_length=63, description="Taint value (Equal).")
+    effect: str = Field(default="", pattern=r"^(|NoSchedule|PreferNoSchedule|NoExecute)$",
+                        description="Taint effect; empty matches all.")
+    toleration_seconds: int | None = Field(default=None, ge=0, description="NoExecute grace.")
+
+
+class SchedulingSpec(FedcareModel):
+    """Where in the hospital cluster the training pods run."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of training pods.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32,
+                                          description="Tolerations of training pods.")
+
+
 class HospitalNodeSpec(FedcareModel):
     """A hospital site. Selection labels go in ``metadata.labels``, as for any Kubernetes object."""
 
@@ -60,6 +79,8 @@ class HospitalNodeSpec(FedcareModel):
                               description="Legal jurisdiction of the data, for example EU or US-HIPAA.")
     gpu: GPURequirement = Field(default_factory=GPURequirement, description="GPUs the site offers.")
     dataset: DatasetSpec | None = Field(default=None, description="The site's training dataset.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec,
+                                       description="nodeSelector and tolerations of the site's training pods.")
     vault: VaultSpec = Field(default_factory=VaultSpec, description="Vault identity of the site.")
     cordoned: bool = Field(default=False, description="True: no new rounds are scheduled on this site; running "
                                                       "ones continue.")

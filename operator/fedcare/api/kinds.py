@@ -60,10 +60,11 @@ HOSPITAL_NODE = Kind(r.HOSPITAL_NODES, HospitalNodeSpec, HospitalNodeStatus, (
 FEDERATED_ROUND = Kind(r.FEDERATED_ROUNDS, FederatedRoundSpec, FederatedRoundStatus, (
     column("Phase", ".status.phase"),
     column("Ready", _cond("Ready")),
-    column("Quorum", ".spec.participants.minAvailable", "integer", "Sites required (k)"),
-    column("Eligible", ".status.eligibleSites", "integer", "Sites that can run it now (n)"),
-    column("Round", ".status.currentRound", "integer"),
-    column("Rounds", ".spec.rounds", "integer"),
+    column("Sites", ".status.sitesReady", description="Sites running / participants"),
+    column("Round", ".status.serverRound", description="Server rounds aggregated / requested"),
+    column("Quorum", ".spec.participants.minAvailable", "integer", "Sites required (k)", priority=1),
+    column("Eligible", ".status.eligibleSites", "integer", "Sites that could run it at admission", priority=1),
+    column("Run", ".status.runId", description="Flower run id", priority=1),
     AGE,
 ))
 
@@ -73,6 +74,7 @@ ROUND_ASSIGNMENT = Kind(r.ROUND_ASSIGNMENTS, RoundAssignmentSpec, RoundAssignmen
     column("Attempt", ".spec.attempt", "integer"),
     column("Phase", ".status.phase"),
     column("Ready", _cond("Ready")),
+    column("Restarts", ".status.restarts", "integer"),
     AGE,
 ))
 

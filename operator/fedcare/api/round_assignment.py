@@ -22,7 +22,10 @@ class RoundRef(FedcareModel):
 
 class SuperLinkEndpoint(FedcareModel):
     address: str = Field(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", max_length=260,
-                         description="host:port of the round's SuperLink (TLS only).")
+                         description="host:port of the round's SuperLink Fleet API.")
+    insecure: bool = Field(default=False, description="Development only: the SuperLink serves plaintext (no TLS, "
+                                                      "no SuperNode authentication). Sites refuse it unless their "
+                                                      "agent runs with --insecure-flower.")
     ca_bundle: str = Field(default="", max_length=65536, description="PEM CA bundle that signed the SuperLink's "
                                                                      "certificate.")
 
@@ -69,3 +72,7 @@ class RoundAssignmentStatus(StatusModel):
     last_server_round: int = Field(default=0, ge=0, description="Last server round the site trained.")
     num_examples: int = Field(default=0, ge=0, description="Training examples: the aggregation weight.")
     metrics: list[NamedValue] = Field(default_factory=list, description="Latest local metrics.")
+    pod_name: str = Field(default="", max_length=253, description="The SuperNode training pod in the site cluster.")
+    restarts: int = Field(default=0, ge=0, description="Container restarts plus pod re-creations.")
+    retries: int = Field(default=0, ge=0, description="Times the agent re-created a crashed training pod.")
+    exit_reason: str = Field(default="", max_length=1024, description="Why the training container last ended.")

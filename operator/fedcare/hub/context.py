@@ -17,6 +17,7 @@ from .metrics_state import PhaseIndex, release_index, round_index
 from .release_service import ReleaseConfig
 from .hub_credential import HubCredentialSettings
 from .vault_footprint import FootprintSettings
+from .round_scheduler import Reconciler, RoundConfig
 
 
 @dataclass
@@ -27,6 +28,8 @@ class HubContext:
     heartbeats: HeartbeatTracker = field(default_factory=HeartbeatTracker)
     #: Chain and signing configuration of the ModelRelease pipeline (from the environment by default).
     release: ReleaseConfig = field(default_factory=ReleaseConfig.from_env)
+    #: Round execution settings (hub/round_settings.py); None: read from the environment.
+    round_config: RoundConfig | None = None
     availability: AvailabilityMonitor = field(init=False)
     #: Phase of every FederatedRound / ModelRelease, for the fedcare_rounds/fedcare_releases gauges.
     rounds: PhaseIndex = field(default_factory=round_index)
@@ -41,9 +44,18 @@ class HubContext:
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _resync: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
+    _flwr_asked: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
+        if self.round_config is None:
+            from .round_settings import round_config
+            self.round_config = round_config()
+
+    @property
+    def round_reconciler(self) -> Reconciler:
+        assert self.round_config is not None
+        return Reconciler(self.api, self.round_config, self._flwr_asked)
 
     async def start(self) -> None:
         if self.kube is None:

@@ -11,7 +11,7 @@ import kopf
 from ..api.resources import FEDERATED_ROUNDS, GROUP, HOSPITAL_NODES, MODEL_RELEASES, VERSION
 from ..integrations.kube import KubeError
 from . import hospital_node_service as nodes
-from . import release_service, round_service
+from . import release_service, round_scheduler, round_service
 from . import vault_footprint
 from .context import HubContext
 from .errors import handled
@@ -99,6 +99,24 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     @kopf.on.event(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry, id="release-seen")
     async def model_release_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
         ctx.releases.observe(body, type)      # fedcare_releases{phase}
+
+    # Round execution (hub/round_scheduler.py): a level-based pass every poll interval.
+    @kopf.timer(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry, id="round-execution",
+                interval=ctx.round_config.poll_interval if ctx.round_config else 2.0, when=round_scheduler.needs_pass)
+    async def federated_round_pass(body: kopf.Body, logger: Any, **_: Any) -> None:
+        try:
+            await ctx.round_reconciler.reconcile(plain(body))
+        except KubeError as err:        # the next pass tries again
+            logger.warning("Round pass failed: %s", err)
+        except (RuntimeError, AssertionError):
+            if ctx.kube is None:        # the hub stopped under a pass kopf left running: nothing to do
+                return
+            raise
+
+    @kopf.on.delete(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry)
+    async def federated_round_deleted(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
+        async with handled(body, retry, logger):
+            await ctx.round_reconciler.finalize(plain(body))
 
     @kopf.on.resume(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry)
     @kopf.on.create(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry)

@@ -11,19 +11,20 @@ from .. import metrics
 from .context import HubContext
 from .handlers import QuietEventHandlers, make_registry
 from .metrics_state import HubStateCollector
+from .round_scheduler import RoundConfig
 
 log = logging.getLogger(__name__)
 
 
 def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: list[str] | None = None,
-            metrics_address: str = "") -> int:
+            metrics_address: str = "", rounds: RoundConfig | None = None) -> int:
     from ..integrations.secrets_backend import vault_from_env
     from .hub_credential import settings_from_env
     from .vault_footprint import FootprintSettings
 
     vault = vault_from_env()
     ctx = HubContext(kubeconfig=kubeconfig, vault=vault, vault_footprint=FootprintSettings.from_env(),
-                     hub_credential=settings_from_env() if vault else None)
+                     hub_credential=settings_from_env() if vault else None, round_config=rounds)
     registry = make_registry(ctx, login=True)
     state = HubStateCollector(ctx)
     server = metrics.serve(metrics_address, metrics.build_registry("hub", [state]), [state.site_exposition])

@@ -17,6 +17,7 @@ from ..api.federated_round import FederatedRoundSpec, RoundPhase
 from ..api.validation import SpecError, parse
 from ..integrations.kube import Kube, Ref
 from ..status_writer import write_status
+from .round_scheduler import derive_phase, derive_ready
 from .selection import eligible_sites
 
 
@@ -47,16 +48,14 @@ async def reconcile_round(kube: Kube, body: dict[str, Any]) -> FederatedRoundSpe
                                         spec.training.gpu_product)
     need = spec.participants.min_available
     why = "; ".join(f"{v.site}: {v.reason}" for v in verdicts if not v.eligible)[:900]
-    message = (f"{len(eligible)} of {need} required sites eligible now"
-               + (f" ({', '.join(eligible)})" if eligible else "") + (f"; not eligible: {why}" if why else "")
-               + ". Round execution (SuperLink, assignments) is not part of this fedcare version.")
-    updates: list[Condition] = [
-        c.make(c.ConditionType.VALID, True, c.Reason.RECONCILED, "spec is valid", generation=gen),
-        c.make(c.ConditionType.READY, False, c.Reason.AWAITING_SCHEDULER, message, generation=gen)]
+    message = (f"spec is valid; {len(eligible)} of {need} required sites eligible at admission"
+               + (f" ({', '.join(eligible)})" if eligible else "") + (f"; not eligible: {why}" if why else ""))
+    updates: list[Condition] = [c.make(c.ConditionType.VALID, True, c.Reason.RECONCILED, message, generation=gen)]
+    # Ready and phase are derived as the scheduler derives them (hub/round_scheduler.py runs the round).
     obj = await write_status(kube, _ref(res, body), owned_types=c.owned(res.kind, c.Writer.HUB), updates=updates,
-                             fields={"phase": RoundPhase.PENDING.value, "observedGeneration": gen,
-                                     "eligibleSites": len(eligible)})
-    await _validated(kube, body, obj, f"{len(eligible)} of {need} required sites eligible now")
+                             fields={"observedGeneration": gen, "eligibleSites": len(eligible)},
+                             derive_conditions=derive_ready, derive=derive_phase)
+    await _validated(kube, body, obj, f"{len(eligible)} of {need} required sites eligible at admission")
     return spec
 
 

@@ -17,13 +17,14 @@ from ..integrations.kube import Kube, KubeError, Ref
 from . import assignments
 from .heartbeat import Heartbeat, SiteGone, check_site_exists, node_ref
 from .reporter import InventoryReporter
+from .work import SiteWork
 
 log = logging.getLogger(__name__)
 
 
 class SiteAgent:
     def __init__(self, site: str, hub: Kube, reporter: InventoryReporter, *, agent_id: str,
-                 heartbeat: Heartbeat | None = None):
+                 heartbeat: Heartbeat | None = None, work: SiteWork | None = None):
         self.site, self.hub, self.reporter, self.agent_id = site, hub, reporter, agent_id
         self.heartbeat = heartbeat or Heartbeat(hub, site, agent_id)
         self.namespace = r.site_namespace(site)
@@ -31,6 +32,10 @@ class SiteAgent:
         self._answering = asyncio.Lock()    # one answer at a time: GPU reservations must not race
         self.answer_resync_seconds = 30.0
         metrics.init_agent_site(site)
+        #: Training pods in the site cluster (None: this agent only answers, e.g. no site cluster).
+        self.work = work
+        if work is not None:
+            work.lock = self._answering
 
     async def prepare(self) -> None:
         """Check the site is enrolled and adopt its lease duration. Raises SiteGone, KubeError."""
@@ -43,6 +48,8 @@ class SiteAgent:
         tasks = [asyncio.create_task(self.heartbeat.run(stop), name="heartbeat"),
                  asyncio.create_task(self.reporter.run(stop), name="inventory"),
                  asyncio.create_task(self.resync_answers(stop), name="answer-resync")]
+        if self.work is not None:
+            tasks.append(asyncio.create_task(self.work.run(stop), name="work"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -116,5 +123,14 @@ class SiteAgent:
                        when=lambda body, type, **_: type != "DELETED" and assignments.needs_answer(body))
         async def assignment(body: kopf.Body, logger: Any, **_: Any) -> None:
             await self.answer(copy.deepcopy(dict(body)), logger)
+            if self.work is not None:
+                self.work.wake.set()
+
+        @kopf.on.event(r.GROUP, r.VERSION, r.ROUND_ASSIGNMENTS.plural, registry=registry, id="work-wake",
+                       when=lambda type, **_: self.work is not None)
+        async def assignment_changed(**_: Any) -> None:
+            """Any change (Accepted, deleted at the round's end): converge the pods now, not at the next poll."""
+            assert self.work is not None
+            self.work.wake.set()
 
         return registry

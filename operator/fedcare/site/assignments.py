@@ -7,6 +7,7 @@ The agent owns the whole status of a RoundAssignment; the hub never writes it.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from ..api import conditions as c
@@ -29,15 +30,28 @@ def needs_answer(body: dict[str, Any]) -> bool:
                 and status.get("observedGeneration") == body["metadata"].get("generation"))
 
 
+LATER = {AssignmentPhase.RUNNING.value, AssignmentPhase.SUCCEEDED.value, AssignmentPhase.FAILED.value}
 RESERVING = {AssignmentPhase.ACCEPTED.value, AssignmentPhase.RUNNING.value}
+
+
+def _past_deadline(ra: dict[str, Any]) -> bool:
+    raw = (ra.get("spec") or {}).get("deadline")
+    if not raw:
+        return False
+    try:
+        return dt.datetime.now(dt.UTC) >= dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return False
 
 
 def reserved_gpus(assignments: list[dict[str, Any]], *, besides: str) -> int:
     """GPUs promised to the site's other accepted or running assignments (from the API, so a
-    restarted agent counts them too)."""
+    restarted agent counts them too). An assignment past its deadline, ended (Succeeded,
+    Failed) or deleted (the round ended) holds none."""
     total = 0
     for ra in assignments:
-        if ra["metadata"]["name"] != besides and (ra.get("status") or {}).get("phase") in RESERVING:
+        if (ra["metadata"]["name"] != besides and (ra.get("status") or {}).get("phase") in RESERVING
+                and not ra["metadata"].get("deletionTimestamp") and not _past_deadline(ra)):
             need = ((ra.get("spec") or {}).get("training") or {}).get("gpusPerSite", 1)
             total += need if isinstance(need, int) and need > 0 else 0
     return total
@@ -87,6 +101,12 @@ async def answer_with_reason(hub: Kube, site: str, agent_id: str, body: dict[str
         return None
     md = body["metadata"]
     others = await hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"]))
+    fresh = next((o for o in others if o["metadata"]["name"] == md["name"]), None)
+    if fresh is None:
+        return None         # deleted meanwhile
+    status, attempt = fresh.get("status") or {}, (fresh.get("spec") or {}).get("attempt", 1)
+    if status.get("phase") in LATER and status.get("attempt") == attempt:
+        return None         # an answer never overwrites a later phase (Running, Succeeded, Failed)
     accepted, reason, message = decide(site, body, free_gpus, reserved_gpus(others, besides=md["name"]), gpu_ready)
     gen = md.get("generation")
     updates = [c.make(c.ConditionType.ACCEPTED, accepted, reason, message, generation=gen),

@@ -18,6 +18,7 @@ from ..kopf_runner import run_kopf
 from .agent import SiteAgent
 from .heartbeat import SiteGone
 from .reporter import InventoryReporter
+from .work import SiteWork
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,20 @@ async def _hub_from_vault(site: str):
 
 
 async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
-              metrics_address: str = "", hub_credential: str = "kubeconfig") -> int:
+              metrics_address: str = "", hub_credential: str = "kubeconfig",
+              work_namespace: str = "fedcare-training", insecure_flower: bool = False) -> int:
     server = metrics.serve(metrics_address, metrics.build_registry("agent"))
     try:
-        return await _run(site, hub_kubeconfig, liveness, site_kubeconfig, hub_credential)
+        return await _run(site, hub_kubeconfig, liveness, site_kubeconfig, hub_credential, work_namespace,
+                          insecure_flower)
     finally:
         if server is not None:
             server.close()
 
 
 async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
-               hub_credential: str = "kubeconfig") -> int:
+               hub_credential: str = "kubeconfig", work_namespace: str = "fedcare-training",
+               insecure_flower: bool = False) -> int:
     cred = None
     if hub_credential == "vault":
         cred, hub = await _hub_from_vault(site)
@@ -83,8 +87,10 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
                              flwr=_flwr_version())
     reader = NVMLReader(node_name=os.environ.get("NODE_NAME", ""))
     agent_id = f"{site}/{os.environ.get('POD_NAME') or socket.gethostname()}"
+    work = SiteWork(hub, site_kube, site, agent_id, namespace=work_namespace, insecure=insecure_flower) \
+        if site_kube is not None else None
     agent = SiteAgent(site, hub, InventoryReporter(hub, site, reader=reader, site_kube=site_kube,
-                                                   versions=versions), agent_id=agent_id)
+                                                   versions=versions), agent_id=agent_id, work=work)
     try:
         await agent.prepare()
     except SiteGone as err:
@@ -117,5 +123,7 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
 
 
 def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None,
-              metrics_address: str = "", hub_credential: str = "kubeconfig") -> int:
-    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, metrics_address, hub_credential))
+              metrics_address: str = "", hub_credential: str = "kubeconfig",
+              work_namespace: str = "fedcare-training", insecure_flower: bool = False) -> int:
+    return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, metrics_address, hub_credential,
+                           work_namespace, insecure_flower))

@@ -1,0 +1,164 @@
+"""Submit, follow and stop Flower runs on a round's SuperLink with the flwr CLI.
+
+The hub talks to the SuperLink's Control API only through ``flwr`` (``run``, ``ls``,
+``stop`` with ``--format json``): it is Flower's supported client, and its JSON output is
+stable where the protobuf-over-HTTP Control API is internal (shared/FLOWER.md §3). Each
+call runs as a subprocess with a timeout and a bounded retry with backoff; ``flwr run``
+is never retried blindly (a retry could submit a second run): the caller lists the
+SuperLink's runs first and adopts the one it finds.
+
+Each SuperLink gets its own ``FLWR_HOME`` (a config.toml naming it), so calls for
+different rounds never share state. TLS: today the SuperLink runs plaintext behind the
+hub's explicit development flag; the place where root certificates go is ``_config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FEDERATION = "round"
+FINISHED = "finished:"
+
+
+class FlowerError(Exception):
+    """A flwr call failed (after its retries) or answered something we cannot use."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: str            # pending | starting | running | finished:completed|failed|stopped
+    details: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status.startswith(FINISHED)
+
+
+@dataclass
+class FlowerCLI:
+    """The flwr CLI for one hub. ``home``: where per-SuperLink FLWR_HOME folders live."""
+
+    home: pathlib.Path
+    flwr: str = ""
+    timeout: float = 60.0
+    attempts: int = 3
+    base_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.home = pathlib.Path(self.home)
+        if not self.flwr:
+            beside = pathlib.Path(sys.executable).parent / "flwr"     # the hub's own virtualenv first
+            self.flwr = str(beside) if beside.is_file() else (shutil.which("flwr") or "flwr")
+
+    # -- configuration ---------------------------------------------------------------------
+    def _config(self, key: str, address: str, *, insecure: bool, root_certificates: str = "") -> dict[str, str]:
+        home = self.home / key
+        home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]", f'address = "{address}"']
+        if insecure:
+            lines.append("insecure = true")
+        else:
+            # TLS material from Vault (wired in by the Vault integration) goes here.
+            lines.append(f'root-certificates = "{root_certificates}"')
+        (home / "config.toml").write_text("\n".join(lines) + "\n")
+        return {**os.environ, "FLWR_HOME": str(home), "NO_COLOR": "1", "TERM": "dumb"}
+
+    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True) -> dict[str, Any]:
+        attempts = self.attempts if retry else 1
+        last = ""
+        for attempt in range(attempts):
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.flwr, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    stdin=asyncio.subprocess.DEVNULL)
+            except OSError as err:
+                raise FlowerError(f"cannot start the flwr CLI ({self.flwr}): {err}") from None
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+                last = f"flwr {args[0]} did not answer within {self.timeout:.0f}s"
+            except asyncio.CancelledError:     # the hub is stopping or the round going: leave no child
+                proc.kill()
+                raise
+            else:
+                doc = _last_json(out.decode(errors="replace"))
+                if doc is not None and doc.get("success", True) is not False:
+                    return doc
+                last = (doc or {}).get("error-message") or (err.decode(errors="replace").strip()[-400:]
+                                                            or f"flwr {args[0]} exited {proc.returncode}")
+            if attempt + 1 < attempts:
+                delay = self.base_delay * 2 ** attempt * random.uniform(0.5, 1.0)
+                log.debug("flwr %s failed (%s); retrying in %.1fs", args[0], last, delay)
+                await asyncio.sleep(delay)
+        raise FlowerError(last)
+
+    # -- verbs -----------------------------------------------------------------------------
+    async def submit(self, key: str, address: str, app: str, config: dict[str, Any], *,
+                     insecure: bool) -> str:
+        """``flwr run APP --format json -c …``; returns the run id. Not retried (see module doc)."""
+        env = self._config(key, address, insecure=insecure)
+        overrides = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
+        doc = await self._call(["run", app, FEDERATION, "--format", "json", "--run-config", overrides], env,
+                               retry=False)
+        run_id = str(doc.get("run-id") or "")
+        if not run_id:
+            raise FlowerError(f"flwr run answered no run id: {str(doc)[:300]}")
+        return run_id
+
+    async def runs(self, key: str, address: str, *, insecure: bool) -> list[RunInfo]:
+        env = self._config(key, address, insecure=insecure)
+        doc = await self._call(["ls", FEDERATION, "--format", "json"], env)
+        return [_info(r) for r in doc.get("runs") or []]
+
+    async def run(self, key: str, address: str, run_id: str, *, insecure: bool) -> RunInfo:
+        env = self._config(key, address, insecure=insecure)
+        doc = await self._call(["ls", FEDERATION, "--run-id", run_id, "--format", "json"], env)
+        runs = [_info(r) for r in doc.get("runs") or []]
+        if not runs:
+            raise FlowerError(f"the SuperLink does not know run {run_id}")
+        return runs[0]
+
+    async def stop(self, key: str, address: str, run_id: str, *, insecure: bool) -> None:
+        env = self._config(key, address, insecure=insecure)
+        await self._call(["stop", run_id, FEDERATION, "--format", "json"], env)
+
+    def forget(self, key: str) -> None:
+        shutil.rmtree(self.home / key, ignore_errors=True)
+
+
+def _info(raw: dict[str, Any]) -> RunInfo:
+    return RunInfo(str(raw.get("run-id", "")), str(raw.get("status", "")), str(raw.get("status-details", "")))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))      # a TOML basic string is a JSON string
+
+
+def _last_json(text: str) -> dict[str, Any] | None:
+    """flwr prints its JSON document last (warnings may come first)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            doc = json.loads(text[start:])
+            return doc if isinstance(doc, dict) else None
+        except ValueError:
+            start = text.find("{", start + 1)
+    return None

@@ -1,0 +1,590 @@
+"""FederatedRound execution: select, start the aggregator, dispatch, run Flower, follow, finish.
+
+Level-based and resumable from ``status`` alone: every pass reads the round and what
+exists (SuperLink pod, assignments, the SuperLink's runs), and does the next missing step.
+A hub killed at any point and restarted finds the same objects and adopts them; the only
+non-idempotent call, ``flwr run``, is preceded by listing the SuperLink's runs (the
+SuperLink belongs to this round and attempt alone, so any run there is ours).
+
+Steps and the condition each sets (phase is derived from them, Ready is True on success):
+
+  ParticipantsSelected  hub/selection.py once, frozen in status.participants; QuorumNotMet
+                        (naming every excluded site and why) until enough sites are eligible
+  AggregatorReady       SuperLink Pod + Service + state PVC, /health answering
+  AssignmentsDispatched one RoundAssignment per participant (attempt, address, deadline)
+  QuorumHealthy         enough sites neither rejected nor failed; QuorumLost otherwise
+  Complete / Failed     the Flower run's end: result in the artifact store, or why not
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import conditions as c
+from ..api import resources as r
+from ..api.base import Condition
+from ..api.federated_round import ARCHITECTURES, FederatedRoundSpec, RoundPhase
+from ..api.validation import SpecError, parse
+from ..integrations.kube import Kube, Ref, ensure
+from ..status_writer import write_status
+from . import aggregator as agg
+from . import round_progress as progress
+from .flower_runs import FlowerCLI, FlowerError, RunInfo
+from .selection import eligible_sites
+
+log = logging.getLogger(__name__)
+
+KIND = r.FEDERATED_ROUNDS.kind
+HUB_TYPES = c.owned(KIND, c.Writer.HUB)
+T = c.ConditionType
+TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
+ROUND_UID_LABEL = "fedcare.io/round-uid"
+#: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
+FLWR_CHECK_INTERVAL = 20.0
+RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes"}
+
+
+@dataclass
+class RoundConfig:
+    """What the hub needs to run rounds (``hub/settings`` fills it from flags/env)."""
+
+    flower: FlowerCLI
+    app: str                                   # path of the Flower app (workloads/) the hub submits
+    aggregator: agg.AggregatorConfig = field(default_factory=agg.AggregatorConfig)
+    poll_interval: float = 2.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def ref_of(body: dict[str, Any]) -> Ref:
+    md = body["metadata"]
+    return Ref(r.API_VERSION, r.FEDERATED_ROUNDS.plural, md["namespace"], md["name"])
+
+
+def assignment_name(body: dict[str, Any], attempt: int) -> str:
+    md = body["metadata"]
+    tag = hashlib.sha256(f"{md['namespace']}/{md['name']}/{md['uid']}".encode()).hexdigest()[:6]
+    return f"{md['name'][:44]}-{tag}-a{attempt}"
+
+
+def derive_phase(conds: list[Condition], status: dict[str, Any]) -> dict[str, Any]:
+    def true(t: T) -> bool:
+        found = c.find(conds, t.value)
+        return found is not None and found.status.value == "True"
+    if true(T.FAILED):
+        phase = RoundPhase.FAILED
+    elif true(T.COMPLETE):
+        phase = RoundPhase.SUCCEEDED
+    elif status.get("suspended"):
+        phase = RoundPhase.SUSPENDED
+    elif status.get("runId"):
+        phase = RoundPhase.RUNNING
+    elif true(T.PARTICIPANTS_SELECTED):
+        phase = RoundPhase.SCHEDULING
+    else:
+        phase = RoundPhase.PENDING
+    return {"phase": phase.value}
+
+
+def derive_ready(conds: list[Condition]) -> list[Condition]:
+    """Ready (what kstatus reads): True once Complete; otherwise the most telling blocker."""
+    gen = max((x.observed_generation or 0 for x in conds), default=0) or None
+    for t in (T.FAILED, T.COMPLETE):
+        cond = c.find(conds, t.value)
+        if cond is not None and cond.status.value == "True":
+            return [c.make(T.READY, t is T.COMPLETE, cond.reason, cond.message, generation=gen)]
+    for t in (T.VALID, T.PARTICIPANTS_SELECTED, T.AGGREGATOR_READY, T.ASSIGNMENTS_DISPATCHED, T.QUORUM_HEALTHY,
+              T.COMPLETE):
+        cond = c.find(conds, t.value)
+        if cond is None and t is T.COMPLETE:
+            break
+        if cond is None:
+            return [c.make(T.READY, False, c.Reason.NOT_STARTED, f"waiting for {t.value}", generation=gen)]
+        if cond.status.value != "True":
+            return [c.make(T.READY, False, cond.reason, cond.message, generation=gen)]
+    return [c.make(T.READY, False, c.Reason.TRAINING, "training", generation=gen)]
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, cfg: RoundConfig, asked: dict[str, float] | None = None):
+        self.kube, self.cfg = kube, cfg
+        #: When the hub last asked each SuperLink about its run (monotonic); shared across passes.
+        self._asked = asked if asked is not None else {}
+
+    async def _run_info(self, body: dict[str, Any], control: str, run_id: str, folder: Any) -> RunInfo:
+        """The run's state. ``flwr ls`` costs a Python start-up (seconds of CPU on a small
+        machine, taken from training), so it is asked when the ServerApp's provenance says the
+        run ended, and otherwise at most every ``FLWR_CHECK_INTERVAL`` (a run that dies without
+        writing provenance is still noticed)."""
+        key = self.key(body)
+        st = body.get("status") or {}
+        written = progress.provenance_status(folder)
+        now = time.monotonic()
+        last = self._asked.get(key)
+        if written in ("completed", "failed") or last is None or now - last >= FLWR_CHECK_INTERVAL:
+            info = await self.cfg.flower.run(key, control, run_id, insecure=self.cfg.aggregator.insecure)
+            self._asked[key] = now
+            return info
+        return RunInfo(run_id, st.get("runStatus") or "running")
+
+    # -- writing -----------------------------------------------------------------------------
+    async def write(self, body: dict[str, Any], updates: list[Condition], **fields: Any) -> dict[str, Any] | None:
+        return await write_status(self.kube, ref_of(body), owned_types=HUB_TYPES, updates=updates, fields=fields,
+                                  derive_conditions=derive_ready, derive=derive_phase)
+
+    def cond(self, body: dict[str, Any], t: T, ok: bool, reason: c.Reason, message: str) -> Condition:
+        return c.make(t, ok, reason, message, generation=body["metadata"].get("generation"))
+
+    async def fail(self, body: dict[str, Any], reason: c.Reason, message: str) -> None:
+        log.warning("Round %s failed: %s: %s", body["metadata"]["name"], reason.value, message)
+        st = body.get("status") or {}
+        run_id = st.get("runId")
+        control = (st.get("aggregator") or {}).get("controlAddress")
+        if run_id and control:
+            await self._stop_run(body, control, run_id)
+        await self.write(body, [self.cond(body, T.FAILED, True, reason, message),
+                                self.cond(body, T.COMPLETE, False, reason, message)],
+                         completionTime=_iso(_now()))
+        await self.cleanup(body)
+
+    async def _stop_run(self, body: dict[str, Any], control: str, run_id: str) -> None:
+        try:
+            await self.cfg.flower.stop(self.key(body), control, run_id, insecure=self.cfg.aggregator.insecure)
+        except FlowerError as err:      # the SuperLink is deleted next: the run cannot outlive it
+            log.info("Could not stop Flower run %s (%s); deleting its SuperLink", run_id, err)
+
+    def key(self, body: dict[str, Any]) -> str:
+        md = body["metadata"]
+        return f"{md['namespace']}.{md['name']}.{md['uid'][:8]}"
+
+    # -- cleanup -----------------------------------------------------------------------------
+    async def assignments(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = body["metadata"]["uid"]
+        return await self.kube.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural),
+                                    label_selector=f"{ROUND_UID_LABEL}={uid}")
+
+    async def cleanup(self, body: dict[str, Any]) -> list[str]:
+        """Delete the SuperLink and every assignment of the round (the agents then delete their pods)."""
+        gone = await agg.delete_aggregator(self.kube, body)
+        for ra in await self.assignments(body):
+            md = ra["metadata"]
+            if await self.kube.delete(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])):
+                gone.append(f"roundassignments/{md['namespace']}/{md['name']}")
+        self.cfg.flower.forget(self.key(body))
+        if gone:
+            log.info("Round %s: cleaned up %s", body["metadata"]["name"], ", ".join(gone))
+        return gone
+
+    async def finalize(self, body: dict[str, Any]) -> None:
+        st = body.get("status") or {}
+        control = (st.get("aggregator") or {}).get("controlAddress")
+        if st.get("runId") and control and st.get("phase") not in TERMINAL:
+            await self._stop_run(body, control, st["runId"])
+        await self.cleanup(body)
+
+    # -- the pass ------------------------------------------------------------------------------
+    async def reconcile(self, body: dict[str, Any]) -> None:
+        if body["metadata"].get("deletionTimestamp"):
+            return          # the finalizer (finalize) owns a round being deleted
+        try:
+            spec = parse(KIND, body)
+        except SpecError:
+            return          # the admission handler reports it (Valid/Ready=False InvalidSpec)
+        assert isinstance(spec, FederatedRoundSpec)
+        st = body.get("status") or {}
+        if st.get("phase") in TERMINAL:
+            await self.finished(body, spec)
+            return
+        if spec.suspend:
+            await self.suspend(body)
+            return
+        now = _now()
+        if st.get("suspended") or not st.get("startTime"):
+            body = await self.start(body, spec, resumed=bool(st.get("suspended")))
+            if body is None:
+                return
+            st = body["status"]
+        deadline = _time(st.get("deadline"))
+        if deadline is not None and now >= deadline:
+            waiting = (c.find(c.parse(st.get("conditions")), T.READY.value) or None)
+            await self.fail(body, c.Reason.DEADLINE_EXCEEDED,
+                            f"activeDeadlineSeconds ({spec.active_deadline_seconds}s) passed"
+                            + (f" while {waiting.message}" if waiting and waiting.message else ""))
+            return
+        if not st.get("participants"):
+            problem = await self.initial_model_problem(body, spec)
+            if problem:
+                await self.fail(body, c.Reason.INVALID_SPEC, problem)
+                return
+            body = await self.select(body, spec)
+            if body is None:
+                return
+        body = await self.run_aggregator(body, spec)
+        if body is None:
+            return
+        body = await self.dispatch(body, spec)
+        if body is None:
+            return
+        await self.follow(body, spec)
+
+    async def start(self, body: dict[str, Any], spec: FederatedRoundSpec, *, resumed: bool) \
+            -> dict[str, Any] | None:
+        now = _now()
+        st = body.get("status") or {}
+        fields: dict[str, Any] = {
+            "startTime": _iso(now), "deadline": _iso(now + dt.timedelta(seconds=spec.active_deadline_seconds)),
+            "attempt": int(st.get("attempt") or 0) + 1, "suspended": False, "runId": "", "runStatus": "",
+            "serverRounds": [], "currentRound": 0, "roundsCompleted": 0, "serverRound": f"0/{spec.rounds}",
+            "runSubmitting": False}
+        updates = []
+        if resumed:
+            # The suspended attempt's run cannot resume (shared/FLOWER.md §4): start afresh, same sites.
+            fields["participants"] = [{**p, "state": "Selected", "reason": "", "lastRound": 0}
+                                      for p in st.get("participants") or []]
+            updates = [self.cond(body, t, False, c.Reason.NOT_STARTED, "resumed; starting again")
+                       for t in (T.AGGREGATOR_READY, T.ASSIGNMENTS_DISPATCHED, T.QUORUM_HEALTHY)]
+            log.info("Round %s resumed: attempt %d", body["metadata"]["name"], fields["attempt"])
+        return await self.write(body, updates, **fields)
+
+    async def suspend(self, body: dict[str, Any]) -> None:
+        st = body.get("status") or {}
+        if st.get("suspended") and not st.get("runId"):
+            return
+        control = (st.get("aggregator") or {}).get("controlAddress")
+        if st.get("runId") and control:
+            await self._stop_run(body, control, st["runId"])
+        await self.cleanup(body)
+        message = "spec.suspend is true: SuperLink and training pods stopped; set it to false to start again"
+        await self.write(body, [self.cond(body, t, False, c.Reason.SUSPENDED, message)
+                                for t in (T.AGGREGATOR_READY, T.ASSIGNMENTS_DISPATCHED)],
+                         suspended=True, runId="", runStatus="", aggregator=None)
+
+    async def initial_model_problem(self, body: dict[str, Any], spec: FederatedRoundSpec) -> str:
+        initial = spec.model.initial_model
+        if initial is None:
+            return ""
+        if initial.model_release_ref is not None:
+            ns, name = body["metadata"]["namespace"], initial.model_release_ref.name
+            if await self.kube.get_or_none(Ref(r.API_VERSION, r.MODEL_RELEASES.plural, ns, name)) is None:
+                return (f"spec.model.initialModel.modelReleaseRef: ModelRelease {name} does not exist in namespace "
+                        f"{ns}; create it first or remove initialModel to start from random weights")
+        # The training app (workloads/) has no run-config key for initial weights yet: say so
+        # instead of silently training from random weights.
+        return ("spec.model.initialModel: the training app cannot start from given weights yet; remove "
+                "initialModel to start from random weights")
+
+    async def select(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
+        nodes = await self.kube.list(Ref(r.API_VERSION, r.HOSPITAL_NODES.plural))
+        eligible, verdicts = eligible_sites(nodes, spec.participants.selector, spec.training.gpus_per_site,
+                                            spec.training.gpu_product)
+        need = spec.participants.min_available
+        if len(eligible) < need:
+            excluded = [f"{v.site}: {v.reason}" for v in verdicts if not v.eligible]
+            matched = len(verdicts)
+            message = (f"{len(eligible)} of {need} required sites eligible"
+                       + (f" ({', '.join(eligible)})" if eligible else "")
+                       + (f"; excluded: {'; '.join(excluded)}" if excluded else "")
+                       + ("" if matched else "; the selector matches no HospitalNode: check "
+                                             "spec.participants.selector against the sites' labels")
+                       + ". Waiting until activeDeadlineSeconds.")
+            await self.write(body, [self.cond(body, T.PARTICIPANTS_SELECTED, False, c.Reason.QUORUM_NOT_MET,
+                                              message[:4000])], eligibleSites=len(eligible))
+            return None
+        chosen = eligible[:spec.participants.max_participants or len(eligible)]
+        attempt = int((body.get("status") or {}).get("attempt") or 1)
+        participants = [{"node": s, "assignment": assignment_name(body, attempt), "state": "Selected",
+                         "reason": "selected", "lastRound": 0} for s in chosen]
+        log.info("Round %s: selected %s", body["metadata"]["name"], ", ".join(chosen))
+        return await self.write(body, [self.cond(body, T.PARTICIPANTS_SELECTED, True, c.Reason.SELECTED,
+                                                 f"{len(chosen)} sites selected: {', '.join(chosen)}")],
+                                participants=participants, selectedSites=len(chosen), eligibleSites=len(eligible),
+                                sitesReady=f"0/{len(chosen)}")
+
+    async def run_aggregator(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
+        if not self.cfg.aggregator.insecure:
+            # TLS and SuperNode authentication material come from Vault (being integrated);
+            # until the hub has it, only the explicit development flag runs Flower at all.
+            await self.fail(body, c.Reason.AGGREGATOR_FAILED,
+                            "no TLS material for the SuperLink is configured on this hub; for development only, "
+                            "start the hub with --insecure-flower (plaintext Flower, no SuperNode authentication)")
+            return None
+        state = await agg.ensure_aggregator(self.kube, body, spec, self.cfg.aggregator)
+        info = {"pod": state.pod, "service": state.service, "address": state.address,
+                "controlAddress": state.control_address}
+        if state.failed:
+            await self.write(body, [self.cond(body, T.AGGREGATOR_READY, False, c.Reason.AGGREGATOR_FAILED,
+                                              state.message)], aggregator=info)
+            await self.fail(body, c.Reason.AGGREGATOR_FAILED, state.message)
+            return None
+        st = body.get("status") or {}
+        if not state.ready:
+            if st.get("runId"):     # the SuperLink restarts: its in-flight run is lost (FLOWER.md §4)
+                await self.write(body, [self.cond(body, T.AGGREGATOR_READY, False, c.Reason.AGGREGATOR_STARTING,
+                                                  state.message)], aggregator=info)
+                return None
+            await self.write(body, [self.cond(body, T.AGGREGATOR_READY, False, c.Reason.AGGREGATOR_STARTING,
+                                              state.message)], aggregator=info)
+            return None
+        return await self.write(body, [self.cond(body, T.AGGREGATOR_READY, True, c.Reason.AGGREGATOR_RUNNING,
+                                                 state.message)], aggregator=info)
+
+    def assignment_manifest(self, body: dict[str, Any], spec: FederatedRoundSpec, site: str,
+                            name: str) -> dict[str, Any]:
+        md, st = body["metadata"], body["status"]
+        return {
+            "apiVersion": r.API_VERSION, "kind": r.ROUND_ASSIGNMENTS.kind,
+            "metadata": {"name": name, "namespace": r.site_namespace(site),
+                         "labels": {ROUND_UID_LABEL: md["uid"], agg.ROUND_LABEL: md["name"][:63],
+                                    r.SITE_LABEL: site, r.MANAGED_BY_LABEL: r.MANAGED_BY}},
+            "spec": {"roundRef": {"namespace": md["namespace"], "name": md["name"], "uid": md["uid"]},
+                     "nodeName": site, "attempt": int(st.get("attempt") or 1),
+                     "superLink": {"address": st["aggregator"]["address"],
+                                   "insecure": self.cfg.aggregator.insecure},
+                     "training": spec.training.wire(),
+                     "nodeConfig": {"site": site},
+                     "deadline": st["deadline"]},
+        }
+
+    async def dispatch(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
+        st = body["status"]
+        existing = {ra["metadata"]["namespace"]: ra for ra in await self.assignments(body)}
+        attempt = int(st.get("attempt") or 1)
+        participants = [dict(p) for p in st.get("participants") or []]
+        name = assignment_name(body, attempt)
+
+        async def one(p: dict[str, Any]) -> int:
+            ns = r.site_namespace(p["node"])
+            ra = existing.get(ns)
+            made = 0
+            if ra is not None and (ra.get("spec") or {}).get("attempt") != attempt:
+                await self.kube.delete(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, ns, ra["metadata"]["name"]))
+                ra = None
+            if ra is None:
+                ra, made = await ensure(self.kube, r.ROUND_ASSIGNMENTS.plural,
+                                        self.assignment_manifest(body, spec, p["node"], name))
+            p["assignment"] = name
+            self._merge_assignment(p, ra)
+            return int(made)
+
+        # Concurrently: one site's API round trips need not wait for another's.
+        created = sum(await asyncio.gather(*(one(p) for p in participants)))
+        if created:
+            log.info("Round %s: dispatched %d assignment(s), attempt %d", body["metadata"]["name"], created, attempt)
+        running = sum(p["state"] in ("Running", "Finished") for p in participants)
+        alive = [p for p in participants if p["state"] not in ("Rejected", "Failed")]
+        need = spec.participants.min_available
+        fields = {"participants": participants, "sitesReady": f"{running}/{len(participants)}"}
+        dispatched = self.cond(body, T.ASSIGNMENTS_DISPATCHED, True, c.Reason.DISPATCHED,
+                               f"{len(participants)} assignments, attempt {attempt}")
+        if len(alive) < need:
+            lost = "; ".join(f"{p['node']}: {p['state']} ({p['reason']})" for p in participants
+                             if p not in alive)
+            message = f"{len(alive)} of {need} required sites can still take part; {lost}"
+            await self.write(body, [dispatched, self.cond(body, T.QUORUM_HEALTHY, False, c.Reason.QUORUM_LOST,
+                                                          message)], **fields)
+            await self.fail(body, c.Reason.QUORUM_LOST, message)
+            return None
+        healthy = self.cond(body, T.QUORUM_HEALTHY, True, c.Reason.RECONCILED,
+                            f"{len(alive)} of {len(participants)} sites can take part ({need} required)")
+        return await self.write(body, [dispatched, healthy], **fields)
+
+    @staticmethod
+    def _merge_assignment(p: dict[str, Any], ra: dict[str, Any]) -> None:
+        ras = ra.get("status") or {}
+        phase = ras.get("phase") or ""
+        if ras.get("attempt") not in (None, (ra.get("spec") or {}).get("attempt")):
+            phase = ""                      # an answer to an older attempt says nothing now
+        state = {"Accepted": "Accepted", "Running": "Running", "Rejected": "Rejected", "Failed": "Failed",
+                 "Succeeded": "Finished"}.get(phase)
+        if state and p.get("state") != "Dropped":
+            p["state"] = state
+            p["reason"] = (ras.get("message") or phase)[:500]
+        p["restarts"] = int(ras.get("restarts") or 0)
+
+    def run_config(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: str) -> dict[str, Any]:
+        st = body["status"]
+        need = spec.participants.min_available
+        remaining = max(60, int((_time(st["deadline"]) - _now()).total_seconds()))
+        config: dict[str, Any] = {
+            "num-server-rounds": spec.rounds, "strategy": spec.strategy.name.value.lower(),
+            "fraction-train": float(spec.strategy.fraction_train),
+            "fraction-evaluate": float(spec.strategy.fraction_evaluate),
+            "min-train-nodes": spec.strategy.min_train_nodes or need, "min-available-nodes": need,
+            "min-evaluate-nodes": spec.strategy.min_train_nodes or need,
+            "round-timeout": float(spec.round_timeout_seconds), "node-wait-timeout": float(min(remaining, 3600)),
+            "proximal-mu": float(spec.strategy.proximal_mu), "server-lr": float(spec.strategy.server_learning_rate),
+            "model": ARCHITECTURES[spec.model.architecture], "image-size": spec.model.input_size,
+            "classes": ",".join(spec.model.classes), "local-epochs": spec.training.epochs,
+            "batch-size": spec.training.batch_size, "lr": float(spec.training.learning_rate), "out-dir": folder}
+        dp = spec.privacy.differential_privacy
+        if dp.enabled:
+            config.update({"privacy.dp": True, "privacy.noise-multiplier": float(dp.noise_multiplier),
+                           "privacy.max-grad-norm": float(dp.max_grad_norm), "privacy.delta": float(dp.delta),
+                           "privacy.max-epsilon": float(dp.target_epsilon or 0)})
+        for key, value in spec.strategy.config.items():
+            if key not in RESERVED_KEYS:
+                config[key] = _typed(value)
+        return config
+
+    async def follow(self, body: dict[str, Any], spec: FederatedRoundSpec) -> None:
+        st = body["status"]
+        md = body["metadata"]
+        control = st["aggregator"]["controlAddress"]
+        insecure = self.cfg.aggregator.insecure
+        folder = progress.out_dir(self.cfg.aggregator.artifact_dir, md["namespace"], md["name"], md["uid"],
+                                  int(st.get("attempt") or 1))
+        run_id = st.get("runId") or ""
+        try:
+            if not run_id:
+                runs = []
+                if st.get("runSubmitting"):   # a submission may have happened before a restart
+                    runs = await self.cfg.flower.runs(self.key(body), control, insecure=insecure)
+                if runs:             # adopt it, never submit twice
+                    run_id = sorted(runs, key=lambda x: x.run_id)[-1].run_id
+                    log.info("Round %s: adopted Flower run %s", md["name"], run_id)
+                else:
+                    body = await self.write(body, [], runSubmitting=True) or body
+                    folder.mkdir(parents=True, exist_ok=True)
+                    run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app,
+                                                          self.run_config(body, spec, str(folder)), insecure=insecure)
+                    log.info("Round %s: submitted Flower run %s", md["name"], run_id)
+                body = await self.write(body, [], runId=run_id, runStatus="pending") or body
+                self._asked.pop(self.key(body), None)
+            info = await self._run_info(body, control, run_id, folder)
+        except FlowerError as err:
+            message = f"the SuperLink's Control API at {control}: {err}"
+            if "Invalid run configuration" in str(err):
+                await self.fail(body, c.Reason.INVALID_SPEC, f"Flower refused the run configuration (check "
+                                                             f"spec.strategy.config keys): {err}")
+                return
+            # Transient (a slow or restarting SuperLink): the next pass asks again; the deadline bounds it.
+            log.warning("Round %s: %s", md["name"], message[:500])
+            return
+        names = [p["node"] for p in st.get("participants") or []]
+        prog = progress.read_progress(folder, names)
+        participants = [dict(p) for p in st.get("participants") or []]
+        last = prog.rounds[-1] if prog.rounds else None
+        for p in participants:
+            p["lastRound"] = prog.last_round.get(p["node"], p.get("lastRound", 0))
+            if p["node"] in prog.epsilon:
+                p["epsilon"] = prog.epsilon[p["node"]]
+            mine = next((s for s in (last or {}).get("sites", []) if s["site"] == p["node"]), None)
+            if mine and mine["status"] == "dropped" and p["state"] == "Running":
+                p["reason"] = f"dropped from server round {last['round']}: {mine['reason']}"
+        current = min(spec.rounds, prog.completed + (0 if info.finished else 1))
+        fields = {"runStatus": info.status, "serverRounds": prog.rounds, "roundsCompleted": prog.completed,
+                  "currentRound": current, "serverRound": f"{prog.completed}/{spec.rounds}",
+                  "participants": participants}
+        if not info.finished:
+            await self.write(body, [], **fields)
+            return
+        if info.status == "finished:completed":
+            await self.complete(body, spec, folder, fields)
+            return
+        details = f"{info.details} {prog.error}".strip() or info.status
+        reason = c.Reason.AGGREGATOR_FAILED
+        if "PrivacyBudgetExhausted" in details or "privacy budget" in details.lower():
+            reason = c.Reason.PRIVACY_BUDGET_EXHAUSTED
+        elif "min-train-nodes" in details or "min-available-nodes" in details or "successful" in details:
+            reason = c.Reason.QUORUM_LOST
+        body = await self.write(body, [], **fields) or body
+        await self.fail(body, reason, f"Flower run {run_id} {info.status}: {details}"[:4000])
+
+    async def complete(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: Any,
+                       fields: dict[str, Any]) -> None:
+        try:
+            result = progress.read_result(folder, self.cfg.aggregator.artifact_claim, self.cfg.aggregator.artifact_dir)
+        except progress.ArtifactError as err:
+            body = await self.write(body, [], **fields) or body
+            await self.fail(body, c.Reason.AGGREGATOR_FAILED, str(err))
+            return
+        release_name = ""
+        if spec.release.create:
+            release_name = await self.release(body, spec, result, fields)
+        for p in fields["participants"]:
+            if p["state"] in ("Running", "Accepted"):
+                p["state"], p["reason"] = "Finished", "the run completed"
+        message = f"{spec.rounds} server rounds aggregated; model {result.digest}"
+        await self.write(body, [self.cond(body, T.COMPLETE, True, c.Reason.RUN_SUCCEEDED, message),
+                                self.cond(body, T.FAILED, False, c.Reason.RUN_SUCCEEDED, message)],
+                         **fields, completionTime=_iso(_now()),
+                         result={"storageUri": result.storage_uri, "digest": result.digest,
+                                 "provenanceDigest": result.provenance_digest, "modelReleaseRef": release_name})
+        log.info("Round %s succeeded: %s", body["metadata"]["name"], message)
+        await self.cleanup(body)
+
+    async def release(self, body: dict[str, Any], spec: FederatedRoundSpec, result: progress.Result,
+                      fields: dict[str, Any]) -> str:
+        md = body["metadata"]
+        name = agg.short_name(md["name"], "model", 253)
+        eps = [float(p["epsilon"]) for p in fields["participants"] if p.get("epsilon")]
+        provenance: dict[str, Any] = {"federatedRoundRef": {"namespace": md["namespace"], "name": md["name"],
+                                                            "uid": md["uid"]},
+                                      "rounds": spec.rounds,
+                                      "participants": sorted({s["site"] for rnd in fields["serverRounds"]
+                                                              for s in rnd["sites"] if s["status"] == "ok"})}
+        if eps:
+            provenance["epsilon"] = f"{max(eps):.6g}"
+        manifest = {"apiVersion": r.API_VERSION, "kind": r.MODEL_RELEASES.kind,
+                    "metadata": {"name": name, "namespace": md["namespace"],
+                                 "labels": {agg.ROUND_LABEL: md["name"][:63], r.MANAGED_BY_LABEL: r.MANAGED_BY},
+                                 "ownerReferences": [{**agg.owner(body), "controller": False}]},
+                    "spec": {"modelName": spec.release.model_name or md["name"][:63],
+                             "version": f"0.0.0-{md['uid'][:8]}-a{int(body['status'].get('attempt') or 1)}",
+                             "artifact": {"storageUri": result.storage_uri, "digest": result.digest},
+                             "format": {"name": "safetensors"}, "provenance": provenance}}
+        await ensure(self.kube, r.MODEL_RELEASES.plural, manifest)
+        return name
+
+    async def finished(self, body: dict[str, Any], spec: FederatedRoundSpec) -> None:
+        """A finished round: make sure nothing of it still runs; delete it once its TTL passed."""
+        st = body.get("status") or {}
+        if not st.get("cleanedUp"):
+            await self.cleanup(body)
+            await self.write(body, [], cleanedUp=True)
+        ttl = spec.ttl_seconds_after_finished
+        done = _time(st.get("completionTime"))
+        if ttl is not None and done is not None and _now() >= done + dt.timedelta(seconds=ttl):
+            log.info("Round %s: ttlSecondsAfterFinished (%ds) passed; deleting it", body["metadata"]["name"], ttl)
+            await self.kube.delete(ref_of(body))
+
+
+def needs_pass(body: dict[str, Any], spec: Any = None, **_: Any) -> bool:
+    """kopf timer filter: a finished, cleaned-up round without a TTL needs nothing more."""
+    st = body.get("status") or {}
+    if st.get("phase") == RoundPhase.INVALID.value:
+        return False
+    if st.get("phase") in TERMINAL and st.get("cleanedUp"):
+        return (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+    return True
+
+
+def _typed(value: str) -> Any:
+    """A run-config value from a string: flwr does not convert types (FLOWER.md §3)."""
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    return value

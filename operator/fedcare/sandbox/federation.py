@@ -1,0 +1,288 @@
+"""A whole federation on one machine, through the operator: the sandbox demo, the round tests
+and the round-overhead benchmark all build it here.
+
+On one emulated Kubernetes API: the hub (kopf, with round execution), and per hospital a
+HospitalNode, a site agent (heartbeat, inventory, assignment answers and training pods),
+and a process kubelet (a Node labelled ``fedcare.io/site=<name>``, which the HospitalNode's
+``scheduling.nodeSelector`` targets). A ``hub`` kubelet runs the SuperLink. Every hospital's
+synthetic dataset is a local PersistentVolume (hostPath) bound to the claim its
+HospitalNode names; the hub's artifact store is one too, so the ServerApp's ``out-dir`` is
+the same folder for the hub and for the SuperLink's pod. Nothing here is special-cased in
+the hub or the agent: they create the manifests they create on a real cluster.
+
+The hub and the sites share one API server here (the site cluster *is* the hub cluster);
+the agents' pods go to the ``fedcare-training`` namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import pathlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from ..api.hospital_node import AgentVersions
+from ..api.resources import API_VERSION, site_namespace
+from ..hub.aggregator import AggregatorConfig
+from ..hub.context import HubContext
+from ..hub.flower_runs import FlowerCLI
+from ..hub.handlers import make_registry
+from ..hub.round_scheduler import RoundConfig
+from ..hub.round_settings import default_app
+from ..integrations.kube import Kube, Ref, RetryPolicy
+from ..integrations.nvml import NVMLReader
+from ..kopf_runner import run_kopf
+from ..site.agent import SiteAgent
+from ..site.heartbeat import Heartbeat
+from ..site.reporter import InventoryReporter
+from ..site.work import SiteWork
+from .kubelet import ProcessKubelet
+from .simulated_nvml import FakeNVML, gpus
+
+log = logging.getLogger(__name__)
+
+POLICY = RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0, timeout=10.0)
+WORK_NAMESPACE = "fedcare-training"
+ARTIFACT_CLAIM = "fedcare-artifacts"
+SITE_LABEL = "fedcare.io/site"
+TRAIN_IMAGE = ("ghcr.io/fedcare/ultrasound-train@sha256:"
+               "b1844e262ceb52d3bc76564512d13303e63260f29bcf690357af563e591a0a59")
+
+
+def synth(data: pathlib.Path, sites: int, images: int, holdout: int = 150, seed: int = 0) -> None:
+    """Synthetic ultrasound datasets (workloads/ synth): data/site-a, site-b, …, data/holdout."""
+    if (data / "holdout" / "labels.csv").is_file() and all(
+            (data / f"site-{chr(97 + i)}" / "labels.csv").is_file() for i in range(sites)):
+        return
+    subprocess.run([sys.executable, "-m", "fedcare_workloads.cli", "synth", "--out", str(data), "--sites",
+                    str(sites), "--images-per-site", str(images), "--holdout", str(holdout), "--seed", str(seed)],
+                   check=True, stdout=subprocess.DEVNULL, timeout=600)
+
+
+def hospital(name: str, *, gpu_count: int = 0, claim: str = "", lease: int = 10,
+             labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "HospitalNode",
+            "metadata": {"name": name, "labels": {"fedcare.io/modality": "ultrasound", **(labels or {})}},
+            "spec": {"displayName": f"Hospital {name}", "gpu": {"count": gpu_count},
+                     "dataset": {"claimName": claim or f"dataset-{name}"},
+                     "scheduling": {"nodeSelector": {SITE_LABEL: name},
+                                    "tolerations": [{"key": SITE_LABEL, "operator": "Equal", "value": name,
+                                                     "effect": "NoSchedule"}]},
+                     "leaseDurationSeconds": lease}}
+
+
+def round_manifest(name: str, *, sites: int, rounds: int, min_available: int | None = None,
+                   epochs: int = 1, gpus_per_site: int = 0, holdout: str = "", namespace: str = "default",
+                   **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": API_VERSION, "kind": "FederatedRound", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"participants": {"selector": {"matchLabels": {"fedcare.io/modality": "ultrasound"}},
+                                  "minAvailable": min_available or sites, "maxParticipants": sites},
+                 "rounds": rounds,
+                 "strategy": {"name": "FedAvg", "fractionEvaluate": "0.0",
+                              "config": {"server-eval-path": holdout} if holdout else {}},
+                 "training": {"image": TRAIN_IMAGE, "epochs": epochs, "batchSize": 16, "learningRate": "0.002",
+                              "gpusPerSite": gpus_per_site, "maxRestarts": 2},
+                 "roundTimeoutSeconds": 300, "activeDeadlineSeconds": 1800}}
+    body["spec"].update(spec)
+    return body
+
+
+async def local_volume(api: Kube, name: str, path: pathlib.Path, namespace: str, claim: str) -> None:
+    """A hostPath PersistentVolume bound to ``namespace/claim`` (a pre-provisioned local volume)."""
+    path.mkdir(parents=True, exist_ok=True)
+    await api.create(Ref("v1", "persistentvolumes"), {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                 "hostPath": {"path": str(path)}, "claimRef": {"namespace": namespace, "name": claim},
+                 "persistentVolumeReclaimPolicy": "Retain"}})
+    await api.create(Ref("v1", "persistentvolumeclaims", namespace), {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteMany"], "volumeName": name,
+                 "resources": {"requests": {"storage": "10Gi"}}}})
+
+
+def _login(registry: kopf.OperatorRegistry, url: str) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
+
+
+@dataclass
+class SiteHandle:
+    name: str
+    agent: SiteAgent
+    kubelet: ProcessKubelet
+    hub: Kube
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+    kopf_task: asyncio.Task | None = None
+    kopf_stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Federation:
+    """Start with ``async with federation(url, workdir, sites) as fed``; see module doc."""
+
+    def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
+                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True):
+        self.url, self.workdir, self.sites = url, workdir, sites
+        self.site_gpus = site_gpus or {}
+        self.poll = poll
+        self.site_kubelets = site_kubelets     # False: training pods are created but never run (benchmarks)
+        self.kubelet_kwargs = {"backoff_base": 0.5, "backoff_cap": 5.0, "shutdown_grace": 5.0,
+                               "lease_duration": 20, **(kubelet_kwargs or {})}
+        self.api = Kube.from_url(url, policy=POLICY)
+        self.artifact_dir = workdir / "artifacts"
+        self.data = workdir / "data"
+        self.handles: dict[str, SiteHandle] = {}
+        self.hub_kubelet: ProcessKubelet | None = None
+        self.hub_task: asyncio.Task | None = None
+        self.hub_stop = asyncio.Event()
+        self.hub_ctx: HubContext | None = None
+
+    def round_config(self) -> RoundConfig:
+        return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
+                           aggregator=AggregatorConfig(artifact_dir=str(self.artifact_dir),
+                                                       artifact_claim=ARTIFACT_CLAIM, insecure=True),
+                           poll_interval=self.poll)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    async def prepare(self, *, images: int = 120, holdout: int = 150) -> None:
+        """Namespaces, volumes, datasets (synthetic), HospitalNodes."""
+        await asyncio.to_thread(synth, self.data, len(self.sites), images, holdout)
+        await self.api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
+                                                        "metadata": {"name": WORK_NAMESPACE}})
+        await local_volume(self.api, "fedcare-artifacts", self.artifact_dir, "default", ARTIFACT_CLAIM)
+        for i, site in enumerate(self.sites):
+            await local_volume(self.api, f"dataset-{site}", self.data / f"site-{chr(97 + i)}", WORK_NAMESPACE,
+                               f"dataset-{site}")
+            await self.api.create(Ref(API_VERSION, "hospitalnodes"),
+                                  hospital(site, gpu_count=self.site_gpus.get(site, 0)))
+
+    async def start_hub(self) -> None:
+        self.hub_stop = asyncio.Event()
+        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config())
+        registry = make_registry(self.hub_ctx)
+        _login(registry, self.url)
+        self.hub_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=self.hub_stop,
+                                                     clusterwide=True))
+
+    async def stop_hub(self) -> None:
+        """Stop the hub operator (a crash as far as the rounds can tell: nothing is cleaned up)."""
+        if self.hub_task is not None:
+            self.hub_stop.set()
+            await asyncio.wait_for(asyncio.gather(self.hub_task, return_exceptions=True), 30)
+            self.hub_task = None
+
+    async def start_kubelets(self) -> None:
+        self.hub_kubelet = ProcessKubelet(self.api, "hub", self.workdir / "kubelet-hub", bind=True,
+                                          labels={"fedcare.io/role": "hub"}, **self.kubelet_kwargs)
+        await self.hub_kubelet.start()
+        for site in self.sites:
+            if not self.site_kubelets:
+                self.handles[site] = SiteHandle(site, None, None,  # type: ignore[arg-type]
+                                                Kube.from_url(self.url, policy=POLICY))
+                continue
+            kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=True,
+                                     gpus=self.site_gpus.get(site, 0), labels={SITE_LABEL: site},
+                                     taints=[{"key": SITE_LABEL, "value": site, "effect": "NoSchedule"}],
+                                     **self.kubelet_kwargs)
+            await kubelet.start()
+            self.handles[site] = SiteHandle(site, None, kubelet,  # type: ignore[arg-type]
+                                            Kube.from_url(self.url, policy=POLICY))
+
+    async def start_agent(self, site: str) -> None:
+        h = self.handles[site]
+        count = self.site_gpus.get(site, 0)
+        reader = NVMLReader(FakeNVML(gpus(count))) if count else None
+        reporter = InventoryReporter(h.hub, site, reader=reader, site_kube=h.hub, poll_interval=1.0,
+                                     versions=AgentVersions(agent="sandbox", flwr="1.42.0"))
+        agent_id = f"{site}/agent-0"
+        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, interval=self.poll)
+        h.agent = SiteAgent(site, h.hub, reporter, agent_id=agent_id, heartbeat=Heartbeat(h.hub, site, agent_id),
+                            work=work)
+        await h.agent.prepare()
+        h.stop, h.kopf_stop = asyncio.Event(), asyncio.Event()
+        registry = h.agent.registry()
+        _login(registry, self.url)
+        h.kopf_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=h.kopf_stop,
+                                                   namespaces=[site_namespace(site)]))
+        h.task = asyncio.create_task(h.agent.run(h.stop))
+
+    async def stop_agent(self, site: str) -> None:
+        h = self.handles[site]
+        h.stop.set()
+        h.kopf_stop.set()
+        await asyncio.wait_for(asyncio.gather(*(t for t in (h.task, h.kopf_task) if t), return_exceptions=True), 30)
+        h.task = h.kopf_task = None
+
+    async def wait_enrolled(self, timeout: float = 120.0) -> None:
+        """Each site's hub namespace exists (an agent's kopf watches it from its start)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            found = [await self.api.get_or_none(Ref("v1", "namespaces", None, site_namespace(s))) for s in self.sites]
+            if all(found):
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"the sites were not enrolled within {timeout:.0f}s")
+
+    async def wait_sites_ready(self, timeout: float = 180.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            nodes = await self.api.list(Ref(API_VERSION, "hospitalnodes"))
+            if len(nodes) >= len(self.sites) and all(
+                    any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in (n.get("status") or {}).get("conditions", [])) for n in nodes):
+                return
+            await asyncio.sleep(0.3)
+        raise TimeoutError(f"the sites were not Ready within {timeout:.0f}s")
+
+    async def close(self) -> None:
+        for site in list(self.handles):
+            if self.handles[site].task is not None:
+                await self.stop_agent(site)
+        await self.stop_hub()
+        if self.hub_ctx is not None:
+            await self.hub_ctx.close()
+        kubelets = [h.kubelet for h in self.handles.values() if h.kubelet] + \
+            ([self.hub_kubelet] if self.hub_kubelet else [])
+        await asyncio.gather(*(k.stop() for k in kubelets), return_exceptions=True)
+        for h in self.handles.values():
+            await h.hub.close()
+        await self.api.close()
+
+    def processes(self) -> list[int]:
+        kubelets = [h.kubelet for h in self.handles.values() if h.kubelet] + \
+            ([self.hub_kubelet] if self.hub_kubelet else [])
+        return [pid for k in kubelets for pid in k.processes]
+
+
+@contextlib.asynccontextmanager
+async def federation(url: str, workdir: pathlib.Path, sites: list[str], *, images: int = 120,
+                     **kwargs: Any) -> AsyncIterator[Federation]:
+    fed = Federation(url, workdir, sites, **kwargs)
+    try:
+        await fed.prepare(images=images)
+        await fed.start_kubelets()
+        await fed.start_hub()
+        await fed.wait_enrolled()
+        for site in sites:
+            await fed.start_agent(site)
+        await fed.wait_sites_ready()
+        yield fed
+    finally:
+        await fed.close()
+
+
+def copy_manifest(body: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(body)

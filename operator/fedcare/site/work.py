@@ -1,0 +1,199 @@
+"""The site's work: a SuperNode training pod per accepted RoundAssignment, in the site cluster.
+
+One level-based loop (woken by assignment events, else every ``interval``) compares the
+site's assignments on the hub with its training pods in the site cluster and converges:
+
+* Accepted or Running assignment of the current attempt, deadline not passed: its pod and
+  NetworkPolicy exist; the pod's state is reported (Running, restarts, exit reason).
+* A pod that failed, or whose container restarted, counts against ``training.maxRestarts``;
+  past it the assignment is Failed and the pod deleted. A failed pod is re-created
+  (``-r<retry>``) while the limit allows.
+* Deadline passed: pod deleted, assignment Failed/DeadlinePassed (its GPUs are free again).
+* An assignment gone (the round ended or was deleted) or of an older attempt: pod and policy
+  deleted.
+
+Everything is read from the two APIs on every pass, so a restarted agent resumes without
+duplicates: pod names are derived from the assignment and the retry count in its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from ..api import conditions as c
+from ..api import resources as r
+from ..api.round_assignment import AssignmentPhase
+from ..integrations.kube import Kube, KubeError, Ref, ensure
+from ..status_writer import write_status
+from . import training_pod as tp
+from .heartbeat import node_ref
+
+log = logging.getLogger(__name__)
+
+KIND = r.ROUND_ASSIGNMENTS.kind
+AGENT_TYPES = c.owned(KIND, c.Writer.AGENT)
+ACTIVE = {AssignmentPhase.ACCEPTED.value, AssignmentPhase.RUNNING.value}
+LATER = {AssignmentPhase.RUNNING.value, AssignmentPhase.SUCCEEDED.value, AssignmentPhase.FAILED.value}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def past_deadline(assignment: dict[str, Any], now: dt.datetime | None = None) -> bool:
+    raw = (assignment.get("spec") or {}).get("deadline")
+    if not raw:
+        return False
+    return (now or _now()) >= dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+class SiteWork:
+    def __init__(self, hub: Kube, site_kube: Kube | None, site: str, agent_id: str, *,
+                 namespace: str = "fedcare-training", insecure: bool = False, interval: float = 2.0,
+                 lock: asyncio.Lock | None = None):
+        self.hub, self.site_kube, self.site, self.agent_id = hub, site_kube, site, agent_id
+        self.namespace, self.insecure, self.interval = namespace, insecure, interval
+        self.lock = lock or asyncio.Lock()     # shared with the answers: one writer of phases at a time
+        self.wake = asyncio.Event()
+        self.passes = 0
+        if insecure:
+            log.warning("DEVELOPMENT MODE: site %s accepts plaintext Flower (--insecure-flower): no TLS, no "
+                        "SuperNode authentication. Never use this with real patient data.", site)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.site_kube is None:
+            log.warning("No site cluster access: site %s cannot run training pods", self.site)
+            return
+        while not stop.is_set():
+            try:
+                await self.reconcile()
+            except KubeError as err:
+                log.warning("Site work pass failed (%s); retrying", err)
+            self.wake.clear()
+            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]
+            await asyncio.wait(waits, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+
+    # -- the pass ------------------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        assert self.site_kube is not None
+        self.passes += 1
+        ns = r.site_namespace(self.site)
+        assignments = await self.hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, ns))
+        pods = await self.site_kube.list(Ref("v1", "pods", self.namespace),
+                                         label_selector=f"{r.SITE_LABEL}={self.site},"
+                                                        f"{r.MANAGED_BY_LABEL}={r.MANAGED_BY}")
+        by_assignment: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            by_assignment.setdefault(pod["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, ""), []).append(pod)
+        wanted: set[str] = set()
+        node: dict[str, Any] | None = None
+        for ra in assignments:
+            st, spec = ra.get("status") or {}, ra.get("spec") or {}
+            key = tp._label_value(ra["metadata"]["name"])
+            if st.get("phase") not in ACTIVE or st.get("attempt") != spec.get("attempt"):
+                continue
+            if ra["metadata"].get("deletionTimestamp"):
+                continue
+            mine = by_assignment.get(key, [])
+            if past_deadline(ra):
+                await self._delete_pods(mine, ra)
+                await self._status(ra, AssignmentPhase.FAILED, c.Reason.DEADLINE_PASSED,
+                                   f"the round's deadline {spec.get('deadline')} passed; training pod deleted and "
+                                   "GPUs released")
+                continue
+            if not (spec.get("superLink") or {}).get("address"):
+                continue
+            if (spec.get("superLink") or {}).get("insecure") and not self.insecure:
+                await self._status(ra, AssignmentPhase.FAILED, c.Reason.INSECURE_REFUSED,
+                                   "the round's SuperLink runs without TLS; this site only joins it if its agent "
+                                   "runs with --insecure-flower (development only)")
+                continue
+            wanted.add(key)
+            if node is None:
+                node = await self.hub.get(node_ref(self.site))
+            await self._converge(ra, mine, node)
+        for key, mine in by_assignment.items():
+            if key not in wanted:
+                await self._delete_pods(mine, None)
+
+    async def _converge(self, ra: dict[str, Any], pods: list[dict[str, Any]], node: dict[str, Any]) -> None:
+        assert self.site_kube is not None
+        st, spec = ra.get("status") or {}, ra["spec"]
+        limit = int((spec.get("training") or {}).get("maxRestarts", 3))
+        retry = int(st.get("retries") or 0)
+        name = tp.pod_name(ra, retry)
+        stale = [p for p in pods if p["metadata"]["name"] != name]
+        if stale:
+            await self._delete_pods(stale, ra)
+        pod = next((p for p in pods if p["metadata"]["name"] == name), None)
+        await ensure(self.site_kube, "networkpolicies",
+                     tp.network_policy(ra, site=self.site, namespace=self.namespace))
+        if pod is None:
+            manifest = tp.pod_manifest(ra, node, site=self.site, namespace=self.namespace, retry=retry,
+                                       insecure=self.insecure)
+            pod, created = await ensure(self.site_kube, "pods", manifest)
+            if created:
+                log.info("Site %s: created training pod %s for round %s (attempt %s)", self.site, name,
+                         spec["roundRef"]["name"], spec.get("attempt"))
+        restarts, why = tp.container_state(pod)
+        total = retry + restarts
+        phase = (pod.get("status") or {}).get("phase") or "Pending"
+        fields = {"podName": name, "restarts": total, "retries": retry, "exitReason": why}
+        if total > limit or (phase == "Failed" and retry >= limit):
+            await self._delete_pods([pod], ra)
+            await self._status(ra, AssignmentPhase.FAILED, c.Reason.POD_FAILED,
+                               f"training pod failed {total} time(s), more than training.maxRestarts ({limit}): "
+                               f"{why or phase}", **fields)
+            return
+        if phase in ("Failed", "Succeeded"):
+            # Re-create under the next name; the retry count in status keeps it bounded.
+            await self._delete_pods([pod], ra)
+            await self._status(ra, AssignmentPhase(st.get("phase")), c.Reason.POD_FAILED,
+                               f"training pod {name} ended ({why or phase}); re-creating it "
+                               f"(retry {retry + 1} of {limit})", **{**fields, "retries": retry + 1,
+                                                                     "restarts": total + 1})
+            return
+        if phase == "Running":
+            await self._status(ra, AssignmentPhase.RUNNING, c.Reason.POD_RUNNING,
+                               f"training pod {name} is running" + (f" ({total} restart(s): {why})" if total else ""),
+                               **fields)
+        else:
+            await self._status(ra, AssignmentPhase(st.get("phase")), c.Reason(st_reason(st)),
+                               st.get("message") or "", **fields)
+
+    async def _delete_pods(self, pods: list[dict[str, Any]], ra: dict[str, Any] | None) -> None:
+        assert self.site_kube is not None
+        for pod in pods:
+            md = pod["metadata"]
+            if await self.site_kube.delete(Ref("v1", "pods", md["namespace"], md["name"])):
+                log.info("Site %s: deleted training pod %s", self.site, md["name"])
+        if ra is None and pods:
+            key = pods[0]["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, "")
+            policies = Ref("networking.k8s.io/v1", "networkpolicies", self.namespace)
+            for np in await self.site_kube.list(policies, label_selector=f"{r.SITE_LABEL}={self.site},"
+                                                                          f"{tp.ASSIGNMENT_LABEL}={key}"):
+                await self.site_kube.delete(Ref(policies.api_version, policies.plural, self.namespace,
+                                                np["metadata"]["name"]))
+
+    async def _status(self, ra: dict[str, Any], phase: AssignmentPhase, reason: c.Reason, message: str,
+                      **fields: Any) -> None:
+        md = ra["metadata"]
+        gen = md.get("generation")
+        ok = phase in (AssignmentPhase.ACCEPTED, AssignmentPhase.RUNNING, AssignmentPhase.SUCCEEDED)
+        updates = [c.make(c.ConditionType.READY, ok, reason, message, generation=gen)]
+        ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
+        async with self.lock:
+            await write_status(self.hub, ref, owned_types=AGENT_TYPES, updates=updates,
+                               fields={"phase": phase.value, "message": message, "agentId": self.agent_id,
+                                       **fields})
+
+
+def st_reason(status: dict[str, Any]) -> str:
+    ready = c.raw_condition({"status": status}, c.ConditionType.READY.value) or {}
+    reason = ready.get("reason") or c.Reason.ACCEPTED.value
+    return reason if reason in c.Reason._value2member_map_ else c.Reason.ACCEPTED.value
