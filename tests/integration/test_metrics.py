@@ -259,6 +259,11 @@ async def test_metrics_are_served_during_an_api_outage_and_count_its_errors(emul
     async with hub() as logs, metrics_servers(logs.ctx) as (hub_srv, _):
         await api.create(NODES, node_body("rouen"))
         await eventually(lambda: _enrolled(api), timeout=15)
+
+        async def hub_saw_enrollment():   # the hub's memory follows its watch: on a loaded machine, later
+            return sample(await scrape(hub_srv.url), "fedcare_sites", condition="Enrolled", status="True") == 1
+
+        await eventually(hub_saw_enrollment, timeout=30, interval=0.5)
         status_503 = {"verb": "PATCH", "resource": "hospitalnodes/status", "code": "503"}
         before = sample(await scrape(hub_srv.url), "fedcare_kube_requests_total", **status_503) or 0.0
         outage = emulator.inject(lambda req: True, kmock.KubernetesError(503, "ServiceUnavailable", "down"),

@@ -52,7 +52,7 @@ def test_two_rounds_on_three_supernodes(tmp_path):
     assert bad_prov["status"] == "failed" and "0 of 3 sites returned a usable update" in bad_prov["error"]
     for site in SITES:  # real flwr error replies, booked on the right site via the site= prefix
         err = bad_prov["rounds"][1]["sites"][site]["error"]
-        assert err.startswith("CLIENT_APP_RAISED_EXCEPTION") and "unknown label; expected one of normal,benign,cancer" in err
+        assert err.startswith("CLIENT_APP_RAISED_EXCEPTION") and "unknown label; expected one of normal, benign, cancer" in err
         assert "[ref=" in err and str(data) not in err   # redacted: no paths or row ids leave the site
     assert not (bad_out / "model.safetensors").exists()
 
