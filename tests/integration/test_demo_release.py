@@ -1,4 +1,4 @@
-"""The demo's release step: anvil, ModelRegistry deploy, the hub anchors the model, `fedcare verify` passes.
+"""The sandbox release step: anvil, ModelRegistry deploy, the hub anchors the model, `fedcare verify` passes.
 
 (The demo's training step is slow; here the model and its provenance are fixture files of the
 same layout the Flower ServerApp writes: out/model.safetensors + out/provenance.json.)
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from fedcare.hub.context import HubContext
 from fedcare.hub.handlers import make_registry
-from fedcare.integrations.kube import Kube
-from fedcare.sandbox import demo
+from fedcare.integrations.kube import Kube, RetryPolicy
 from fedcare.sandbox import release as sandbox_release
 from tests.support.harness import run_operator
 from tests.support.releases import make_model
@@ -19,11 +18,12 @@ async def test_demo_release_step_anchors_and_verifies(emulator, anvil, tmp_path,
     out = tmp_path / "out"
     make_model(out)
     cfg = sandbox_release.release_config(anvil.url, anvil.chain_id)
-    api = Kube.from_url(str(emulator.url), policy=demo.POLICY)
-    ctx = HubContext(kube=Kube.from_url(str(emulator.url), policy=demo.POLICY), release=cfg)
+    policy = RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0, timeout=5.0)
+    api = Kube.from_url(str(emulator.url), policy=policy)
+    ctx = HubContext(kube=Kube.from_url(str(emulator.url), policy=policy), release=cfg)
     try:
         async with run_operator(emulator, make_registry(ctx)):
-            await demo._release(api, cfg, out)
+            await sandbox_release.release_step(api, cfg, out)
     finally:
         await api.close()
     printed = capsys.readouterr().out

@@ -83,3 +83,31 @@ async def release_model(api: Kube, cfg: ReleaseConfig, out: pathlib.Path, say: A
         await asyncio.sleep(0.2)
     say("the release did not reach Anchored in time")
     return None
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+async def release_step(api: Kube, cfg: ReleaseConfig | None, out: pathlib.Path) -> None:
+    """Deploy the registry on the local chain, let the hub release the model in ``out`` (verify,
+    sign, anchor, promote to Staging), then check it as a stranger would with `fedcare verify`."""
+    if cfg is None:
+        _say("Release skipped: anvil is not installed (make contracts-deps)")
+        return
+    address = await deploy(cfg)
+    _say(f"Local chain: anvil at {cfg.rpc_url}; ModelRegistry deployed at {address} (fedcare chain deploy)")
+    _say("Releasing the trained model: the hub verifies its sha256 and provenance, signs the release digest, "
+         "anchors it on chain and promotes it to Staging")
+    obj = await release_model(api, cfg, out, _say)
+    if obj is None:
+        return
+    st = obj["status"]
+    print(f"   phase={st.get('phase')} stage={st.get('stage')} tx={st['anchor']['txHash']} "
+          f"block={st['anchor']['blockNumber']} provenanceRoot={st.get('provenanceRoot', '')[:16]}…")
+    _say(f"Anyone can now check it: fedcare verify {out / 'model.safetensors'} --rpc {cfg.rpc_url} "
+         f"--contract {address}")
+    from ..cli import main as cli_main
+    code = await asyncio.to_thread(cli_main, ["verify", str(out / "model.safetensors"), "--rpc", cfg.rpc_url,
+                                              "--contract", address])
+    print(f"   fedcare verify exit status {code}")
