@@ -138,9 +138,14 @@ async def demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Path
             say(f"Round {st['phase']} in {time.monotonic() - start:.0f}s "
                 f"({cond(obj, 'Ready').get('reason')}: {cond(obj, 'Ready').get('message', '')[:200]})")
             summary(obj)
-            pods = await fed.api.list(Ref("v1", "pods", WORK_NAMESPACE))
-            print(f"   training pods left: {len(pods)}; SuperLink pods left: "
-                  f"{len(await fed.api.list(Ref('v1', 'pods', 'default')))}")
+            # A finished round's pods terminate gracefully (the kubelets finalize them): give them time.
+            for _ in range(60):
+                pods = await fed.api.list(Ref("v1", "pods", WORK_NAMESPACE))
+                links = await fed.api.list(Ref("v1", "pods", "default"))
+                if not pods and not links:
+                    break
+                await asyncio.sleep(1.0)
+            print(f"   training pods left: {len(pods)}; SuperLink pods left: {len(links)}")
             if ok:
                 uri = st["result"]["storageUri"].removeprefix("pvc://fedcare-artifacts/")
                 folder = (fed.artifact_dir / uri).parent
