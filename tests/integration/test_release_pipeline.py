@@ -144,8 +144,15 @@ async def test_release_of_a_round_that_has_not_succeeded(hub, api, anvil, dev_ke
         assert "not Succeeded" in cond(obj, "Verified")["message"] and obj["status"]["phase"] == "Pending"
         # the round succeeds (its status written as the round controller would): the release proceeds
         await api.patch(Ref(API_VERSION, "federatedrounds", "default", ROUND["metadata"]["name"]),
-                        {"status": {"phase": "Succeeded", "result": {"digest": digest}}}, status=True)
-        obj = await condition(api, "early", "Ready")
+                        {"status": {"phase": "Succeeded", "result": {"digest": digest}, "cleanedUp": True,
+                                    "conditions": [{"type": "Complete", "status": "True", "reason": "RunSucceeded",
+                                                    "message": "faked by the test",
+                                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+                        status=True)   # Complete + cleanedUp: a finished round the round controller leaves alone
+        # the pipeline retries with back-off (5 s doubling): the next try may be a while away
+        obj = await condition(api, "early", "Ready", timeout=120)
+        rnd = await api.get(Ref(API_VERSION, "federatedrounds", "default", ROUND["metadata"]["name"]))
+        assert rnd["status"]["phase"] == "Succeeded"     # the round controller left the finished round alone
     assert obj["status"]["roundId"] != ""
 
 
