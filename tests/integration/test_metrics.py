@@ -206,7 +206,7 @@ async def _check_values(prom, truth: list[dict]) -> None:
     assert {s["metric"]["site"] for s in ages} == {"rouen", "lyon"}
     assert all(0 <= float(s["value"][1]) < 10 for s in ages)        # renewed within one lease duration
     phases = {s["metric"]["phase"]: float(s["value"][1]) for s in (await prom.query("fedcare_rounds"))["result"]}
-    assert phases["Pending"] >= 1
+    assert sum(phases.values()) >= 1       # the one round, in whatever phase execution has reached
     assert await _value(prom, 'sum(fedcare_releases{phase="Pending"})') == 1
     for kind in ("HospitalNode", "FederatedRound", "ModelRelease"):
         assert await _value(prom, f'sum(fedcare_reconcile_duration_seconds_count{{kind="{kind}"}})') >= 1
@@ -236,7 +236,8 @@ async def _all_reported(api, n: int):
 
 
 def _phase_reported(ctx) -> bool:
-    return ctx.rounds.counts().get("Pending", 0) >= 1 and ctx.releases.counts().get("Pending", 0) >= 1
+    # the round may already have moved on (round execution runs in the hub): any phase counts
+    return sum(ctx.rounds.counts().values()) >= 1 and sum(ctx.releases.counts().values()) >= 1
 
 
 async def _assign(api, site: str, gpus: int, *, wait: bool = True) -> None:
