@@ -235,9 +235,11 @@ class Federation:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"the sites were not enrolled within {timeout:.0f}s")
 
-    async def wait_sites_ready(self, timeout: float = 180.0) -> None:
+    async def wait_sites_ready(self, timeout: float = 420.0) -> None:
+        """Generous: on a loaded 2-core machine the agents' first reports can take minutes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        nodes: list[dict] = []
         while loop.time() < deadline:
             nodes = await self.api.list(Ref(API_VERSION, "hospitalnodes"))
             if len(nodes) >= len(self.sites) and all(
@@ -245,7 +247,10 @@ class Federation:
                         for c in (n.get("status") or {}).get("conditions", [])) for n in nodes):
                 return
             await asyncio.sleep(0.3)
-        raise TimeoutError(f"the sites were not Ready within {timeout:.0f}s")
+        why = "; ".join(f"{n['metadata']['name']}: " + next(
+            (f"{c['reason']}: {c.get('message', '')[:120]}" for c in (n.get("status") or {}).get("conditions", [])
+             if c["type"] == "Ready"), "no Ready condition") for n in nodes)
+        raise TimeoutError(f"the sites were not Ready within {timeout:.0f}s ({why or 'no HospitalNode'})")
 
     async def close(self) -> None:
         for site in list(self.handles):
