@@ -20,8 +20,9 @@ import pytest
 
 from fedcare.hub import enrollment as e
 from fedcare.hub import hospital_node_service as nodes
-from fedcare.integrations.kube import Kube, Ref
+from fedcare.integrations.kube import Kube
 from tests.support.bad_manifests import load
+from tests.integration.test_real_cluster import _free_port, _spawn, _stop
 from tests.support.cluster import HELM, Cluster, RealTier
 
 pytestmark = pytest.mark.cluster
@@ -79,36 +80,37 @@ async def test_the_hub_enrolls_with_its_chart_rbac_and_nothing_more(real_cluster
     k.kubectl("create", "namespace", NS)
     applied = [d for d in docs if d["metadata"]["name"] != e.SITE_AGENT_CLUSTER_ROLE]   # the session's own
     k.kubectl("apply", "-f", "-", input="\n---\n".join(_doc(d) for d in docs))
-    hub_kube = None
+    hub_kube = hub = agent = None
+    codes: list[int] = []
     try:
         hub_kc = k.kubeconfig_for_token(tmp_path / "hub.kubeconfig", k.token(NS, HUB_SA, 3600), NS)
         await _wait_until_policy_answers(k, hub_kc)
         k.kubectl("create", "namespace", "hospital-data")        # a user's namespace, not a site's
 
-        # (a) enrollment as the hub's identity, end to end
+        # (a) enrollment as the hub's identity, end to end: `fedcare hub` with only the hub's
+        # token, `fedcare agent` with only the token the hub mints for the site
+        hub = _spawn(["hub", "--kubeconfig", hub_kc, "--liveness", f"http://127.0.0.1:{_free_port()}/healthz"],
+                     tmp_path / "hub.log", tmp_path)
         doc = load("hospitalnode-rouen.yaml")
         doc["spec"].pop("gpu")
+        doc["spec"]["leaseDurationSeconds"] = 10
         k.kubectl("apply", "-f", "-", input=_doc(doc))
-        body = k.kubectl_json("get", "hospitalnode", "rouen")
-        hub_kube = await Kube.from_kubeconfig(hub_kc)
-        await nodes.reconcile(hub_kube, body, log)
-        node = k.kubectl_json("get", "hospitalnode", "rouen")
-        enrolled = next(c for c in node["status"]["conditions"] if c["type"] == "Enrolled")
-        assert enrolled["status"] == "True", enrolled
+        k.kubectl("wait", "--for=condition=Enrolled", "hospitalnode/rouen", "--timeout=90s")
         binding = k.kubectl_json("get", "rolebinding", "fedcare-site", "-n", "fedcare-site-rouen")
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                       "name": e.SITE_AGENT_CLUSTER_ROLE}
         assert k.kubectl_json("get", "clusterrolebinding", "fedcare-site-rouen")["subjects"][0]["namespace"] == \
             "fedcare-site-rouen"
+        hub_kube = await Kube.from_kubeconfig(hub_kc)
         await nodes.reconcile(hub_kube, k.kubectl_json("get", "hospitalnode", "rouen"), log)   # idempotent
 
-        # The agent's token, minted by the hub (as hub_credential does), does the agent's job.
+        # The agent's token, minted by the hub's identity (as hub_credential does), does the agent's job.
         minted = _as(k, hub_kc, "create", "token", "fedcare-agent", "-n", "fedcare-site-rouen")
         assert minted.returncode == 0, minted.stderr
         agent_kc = k.kubeconfig_for_token(tmp_path / "agent.kubeconfig", minted.stdout.strip(), "fedcare-site-rouen")
-        renew = _as(k, agent_kc, "patch", "lease", "fedcare-agent", "-n", "fedcare-site-rouen", "--type=merge",
-                    "-p", '{"spec":{"holderIdentity":"rouen","renewTime":"2026-01-01T00:00:00.000000Z"}}')
-        assert renew.returncode == 0, renew.stderr
+        agent = _spawn(["agent", "--site", "rouen", "--hub-kubeconfig", agent_kc, "--site-kubeconfig", "",
+                        "--liveness", f"http://127.0.0.1:{_free_port()}/healthz"], tmp_path / "agent.log", tmp_path)
+        k.kubectl("wait", "--for=condition=Ready", "hospitalnode/rouen", "--timeout=90s")
         assert _as(k, agent_kc, "get", "roundassignments", "-n", "fedcare-site-rouen").returncode == 0
         own = _as(k, agent_kc, "patch", "hospitalnode", "rouen", "--subresource=status", "--type=merge",
                   "-p", '{"status":{"gpuSummary":"0/0"}}')
@@ -155,14 +157,24 @@ async def test_the_hub_enrolls_with_its_chart_rbac_and_nothing_more(real_cluster
         # The agent on every field of the status the hub owns: the site-status policy.
         await _agent_cannot_forge_the_hub_view(k, agent_kc)
 
-        # deletion, still as the hub
-        await nodes.finalize(hub_kube, k.kubectl_json("get", "hospitalnode", "rouen"), log)
+        # deletion, by the hub process's finalizer, still as the hub
+        codes.append(_stop(agent))
+        agent = None
+        k.kubectl("delete", "hospitalnode", "rouen", "--timeout=90s")
         assert _as(k, k.kubeconfig, "get", "clusterrole", "fedcare-site-rouen").returncode != 0
         assert _as(k, k.kubeconfig, "get", "clusterrolebinding", "fedcare-site-rouen").returncode != 0
-        gone = k.kubectl_json("get", "namespace", "fedcare-site-rouen", check=False) \
-            if _as(k, k.kubeconfig, "get", "namespace", "fedcare-site-rouen").returncode == 0 else None
-        assert gone is None or gone["metadata"].get("deletionTimestamp"), gone
+        ns = _as(k, k.kubeconfig, "get", "namespace", "fedcare-site-rouen", "-o", "json")
+        assert ns.returncode != 0 or json.loads(ns.stdout)["metadata"].get("deletionTimestamp"), ns.stdout
+        codes.append(_stop(hub))
+        hub = None
+        hub_log = (tmp_path / "hub.log").read_text()
+        # the chart's RBAC covers everything the hub did: not one request refused
+        assert "Forbidden" not in hub_log and "403" not in hub_log, hub_log[-4000:]
+        assert codes == [0, 0], (tmp_path / "agent.log").read_text()[-3000:] + hub_log[-3000:]
     finally:
+        for proc in (agent, hub):
+            if proc is not None:
+                _stop(proc)
         if hub_kube is not None:
             await hub_kube.close()
         k.kubectl("delete", "--ignore-not-found", "-f", "-", input="\n---\n".join(_doc(d) for d in applied),
@@ -180,24 +192,34 @@ def _status_patch(k: Cluster, kubeconfig: str, status: dict) -> subprocess.Compl
 async def _agent_cannot_forge_the_hub_view(k: Cluster, agent_kc: str) -> None:
     node = k.kubectl_json("get", "hospitalnode", "rouen")
     conds = node["status"]["conditions"]
-    hub_types = ["Enrolled", "Available", "Ready"]
-    assert {c["type"] for c in conds} >= set(hub_types), conds
+    present = {c["type"] for c in conds}
+    assert present >= {"Enrolled", "Available", "Ready"}, conds
+    hub_types = [t for t in ("Enrolled", "Available", "Ready", "CredentialsReady") if t in present]
     for ctype in hub_types:
-        forged = [dict(c, status="True", reason="Forged", message="forged by the site") if c["type"] == ctype else c
-                  for c in conds]
+        forged = [dict(c, status="True" if c["status"] != "True" else "False", reason="Forged",
+                       message="forged by the site") if c["type"] == ctype else c for c in conds]
         _refused(_status_patch(k, agent_kc, {"conditions": forged}), "may not change the hub's conditions")
         dropped = [c for c in conds if c["type"] != ctype]
         _refused(_status_patch(k, agent_kc, {"conditions": dropped}), "may not change the hub's conditions")
-    added = conds + [{"type": "CredentialsReady", "status": "True", "reason": "Forged", "message": "",
-                      "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    # a hub condition the hub has not written (yet) may not be added either
+    absent = "CredentialsReady" if "CredentialsReady" not in present else None
+    dropped_cr = [c for c in conds if c["type"] != "CredentialsReady"]
+    if absent is None:     # drop it as admin, then try to add it as the agent
+        _status_patch(k, k.kubeconfig, {"conditions": dropped_cr})
+    added = dropped_cr + [{"type": "CredentialsReady", "status": "True", "reason": "Forged", "message": "",
+                           "lastTransitionTime": "2026-01-01T00:00:00Z"}]
     _refused(_status_patch(k, agent_kc, {"conditions": added}), "may not change the hub's conditions")
+    conds = k.kubectl_json("get", "hospitalnode", "rouen")["status"]["conditions"]
     for field, value in (("siteNamespace", "fedcare-site-lyon"), ("lastHeartbeatTime", "2030-01-01T00:00:00Z"),
-                         ("phase", "Ready")):
+                         ("phase", "Invalid")):
         _refused(_status_patch(k, agent_kc, {field: value}), "may not change the hub's status fields")
     _refused(_status_patch(k, agent_kc, {"observedGeneration": 99}), "observedGeneration")
     # its own fields stay writable, hub conditions untouched, and the spec is not its to change
     assert _status_patch(k, agent_kc, {"gpuSummary": "1/1"}).returncode == 0
     _refused(_as(k, agent_kc, "patch", "hospitalnode", "rouen", "--type=merge", "-p", '{"spec":{"cordoned":true}}'))
     after = k.kubectl_json("get", "hospitalnode", "rouen")
-    assert [c for c in after["status"]["conditions"] if c["type"] in hub_types] == \
-        [c for c in conds if c["type"] in hub_types]
+
+    def view(cs: list[dict]) -> list[tuple[str, str, str]]:
+        return sorted((c["type"], c["status"], c["reason"]) for c in cs if c["type"] in ("Enrolled", "Available", "Ready"))
+
+    assert view(after["status"]["conditions"]) == view(conds)
