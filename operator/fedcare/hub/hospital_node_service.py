@@ -168,7 +168,7 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
     try:
         for plural, build in e.CHILDREN:
             desired = build(body)
-            if "roleRef" in desired:
+            if plural == "rolebindings":   # the one roleRef that changed (the Role it replaced is not read any more)
                 await _migrate_binding(kube, plural, desired, body, logger)
             if (await ensure(kube, plural, desired, owner_uid=uid))[1]:
                 created.append(f"{desired['kind']} {_display(desired)}")
