@@ -9,7 +9,7 @@ For each tier, in one run on this machine:
 - CRDs: `kubectl apply --server-side -f crds/` until every CRD is Established (real only:
   the emulator serves fedcare's kinds built in);
 - enrollment: N HospitalNodes created at once, `fedcare hub` (a separate process) enrolls
-  each (namespace, ServiceAccount, Role/RoleBinding, ClusterRole/Binding, Lease, status):
+  each (namespace, ServiceAccount, RoleBinding, ClusterRole/Binding, Lease, status):
   wall time until every one is Enrolled=True, objects/s, and the hub's RSS at the end.
 Needs `make kube` (the real tier) and `make venv`.
 """

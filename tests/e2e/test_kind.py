@@ -86,8 +86,8 @@ def enrolled(hub: Cluster) -> Cluster:
 
 
 def test_enrollment_creates_the_site_identity(enrolled):
-    for kind, name in [("namespace", SITE_NS), ("serviceaccount", "fedcare-agent"), ("role", "fedcare-site"),
-                       ("rolebinding", "fedcare-site")]:
+    # the RoleBinding binds the chart's ClusterRole fedcare:site-agent: no per-site Role any more
+    for kind, name in [("namespace", SITE_NS), ("serviceaccount", "fedcare-agent"), ("rolebinding", "fedcare-site")]:
         args = (kind, name) if kind == "namespace" else (kind, name, "-n", SITE_NS)
         eventually(lambda: enrolled.exists(*args), timeout=60, what=f"{kind} {name} in {SITE_NS}")
 

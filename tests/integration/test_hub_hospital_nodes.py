@@ -25,7 +25,6 @@ def node_ref(name="rouen"):
 CHILDREN = [
     Ref("v1", "namespaces", None, SITE_NS),
     Ref("v1", "serviceaccounts", SITE_NS, "fedcare-agent"),
-    Ref("rbac.authorization.k8s.io/v1", "roles", SITE_NS, "fedcare-site"),
     Ref("rbac.authorization.k8s.io/v1", "rolebindings", SITE_NS, "fedcare-site"),
     Ref("rbac.authorization.k8s.io/v1", "clusterroles", None, "fedcare-site-rouen"),
     Ref("rbac.authorization.k8s.io/v1", "clusterrolebindings", None, "fedcare-site-rouen"),
@@ -65,8 +64,10 @@ async def test_create_enrolls_the_site(hub, api):
     assert ready["status"] == "False" and ready["reason"] == "SiteUnavailable"
     assert status["phase"] == "NotReady"
     assert FINALIZER in obj["metadata"]["finalizers"]
-    role = await api.get(CHILDREN[2])
-    assert role["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    binding = await api.get(CHILDREN[2])
+    assert binding["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "fedcare:site-agent"}     # the chart's, not one per site
     assert logs.grep("Created Namespace fedcare-site-rouen")
 
 

@@ -60,6 +60,10 @@ class Cluster:
         self.kubectl("apply", "--server-side", "--field-manager=fedcare-tests", "-f", str(ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      *[f"crd/{r.crd_name}" for r in RESOURCES])
+        # What the chart installs beside the CRDs and every site's RoleBinding refers to.
+        from fedcare.hub.enrollment import build_site_agent_cluster_role
+        self.kubectl("apply", "--server-side", "--field-manager=fedcare-tests", "-f", "-",
+                     input=json.dumps(build_site_agent_cluster_role()))
         return time.monotonic() - began
 
     def token(self, namespace: str, service_account: str, seconds: int = 3600) -> str:

@@ -201,34 +201,111 @@ def grants(*, groups, resources, verbs) -> set[tuple[str, str, str, str]]:
 
 
 CRUD = ["get", "list", "watch", "create", "patch", "delete"]
+WRITE = ["get", "create", "patch", "delete"]
 HUB_RULES = (
     grants(groups=["fedcare.io"], resources=[p for res in RESOURCES for p in (res.plural, f"{res.plural}/status")],
            verbs=[*CRUD, "update"])
     | grants(groups=[""], resources=["namespaces", "serviceaccounts"], verbs=CRUD)
     | grants(groups=[""], resources=["serviceaccounts/token"], verbs=["create"])
     | grants(groups=[""], resources=["pods", "services", "persistentvolumeclaims"], verbs=CRUD)   # SuperLinks
-    | grants(groups=["rbac.authorization.k8s.io"],
-             resources=["roles", "rolebindings", "clusterroles", "clusterrolebindings"], verbs=CRUD)
-    | grants(groups=["coordination.k8s.io"], resources=["leases"], verbs=[*CRUD, "update"])
+    | grants(groups=["rbac.authorization.k8s.io"], resources=["rolebindings", "clusterroles", "clusterrolebindings"],
+             verbs=WRITE)
+    | grants(groups=["rbac.authorization.k8s.io"], resources=["roles"], verbs=["get", "delete"])
+    | {("rbac.authorization.k8s.io", "clusterroles", "bind", enrollment.SITE_AGENT_CLUSTER_ROLE)}
+    | grants(groups=["coordination.k8s.io"], resources=["leases"], verbs=CRUD)
     | grants(groups=["", "events.k8s.io"], resources=["events"], verbs=["create", "patch"])
     | grants(groups=["apiextensions.k8s.io"], resources=["customresourcedefinitions"], verbs=["get", "list", "watch"])
 )
 
 
+def hub_role(docs: list[dict]) -> dict:
+    return next(d for d in of_kind(docs, "ClusterRole") if d["metadata"]["name"] != enrollment.SITE_AGENT_CLUSTER_ROLE)
+
+
 def test_hub_rbac_is_exactly_what_the_hub_needs(hub):
-    assert rules_of(hub, "ClusterRole") == HUB_RULES
+    rules = rules_of([hub_role(hub)], "ClusterRole")
+    assert rules == HUB_RULES
     assert not of_kind(hub, "Role") and not of_kind(hub, "RoleBinding")
-    assert not any("*" in t for t in HUB_RULES), "no wildcard verbs, groups or resources"
-    assert not {v for _, _, v, _ in HUB_RULES} & {"escalate", "bind", "impersonate"}
+    assert not any("*" in t for t in rules), "no wildcard verbs, groups or resources"
+    assert not {v for _, _, v, _ in rules} & {"escalate", "impersonate"}
+    # `bind` only on the chart's own site ClusterRole, by name: never cluster-admin or "any role"
+    assert {(r, n) for _, r, v, n in rules if v == "bind"} == {("clusterroles", enrollment.SITE_AGENT_CLUSTER_ROLE)}
+    # no rights the hub's job does not need: no Secrets, no `update` on Leases (that is the agent's)
+    assert not {t for t in rules if t[1] in ("secrets", "nodes", "configmaps")}
+    assert ("coordination.k8s.io", "leases", "update", "") not in rules
+    assert not {t for t in rules if t[1] == "roles" and t[2] in ("create", "patch", "update")}
 
 
-def test_hub_holds_every_permission_it_grants_to_sites():
-    # Otherwise the API server's escalation check refuses the hub's per-site Role/ClusterRole.
+def test_the_site_agent_cluster_role_is_what_enrollment_binds(hub):
+    role = next(d for d in of_kind(hub, "ClusterRole") if d["metadata"]["name"] == enrollment.SITE_AGENT_CLUSTER_ROLE)
+    assert role["rules"] == enrollment.site_role_rules()
+    assert role == {**enrollment.build_site_agent_cluster_role(), "metadata": role["metadata"]}
     node = {"metadata": {"name": "rouen", "uid": "u1"}}
-    site_roles = [{"kind": "Role", "rules": enrollment.site_role_rules()}, enrollment.build_cluster_role(node)]
-    granted = rules_of(site_roles, "Role") | rules_of(site_roles, "ClusterRole")
-    missing = {(g, r, v) for g, r, v, _ in granted} - {(g, r, v) for g, r, v, _ in HUB_RULES}
-    assert not missing, f"the hub grants sites what it does not hold itself: {sorted(missing)}"
+    assert enrollment.build_role_binding(node)["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": enrollment.SITE_AGENT_CLUSTER_ROLE}
+
+
+def test_the_hub_holds_what_it_grants_per_site_and_binds_the_rest():
+    """The API server's escalation check: a role the hub creates may only hold what the hub
+    holds; a binding needs either that or `bind` on the role. The per-site own-node ClusterRole
+    is created (so its rights must be held); fedcare:site-agent is only bound."""
+    node = {"metadata": {"name": "rouen", "uid": "u1"}}
+    created = rules_of([enrollment.build_cluster_role(node)], "ClusterRole")
+    missing = {(g, r, v) for g, r, v, _ in created} - {(g, r, v) for g, r, v, _ in HUB_RULES}
+    assert not missing, f"the hub creates a ClusterRole with rights it does not hold: {sorted(missing)}"
+    built = [b(node) for _, b in enrollment.CHILDREN]
+    assert not [o for o in built if o["kind"] == "Role"], "no per-site Role any more"
+    bound = {o["roleRef"]["name"] for o in built if "roleRef" in o}
+    assert bound == {enrollment.SITE_AGENT_CLUSTER_ROLE, enrollment.cluster_role_name("rouen")}
+
+
+def hub_scope(docs: list[dict]) -> dict:
+    return next(d for d in of_kind(docs, "ValidatingAdmissionPolicy") if d["metadata"]["name"].endswith("-hub-scope"))
+
+
+def test_the_hub_scope_policy_confines_the_hubs_writes(hub):
+    """RBAC cannot limit names by prefix: this policy must cover every kind the hub may write
+    cluster-wide in the RBAC/identity/Lease groups, for the hub's own ServiceAccount only."""
+    policy = hub_scope(hub)
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    covered = {(g, r) for rule in spec["matchConstraints"]["resourceRules"] for g in rule["apiGroups"]
+               for r in rule["resources"] if set(rule["operations"]) >= {"CREATE", "UPDATE", "DELETE"}}
+    writes = {(g, r) for g, r, v, _ in HUB_RULES if v in ("create", "patch", "update", "delete")
+              and g in ("", "rbac.authorization.k8s.io", "coordination.k8s.io")
+              and r not in ("pods", "services", "persistentvolumeclaims", "events")}
+    assert writes <= covered, f"hub writes the policy does not confine: {sorted(writes - covered)}"
+    account = only(hub, "ServiceAccount")["metadata"]["name"]
+    assert spec["matchConditions"][0]["expression"] == \
+        f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{account}'"
+    text = "\n".join(v["expression"] for v in spec["validations"])
+    for needle in ("request.name.startsWith(variables.prefix)", "request.namespace.startsWith(variables.prefix)",
+                   "request.name == 'fedcare-agent'", f"object.roleRef.name == '{enrollment.SITE_AGENT_CLUSTER_ROLE}'",
+                   "r.resourceNames == [variables.site]", "!has(object.aggregationRule)"):
+        assert needle in text, needle
+    assert all(v["reason"] == "Forbidden" for v in spec["validations"])
+    binding = next(d for d in of_kind(hub, "ValidatingAdmissionPolicyBinding")
+                   if d["spec"]["policyName"] == policy["metadata"]["name"])
+    assert binding["spec"]["validationActions"] == ["Deny"]
+
+
+def test_the_site_status_policy_guards_every_hub_field(hub):
+    from fedcare.api import conditions as c
+
+    policy = next(d for d in of_kind(hub, "ValidatingAdmissionPolicy")
+                  if d["metadata"]["name"].endswith("-site-status"))
+    text = "\n".join(v["expression"] for v in policy["spec"]["validations"])
+    for ctype in c.owned("HospitalNode", c.Writer.HUB):
+        assert f"'{ctype}'" in text, ctype
+    for field in ("siteNamespace", "lastHeartbeatTime", "phase", "observedGeneration"):
+        assert field in text, field
+    for agent_field in ("capacity", "gpus", "gpuSummary", "versions", "GPUReady"):
+        assert agent_field not in text, agent_field
+
+
+def test_without_the_admission_policy_there_is_no_hub_scope(helm):
+    docs = render(helm, {"admissionPolicy.enabled": "false"})
+    assert not of_kind(docs, "ValidatingAdmissionPolicy")
 
 
 def test_site_rbac_is_nodes_read_plus_its_namespace(site):

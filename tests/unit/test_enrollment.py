@@ -24,6 +24,13 @@ def test_children_are_valid_and_owned(plural, build):
                                       "uid": "0b7e-uid", "controller": True, "blockOwnerDeletion": False}]
 
 
+def test_the_site_agent_cluster_role_is_valid_and_fixed():
+    role = e.build_site_agent_cluster_role()
+    kubernetes_validate.validate(role, "1.33", strict=True)
+    assert role["metadata"]["name"] == "fedcare:site-agent"      # cannot clash with fedcare-site-<site>
+    assert e.build_role_binding(NODE)["roleRef"]["kind"] == "ClusterRole"
+
+
 def test_lease_is_valid():
     lease = e.build_lease(NODE, 40)
     kubernetes_validate.validate(lease, "1.33", strict=True)
@@ -33,11 +40,14 @@ def test_lease_is_valid():
 def allowed(verb: str, group: str, resource: str, namespace: str | None, name: str | None,
             subject=AGENT, site: dict = NODE) -> bool:
     """A tiny RBAC authorizer over the objects enrollment creates (what kube-apiserver would do)."""
-    role, binding = e.build_role(site), e.build_role_binding(site)
+    # the RoleBinding refers to the chart's ClusterRole: its rules hold in the binding's namespace only
+    role, binding = e.build_site_agent_cluster_role(), e.build_role_binding(site)
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
     crole, cbinding = e.build_cluster_role(site), e.build_cluster_role_binding(site)
+    assert cbinding["roleRef"]["name"] == crole["metadata"]["name"]
     kind, sa_ns, sa = subject
     grants = []
-    for b, rules, scope in ((binding, role["rules"], role["metadata"]["namespace"]), (cbinding, crole["rules"], None)):
+    for b, rules, scope in ((binding, role["rules"], binding["metadata"]["namespace"]), (cbinding, crole["rules"], None)):
         if any(s["name"] == sa and s["namespace"] == sa_ns for s in b["subjects"]):
             grants += [(rule, scope) for rule in rules]
     for rule, scope in grants:
@@ -83,6 +93,6 @@ def test_another_sites_identity_gets_nothing_here():
 
 
 def test_no_wildcards_anywhere():
-    for build in (e.build_role, e.build_cluster_role):
-        for rule in build(NODE)["rules"]:
+    for role in (e.build_site_agent_cluster_role(), e.build_cluster_role(NODE)):
+        for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]

@@ -5,6 +5,13 @@ of one kopf daemon per HospitalNode: a thousand sites cost one timer, not a thou
 tasks with their own state. Renewals (from the Lease watch) and node events (from the
 HospitalNode watch) feed it; it writes ``Available`` only on a transition, plus
 ``lastHeartbeatTime`` at most once per lease duration, so healthy sites cost few writes.
+
+It also repairs: ``Available`` and ``lastHeartbeatTime`` are the hub's, and the monitor
+remembers what it last wrote (or first read). A HospitalNode event — or a resync pass
+(hub/resync.py) — showing anything else means somebody outside the hub wrote them (the
+chart's admission policy stops site agents; an administrator or a broken tool is not
+stopped): the monitor writes its own value back at once, Ready follows, and a Warning Event
+says so. A stale watch event is not mistaken for such a write: the repair re-reads first.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from ..api import conditions as c
 from ..api.base import ConditionStatus
 from ..integrations.kube import Kube, KubeError
 from .heartbeats import HeartbeatTracker
-from .hospital_node_service import lease_duration, offers_gpus, write_hub_status
+from .hospital_node_service import lease_duration, node_ref, offers_gpus, write_hub_status
 
 log = logging.getLogger(__name__)
 TRUE, UNKNOWN = ConditionStatus.TRUE.value, ConditionStatus.UNKNOWN.value
@@ -46,7 +53,21 @@ class SiteView:
     state: str | None                     # the Available status we last wrote or read
     body: dict[str, Any] | None = None    # the latest copy seen on the watch: saves a read per write
     last_stamp: float = float("-inf")     # hub clock of our last lastHeartbeatTime write
+    #: (status, reason, message) of Available as the hub last wrote it (or first read it)
+    written: tuple[str, str, str] | None = None
+    #: lastHeartbeatTime as the hub last wrote it (or first read it)
+    stamp_value: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    repairing: bool = False
+
+
+def _available_of(body: dict[str, Any]) -> tuple[str, str, str] | None:
+    cond = c.raw_condition(body, c.ConditionType.AVAILABLE.value)
+    return (cond.get("status", ""), cond.get("reason", ""), cond.get("message", "")) if cond else None
+
+
+def _stamp_of(body: dict[str, Any]) -> str | None:
+    return (body.get("status") or {}).get("lastHeartbeatTime")
 
 
 class AvailabilityMonitor:
@@ -73,13 +94,19 @@ class AvailabilityMonitor:
         duration = float(lease_duration(spec))
         if view is None:
             view = self.sites[name] = SiteView(name, duration, md.get("generation"), spec, current_available(body),
-                                               body=body)
+                                               body=body, written=_available_of(body),
+                                               stamp_value=_stamp_of(body))
             self._schedule(name, duration)
         else:
             changed = duration != view.duration
             view.duration, view.generation, view.spec, view.body = duration, md.get("generation"), spec, body
             if changed:
                 self._schedule(name, duration)
+            if view.written is None:            # enrollment writes the first Available (AgentNotConnected)
+                view.written = _available_of(body)
+            elif self._outside_write(view, body) and not view.repairing:
+                view.repairing = True
+                self._spawn(self._repair(view))
 
     def node_gone(self, name: str) -> None:
         self.sites.pop(name, None)
@@ -129,6 +156,44 @@ class AvailabilityMonitor:
             task.cancel()
         await asyncio.gather(*self._writes, return_exceptions=True)
 
+    # -- repairs -----------------------------------------------------------------------------------
+    @staticmethod
+    def _outside_write(view: SiteView, body: dict[str, Any]) -> bool:
+        have = _available_of(body)
+        return (view.written is not None and (have is None or have[:2] != view.written[:2])) \
+            or _stamp_of(body) != view.stamp_value
+
+    async def _repair(self, view: SiteView) -> None:
+        """Write back the hub's Available and lastHeartbeatTime; re-read first, under the site's
+        lock, so a late watch event or a transition in flight is never "repaired"."""
+        try:
+            async with view.lock, self._slots:
+                kube = self.kube()
+                fresh = await kube.get_or_none(node_ref(view.name))
+                if fresh is None or not self._outside_write(view, fresh) or view.written is None:
+                    return
+                found = _available_of(fresh)
+                status, reason, message = view.written
+                updates = [c.make(c.ConditionType.AVAILABLE, status, reason, message, generation=view.generation)]
+                obj = await write_hub_status(kube, view.name, updates, generation=view.generation,
+                                             cordoned=bool(view.spec.get("cordoned")),
+                                             fields={"lastHeartbeatTime": view.stamp_value},
+                                             offers_gpus=offers_gpus({"spec": view.spec}), current=fresh)
+                if obj is None:
+                    return
+                view.body = obj
+        except KubeError as err:          # the next event or resync pass finds it again
+            log.warning("Could not repair the status of site %s: %s", view.name, err)
+            return
+        finally:
+            view.repairing = False
+        what = f"Available={found[0]} ({found[1]})" if found else "no Available condition"
+        log.warning("Site %s: the hub's status was changed outside the hub (%s); restored Available=%s (%s)",
+                    view.name, what, status, reason)
+        await events.post(kube, obj, events.WARNING, "HubStatusRepaired",
+                          f"Available and lastHeartbeatTime are written by the fedcare hub only; found {what}, "
+                          f"restored Available={status} ({reason})")
+
     # -- writes ----------------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -165,8 +230,10 @@ class AvailabilityMonitor:
             view.body = obj
             if stamp is not None:
                 view.last_stamp = stamp
+                view.stamp_value = fields["lastHeartbeatTime"] if fields else view.stamp_value
             if status is not None:
                 view.state = status.value
+                view.written = (status.value, reason.value, message)
                 metrics.AVAILABILITY_TRANSITIONS.labels(status.value).inc()
                 log.info("Site %s is %s (%s)", view.name,
                          "available" if status is ConditionStatus.TRUE else "unavailable", reason.value)

@@ -65,8 +65,8 @@ class HubContext:
             self._leases = asyncio.create_task(watch_leases(lambda: self.api, self.availability.lease_seen),
                                                name="lease-watch")
             if self.resync_seconds > 0:
-                self._resync = asyncio.create_task(resync_loop(lambda: self.api, self.resync_seconds),
-                                                   name="resync")
+                self._resync = asyncio.create_task(resync_loop(lambda: self.api, self.resync_seconds,
+                                                               self.availability.node_seen), name="resync")
 
     async def close(self) -> None:
         for task in (self._resync, self._leases, self._monitor):

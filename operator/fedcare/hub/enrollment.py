@@ -3,11 +3,15 @@
 Per HospitalNode ``<site>``:
 - Namespace ``fedcare-site-<site>`` holding the site's RoundAssignments and heartbeat Lease;
 - ServiceAccount ``fedcare-agent``: the site agent's identity on the hub;
-- Role + RoleBinding ``fedcare-site``: read its RoundAssignments, write their status, renew its
-  Lease, post Events — in its own namespace only;
+- RoleBinding ``fedcare-site`` to the chart's fixed ClusterRole ``fedcare:site-agent``: read its
+  RoundAssignments, write their status, renew its Lease, post Events — in its own namespace
+  only (a RoleBinding to a ClusterRole grants it in that namespace). The hub holds ``bind`` on
+  that one ClusterRole instead of every permission in it;
 - ClusterRole + ClusterRoleBinding ``fedcare-site-<site>``: read its own HospitalNode and
-  write its status, restricted by resourceNames (a Role cannot grant access to a
-  cluster-scoped object, hence the cluster-level pair);
+  write its status, restricted by resourceNames. This pair stays per site: resourceNames live
+  in a role, not in a binding, so one shared ClusterRole cannot confine each site to its own
+  node. The chart's admission policy (``hub-scope``) lets the hub create ClusterRoles only of
+  exactly this shape and name, and bindings only of a site's role to that site's agent;
 - Lease ``fedcare-agent``: created by the hub so the agent only needs get/update on it.
 
 Every object carries an ownerReference to the HospitalNode (so a real cluster's garbage
@@ -22,6 +26,9 @@ from typing import Any
 from ..api import resources as r
 
 AGENT_SA, SITE_ROLE, LEASE_NAME = r.AGENT_SA, r.SITE_ROLE, r.LEASE_NAME
+#: The chart's ClusterRole every site's RoleBinding refers to (rules: ``site_role_rules``). The
+#: colon keeps it apart from the per-site ``fedcare-site-<site>`` names: a site name is a DNS label.
+SITE_AGENT_CLUSTER_ROLE = "fedcare:site-agent"
 
 
 def cluster_role_name(site: str) -> str:
@@ -68,10 +75,19 @@ def site_role_rules() -> list[dict[str, Any]]:
     ]
 
 
-def build_role(node: dict[str, Any]) -> dict[str, Any]:
-    ns = r.site_namespace(node["metadata"]["name"])
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(node, SITE_ROLE, ns),
+def build_site_agent_cluster_role() -> dict[str, Any]:
+    """The fixed ClusterRole the chart installs (``templates/rbac-hub.yaml``; the chart test
+    checks both say the same). Tests on a real control plane without the chart apply this."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": SITE_AGENT_CLUSTER_ROLE, "labels": {r.MANAGED_BY_LABEL: r.MANAGED_BY}},
             "rules": site_role_rules()}
+
+
+def build_legacy_role(node: dict[str, Any]) -> dict[str, Any]:
+    """The per-site Role ``fedcare-site`` of earlier versions (now the fixed ClusterRole): only
+    its identity, so reconcile can remove it when fedcare created it."""
+    ns = r.site_namespace(node["metadata"]["name"])
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(node, SITE_ROLE, ns)}
 
 
 def _subjects(site: str) -> list[dict[str, Any]]:
@@ -82,7 +98,8 @@ def build_role_binding(node: dict[str, Any]) -> dict[str, Any]:
     site = node["metadata"]["name"]
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": _meta(node, SITE_ROLE, r.site_namespace(site)),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SITE_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": SITE_AGENT_CLUSTER_ROLE},
             "subjects": _subjects(site)}
 
 
@@ -118,7 +135,6 @@ def build_lease(node: dict[str, Any], lease_duration_seconds: int) -> dict[str, 
 CHILDREN = (
     ("namespaces", build_namespace),
     ("serviceaccounts", build_service_account),
-    ("roles", build_role),
     ("rolebindings", build_role_binding),
     ("clusterroles", build_cluster_role),
     ("clusterrolebindings", build_cluster_role_binding),

@@ -129,6 +129,28 @@ def _display(obj: dict[str, Any]) -> str:
     return f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
 
 
+async def _migrate_binding(kube: Kube, plural: str, desired: dict[str, Any], node: dict[str, Any],
+                           logger: logging.Logger) -> None:
+    """A binding's roleRef cannot be changed in place: one of ours that points elsewhere (an
+    earlier version's RoleBinding to the per-site Role ``fedcare-site``) is deleted so ensure
+    re-creates it, and that old Role goes with it. Somebody else's binding is left to ensure,
+    which refuses it (NotOurs)."""
+    md = desired["metadata"]
+    ref = Ref(desired["apiVersion"], plural, md.get("namespace"), md["name"])
+    current = await kube.get_or_none(ref)
+    uid = node["metadata"]["uid"]
+    if current is None or not owned_by(current, uid) or current.get("roleRef") == desired["roleRef"]:
+        return
+    await kube.delete(ref)
+    logger.info("Replaced %s %s: its role is now %s %s", desired["kind"], _display(desired),
+                desired["roleRef"]["kind"], desired["roleRef"]["name"])
+    legacy = e.build_legacy_role(node)
+    lref = Ref(legacy["apiVersion"], "roles", legacy["metadata"]["namespace"], legacy["metadata"]["name"])
+    old = await kube.get_or_none(lref) if current.get("roleRef", {}).get("kind") == "Role" else None
+    if old is not None and owned_by(old, uid) and await kube.delete(lref):
+        logger.info("Deleted the earlier per-site Role %s", _display(legacy))
+
+
 async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) -> HospitalNodeSpec:
     """Enroll one site. Raises SpecError for a spec that cannot work; KubeError on API failure."""
     name = body["metadata"]["name"]
@@ -146,6 +168,8 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
     try:
         for plural, build in e.CHILDREN:
             desired = build(body)
+            if plural == "rolebindings":   # the one roleRef that changed (the Role it replaced is not read any more)
+                await _migrate_binding(kube, plural, desired, body, logger)
             if (await ensure(kube, plural, desired, owner_uid=uid))[1]:
                 created.append(f"{desired['kind']} {_display(desired)}")
         lease = e.build_lease(body, spec.lease_duration_seconds)

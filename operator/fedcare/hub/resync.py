@@ -5,6 +5,12 @@ deleted RoleBinding, a failed write that nothing retried. One loop (not a kopf t
 object: at 1,000 sites per-object tasks cost more than the rest of the hub, see
 docs/performance.md) lists the HospitalNodes every ``interval`` seconds and runs the same
 idempotent reconcile as the handlers, a few at a time, spread over the interval.
+
+The same pass repairs what somebody outside the hub wrote into the hub's part of a status:
+reconcile rewrites Enrolled, siteNamespace, observedGeneration, phase and Ready (recomputed),
+and each listed node is shown to the availability monitor (``observe``), which writes back
+Available and lastHeartbeatTime if they are not what it last wrote — in case the watch event
+of that outside write was missed.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ def interval_from_env() -> float:
     return 0.0 if value <= 0 else max(5.0, value)
 
 
-async def resync_once(kube: Kube) -> int:
-    """Re-ensure every live HospitalNode's objects. Returns how many were reconciled."""
+async def resync_once(kube: Kube, observe: Callable[[dict], None] | None = None) -> int:
+    """Re-ensure every live HospitalNode's objects (and show each to ``observe``, the
+    availability monitor's ``node_seen``). Returns how many were reconciled."""
     sem = asyncio.Semaphore(CONCURRENCY)
     done = 0
 
@@ -45,6 +52,8 @@ async def resync_once(kube: Kube) -> int:
         nonlocal done
         name = node["metadata"]["name"]
         async with sem:
+            if observe is not None:
+                observe(node)
             try:
                 await nodes.reconcile(kube, node, log)
                 done += 1
@@ -59,12 +68,13 @@ async def resync_once(kube: Kube) -> int:
     return done
 
 
-async def resync_loop(kube: Callable[[], Kube], interval: float) -> None:
+async def resync_loop(kube: Callable[[], Kube], interval: float,
+                      observe: Callable[[dict], None] | None = None) -> None:
     """Runs until cancelled; API errors back off to the next pass, never a tight loop."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.9, 1.1))
         try:
-            count = await resync_once(kube())
+            count = await resync_once(kube(), observe)
             log.debug("Resync pass reconciled %d site(s)", count)
         except KubeError as err:
             log.warning("Resync pass could not list HospitalNodes (%s); next pass in %.0fs", err, interval)
