@@ -65,6 +65,10 @@ def run_federation(grid: Grid, run: RunSettings, run_id: int | str = 0) -> dict:
     holdout = load_server_eval(run)  # fail before round 1 if it is broken
     spec = ModelSpec(run.model, len(run.classes), run.image_size)
     model = build_model(spec, seed=run.seed)
+    if run.initial_model:  # fail before round 1 if it is missing, changed or another architecture
+        from .initial_model import load_initial_model
+
+        load_initial_model(model, run.initial_model, run.initial_model_sha256)
     architecture = spec.describe(model)
     metadata = {"architecture": architecture, "classes": list(run.classes), "run_id": str(run_id)}
     recorder = ProvenanceRecorder(
@@ -182,4 +186,6 @@ def _config_summary(run: RunSettings) -> dict:
         "max_examples_per_site": run.max_examples_per_site,
         "max_update_norm": run.max_update_norm,
         "metric_decimals": run.metric_decimals,
+        # the starting weights: a pinned file (round 0 of provenance holds its arrays' hash) or random from `seed`
+        "initial_model_sha256": run.initial_model_sha256 or None,
     }

@@ -141,6 +141,8 @@ class RunSettings:
     max_examples_per_site: int = 1_000_000
     max_update_norm: float = 100.0
     metric_decimals: int = 2
+    initial_model: str = ""  # a safetensors file to start from (empty: random weights from `seed`)
+    initial_model_sha256: str = ""  # its sha256, checked before the file is used
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -175,6 +177,8 @@ class RunSettings:
             max_examples_per_site=_get(cfg, "max-examples-per-site", int, 1_000_000, w),
             max_update_norm=_get(cfg, "max-update-norm", float, 100.0, w),
             metric_decimals=_get(cfg, "metric-decimals", int, 2, w),
+            initial_model=_get(cfg, "initial-model", str, "", w).strip(),
+            initial_model_sha256=_get(cfg, "initial-model-sha256", str, "", w).strip().lower().removeprefix("sha256:"),
             privacy=PrivacySettings(
                 dp=_get(cfg, "privacy.dp", bool, False, w),
                 noise_multiplier=_get(cfg, "privacy.noise-multiplier", float, 1.0, w),
@@ -188,6 +192,10 @@ class RunSettings:
 
     def _validate(self) -> None:
         _check(self.num_server_rounds >= 1, "num-server-rounds", self.num_server_rounds, ">= 1")
+        _check(bool(self.initial_model) == bool(self.initial_model_sha256), "initial-model-sha256",
+               self.initial_model_sha256, "set together with initial-model (a file is only used pinned by its sha256)")
+        _check(not self.initial_model_sha256 or re.fullmatch(r"[0-9a-f]{64}", self.initial_model_sha256) is not None,
+               "initial-model-sha256", self.initial_model_sha256, "64 lowercase hex digits")
         _check(self.strategy in STRATEGIES, "strategy", self.strategy, " | ".join(STRATEGIES))
         _check(0.0 < self.fraction_train <= 1.0, "fraction-train", self.fraction_train, "0 < x <= 1")
         _check(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate", self.fraction_evaluate, "0 <= x <= 1")

@@ -34,6 +34,7 @@ from ..api.validation import SpecError, parse
 from ..integrations.kube import Kube, Ref, ensure
 from ..status_writer import write_status
 from . import aggregator as agg
+from . import initial_model
 from . import round_progress as progress
 from .flower_runs import FlowerCLI, FlowerError, RunInfo
 from .selection import eligible_sites
@@ -47,7 +48,8 @@ TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
 FLWR_CHECK_INTERVAL = 20.0
-RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes"}
+RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes", "initial-model",
+                 "initial-model-sha256"}
 
 
 @dataclass
@@ -278,18 +280,7 @@ class Reconciler:
                          suspended=True, runId="", runStatus="", aggregator=None)
 
     async def initial_model_problem(self, body: dict[str, Any], spec: FederatedRoundSpec) -> str:
-        initial = spec.model.initial_model
-        if initial is None:
-            return ""
-        if initial.model_release_ref is not None:
-            ns, name = body["metadata"]["namespace"], initial.model_release_ref.name
-            if await self.kube.get_or_none(Ref(r.API_VERSION, r.MODEL_RELEASES.plural, ns, name)) is None:
-                return (f"spec.model.initialModel.modelReleaseRef: ModelRelease {name} does not exist in namespace "
-                        f"{ns}; create it first or remove initialModel to start from random weights")
-        # The training app (workloads/) has no run-config key for initial weights yet: say so
-        # instead of silently training from random weights.
-        return ("spec.model.initialModel: the training app cannot start from given weights yet; remove "
-                "initialModel to start from random weights")
+        return (await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)).problem
 
     async def select(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
         nodes = await self.kube.list(Ref(r.API_VERSION, r.HOSPITAL_NODES.plural))
@@ -463,8 +454,13 @@ class Reconciler:
                 else:
                     body = await self.write(body, [], runSubmitting=True) or body
                     folder.mkdir(parents=True, exist_ok=True)
+                    start = await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)
+                    if start.problem:       # the release went away (or was revoked) since selection
+                        await self.fail(body, c.Reason.INVALID_SPEC, start.problem)
+                        return
                     run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app,
-                                                          self.run_config(body, spec, str(folder)), insecure=insecure)
+                                                          {**self.run_config(body, spec, str(folder)),
+                                                           **start.run_config}, insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
                 self._asked.pop(self.key(body), None)
