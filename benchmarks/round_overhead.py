@@ -264,13 +264,13 @@ async def measure(sites: list[str], rounds: int, epochs: int, images: int, repea
         await asyncio.to_thread(synth, work / "data", len(sites), images)
         for i in range(repeat):
             a = await bare(work / f"bare-{i}", work / "data", sites, rounds, epochs)
-            print(f"bare Flower, try {i + 1}: {a['done']:.1f} s to the result, {a['torn_down']:.1f} s torn down",
-                  flush=True)
+            print(f"bare Flower, try {i + 1}: {a['done']:.1f} s to the result, {a['torn_down']:.1f} s torn down "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
             async with fedcare_emulator(max_history=5000) as k:
                 async with federation(str(k.url), work, sites, images=images, poll=poll) as fed:
                     b = await through_fedcare(fed, len(sites), rounds, epochs, f"bench-{i}")
-            print(f"fedcare, try {i + 1}: {b['succeeded']:.1f} s to Succeeded, {b['torn_down']:.1f} s torn down",
-                  flush=True)
+            print(f"fedcare, try {i + 1}: {b['succeeded']:.1f} s to Succeeded, {b['torn_down']:.1f} s torn down "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
             results.append({"bare": a, "fedcare": b})
     return results
 
