@@ -8,6 +8,8 @@ The full forms (the numbers in docs/performance.md) take longer:
     python benchmarks/anchoring.py            # chain anchoring on anvil and fedcare verify, ~3 min
     python benchmarks/vault.py                # fedcare's Vault client against a real OpenBao, ~1 min
     python benchmarks/kubelet_pods.py         # sandbox process kubelet: pod vs direct process, ~1 min
+    python benchmarks/round_overhead.py       # a round through fedcare vs bare Flower, 3 sites x 3 rounds, ~10 min
+    python benchmarks/round_pods.py           # FederatedRound created -> 18 SuperNode pods created, ~5 min
 """
 
 import pathlib
@@ -17,7 +19,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"],
          ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"], ["vault.py", "--quick"],
-         ["kubelet_pods.py", "--quick"]]
+         ["kubelet_pods.py", "--quick"], ["round_overhead.py", "--quick"]]
 
 if __name__ == "__main__":
     failed = 0

@@ -22,7 +22,7 @@ import aiohttp
 
 from ..api import resources as r
 from ..api.federated_round import FederatedRoundSpec
-from ..integrations.kube import Kube, Ref, ensure
+from ..integrations.kube import Conflict, Kube, Ref, ensure
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,11 @@ async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRou
     for plural, manifest in manifests(body, spec, cfg):
         ref = Ref("v1", plural, manifest["metadata"]["namespace"], manifest["metadata"]["name"])
         current = await kube.get_or_none(ref)
-        if current is None:
-            current, _ = await ensure(kube, plural, manifest)
+        if current is None:     # create straight away (ensure would read it again first)
+            try:
+                current = await kube.create(Ref("v1", plural, ref.namespace), manifest)
+            except Conflict:
+                current, _ = await ensure(kube, plural, manifest)
             log.info("Created %s %s for round %s", manifest["kind"], ref.name, body["metadata"]["name"])
         if plural == "pods":
             pod = current

@@ -31,7 +31,7 @@ from ..api import resources as r
 from ..api.base import Condition
 from ..api.federated_round import ARCHITECTURES, FederatedRoundSpec, RoundPhase
 from ..api.validation import SpecError, parse
-from ..integrations.kube import Kube, Ref, ensure
+from ..integrations.kube import Conflict, Kube, Ref, ensure
 from ..status_writer import write_status
 from . import aggregator as agg
 from . import initial_model
@@ -46,8 +46,10 @@ HUB_TYPES = c.owned(KIND, c.Writer.HUB)
 T = c.ConditionType
 TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
+#: Seconds between `flwr ls` checks of a run whose provenance does not say it ended: each check
+#: is a Python start-up costing ~2.4 s of CPU here (benchmarks/round_overhead.py), taken from training.
+FLWR_CHECK_INTERVAL = 60.0
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
-FLWR_CHECK_INTERVAL = 20.0
 RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes", "initial-model",
                  "initial-model-sha256"}
 
@@ -369,8 +371,11 @@ class Reconciler:
                 await self.kube.delete(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, ns, ra["metadata"]["name"]))
                 ra = None
             if ra is None:
-                ra, made = await ensure(self.kube, r.ROUND_ASSIGNMENTS.plural,
-                                        self.assignment_manifest(body, spec, p["node"], name))
+                manifest = self.assignment_manifest(body, spec, p["node"], name)
+                try:    # the list above says it is missing: create without ensure's extra GET
+                    ra, made = await self.kube.create(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, ns), manifest), 1
+                except Conflict:    # created meanwhile (a second pass, a restarted hub): converge
+                    ra, made = await ensure(self.kube, r.ROUND_ASSIGNMENTS.plural, manifest)
             p["assignment"] = name
             self._merge_assignment(p, ra)
             return int(made)
@@ -463,8 +468,12 @@ class Reconciler:
                                                            **start.run_config}, insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
-                self._asked.pop(self.key(body), None)
-            info = await self._run_info(body, control, run_id, folder)
+                # Just submitted (or adopted): the run is pending; the next `flwr ls` (a Python
+                # start-up, CPU taken from the starting SuperNodes) waits FLWR_CHECK_INTERVAL.
+                self._asked[self.key(body)] = time.monotonic()
+                info = RunInfo(run_id, "pending")
+            else:
+                info = await self._run_info(body, control, run_id, folder)
         except FlowerError as err:
             message = f"the SuperLink's Control API at {control}: {err}"
             if "Invalid run configuration" in str(err):

@@ -206,7 +206,7 @@ class Federation:
         reporter = InventoryReporter(h.hub, site, reader=reader, site_kube=h.hub, poll_interval=1.0,
                                      versions=AgentVersions(agent="sandbox", flwr="1.42.0"))
         agent_id = f"{site}/agent-0"
-        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, interval=self.poll)
+        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True)
         h.agent = SiteAgent(site, h.hub, reporter, agent_id=agent_id, heartbeat=Heartbeat(h.hub, site, agent_id),
                             work=work)
         await h.agent.prepare()

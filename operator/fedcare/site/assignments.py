@@ -115,5 +115,6 @@ async def answer_with_reason(hub: Kube, site: str, agent_id: str, body: dict[str
     fields = {"phase": phase.value, "message": message, "agentId": agent_id, "observedGeneration": gen,
               "attempt": (body.get("spec") or {}).get("attempt", 1)}
     ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
-    await write_status(hub, ref, owned_types=AGENT_TYPES, updates=updates, fields=fields)
+    # known: the copy just listed saves a read; if it is stale the write gets 409 and re-reads.
+    await write_status(hub, ref, owned_types=AGENT_TYPES, updates=updates, fields=fields, known=fresh)
     return accepted, str(getattr(reason, "value", reason))

@@ -1,7 +1,9 @@
 """The site's work: a SuperNode training pod per accepted RoundAssignment, in the site cluster.
 
-One level-based loop (woken by assignment events, else every ``interval``) compares the
-site's assignments on the hub with its training pods in the site cluster and converges:
+One level-based loop compares the site's assignments on the hub with its training pods in
+the site cluster and converges. It is woken by assignment events (the agent's kopf handlers),
+by a watch on the site's training pods (started, running, exited, deleted), at the nearest
+assignment deadline, and otherwise every ``interval`` (a resync; nothing waits on it):
 
 * Accepted or Running assignment of the current attempt, deadline not passed: its pod and
   NetworkPolicy exist; the pod's state is reported (Running, restarts, exit reason).
@@ -26,7 +28,7 @@ from typing import Any
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.round_assignment import AssignmentPhase
-from ..integrations.kube import Kube, KubeError, Ref, ensure
+from ..integrations.kube import Conflict, Kube, KubeError, Ref, ensure
 from ..status_writer import write_status
 from . import training_pod as tp
 from .heartbeat import node_ref
@@ -43,22 +45,27 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def past_deadline(assignment: dict[str, Any], now: dt.datetime | None = None) -> bool:
+def _deadline(assignment: dict[str, Any]) -> dt.datetime | None:
     raw = (assignment.get("spec") or {}).get("deadline")
-    if not raw:
-        return False
-    return (now or _now()) >= dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else None
+
+
+def past_deadline(assignment: dict[str, Any], now: dt.datetime | None = None) -> bool:
+    deadline = _deadline(assignment)
+    return deadline is not None and (now or _now()) >= deadline
 
 
 class SiteWork:
     def __init__(self, hub: Kube, site_kube: Kube | None, site: str, agent_id: str, *,
-                 namespace: str = "fedcare-training", insecure: bool = False, interval: float = 2.0,
+                 namespace: str = "fedcare-training", insecure: bool = False, interval: float = 10.0,
                  lock: asyncio.Lock | None = None):
         self.hub, self.site_kube, self.site, self.agent_id = hub, site_kube, site, agent_id
         self.namespace, self.insecure, self.interval = namespace, insecure, interval
         self.lock = lock or asyncio.Lock()     # shared with the answers: one writer of phases at a time
         self.wake = asyncio.Event()
         self.passes = 0
+        #: The nearest deadline of an active assignment (the loop wakes then to enforce it).
+        self.soonest: dt.datetime | None = None
         if insecure:
             log.warning("DEVELOPMENT MODE: site %s accepts plaintext Flower (--insecure-flower): no TLS, no "
                         "SuperNode authentication. Never use this with real patient data.", site)
@@ -67,16 +74,52 @@ class SiteWork:
         if self.site_kube is None:
             log.warning("No site cluster access: site %s cannot run training pods", self.site)
             return
+        watcher = asyncio.create_task(self.watch_pods(stop), name="training-pod-watch")
+        try:
+            while not stop.is_set():
+                self.wake.clear()       # before the pass: a wake-up during it triggers the next one
+                try:
+                    await self.reconcile()
+                except KubeError as err:
+                    log.warning("Site work pass failed (%s); retrying", err)
+                timeout = self.interval
+                if self.soonest is not None:
+                    timeout = min(timeout, max(0.05, (self.soonest - _now()).total_seconds()))
+                waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def watch_pods(self, stop: asyncio.Event) -> None:
+        """Wake the loop on every change of this site's training pods, so a pod that starts,
+        runs or exits is reported at once rather than at the next resync. Failures back off
+        (1 s doubling to 30 s); the resync covers the gap."""
+        assert self.site_kube is not None
+        ref = Ref("v1", "pods", self.namespace)
+        selector = f"{r.SITE_LABEL}={self.site},{r.MANAGED_BY_LABEL}={r.MANAGED_BY}"
+        version, backoff = "", 1.0
         while not stop.is_set():
             try:
-                await self.reconcile()
+                if not version:
+                    listing = await self.site_kube.request("GET", ref.path, query={"labelSelector": selector})
+                    version = (listing.get("metadata") or {}).get("resourceVersion") or ""
+                async for etype, obj in self.site_kube.watch(ref, label_selector=selector, resource_version=version):
+                    if etype == "ERROR":            # e.g. 410 Gone: list again
+                        version = ""
+                        break
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if etype != "BOOKMARK":
+                        self.wake.set()
+                backoff = 1.0
             except KubeError as err:
-                log.warning("Site work pass failed (%s); retrying", err)
-            self.wake.clear()
-            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]
-            await asyncio.wait(waits, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+                log.warning("Watch of site %s's training pods failed (%s); retrying in %.0fs", self.site, err,
+                            backoff)
+                version = ""
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
 
     # -- the pass ------------------------------------------------------------------------------
     async def reconcile(self) -> None:
@@ -92,6 +135,7 @@ class SiteWork:
             by_assignment.setdefault(pod["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, ""), []).append(pod)
         wanted: set[str] = set()
         node: dict[str, Any] | None = None
+        self.soonest = None
         for ra in assignments:
             st, spec = ra.get("status") or {}, ra.get("spec") or {}
             key = tp._label_value(ra["metadata"]["name"])
@@ -106,6 +150,9 @@ class SiteWork:
                                    f"the round's deadline {spec.get('deadline')} passed; training pod deleted and "
                                    "GPUs released")
                 continue
+            deadline = _deadline(ra)
+            if deadline is not None and (self.soonest is None or deadline < self.soonest):
+                self.soonest = deadline
             if not (spec.get("superLink") or {}).get("address"):
                 continue
             if (spec.get("superLink") or {}).get("insecure") and not self.insecure:
@@ -131,15 +178,17 @@ class SiteWork:
         if stale:
             await self._delete_pods(stale, ra)
         pod = next((p for p in pods if p["metadata"]["name"] == name), None)
-        await ensure(self.site_kube, "networkpolicies",
-                     tp.network_policy(ra, site=self.site, namespace=self.namespace))
-        if pod is None:
+        policy = tp.network_policy(ra, site=self.site, namespace=self.namespace)
+        if pod is None:     # the pod list says it is missing: create both without ensure's extra GETs
             manifest = tp.pod_manifest(ra, node, site=self.site, namespace=self.namespace, retry=retry,
                                        insecure=self.insecure)
-            pod, created = await ensure(self.site_kube, "pods", manifest)
+            await _create_or_ensure(self.site_kube, "networkpolicies", policy)
+            pod, created = await _create_or_ensure(self.site_kube, "pods", manifest)
             if created:
                 log.info("Site %s: created training pod %s for round %s (attempt %s)", self.site, name,
                          spec["roundRef"]["name"], spec.get("attempt"))
+        else:
+            await ensure(self.site_kube, "networkpolicies", policy)
         restarts, why = tp.container_state(pod)
         total = retry + restarts
         phase = (pod.get("status") or {}).get("phase") or "Pending"
@@ -187,10 +236,19 @@ class SiteWork:
         ok = phase in (AssignmentPhase.ACCEPTED, AssignmentPhase.RUNNING, AssignmentPhase.SUCCEEDED)
         updates = [c.make(c.ConditionType.READY, ok, reason, message, generation=gen)]
         ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
-        async with self.lock:
+        async with self.lock:       # known: the listed copy saves a read (a stale one gets 409, re-read)
             await write_status(self.hub, ref, owned_types=AGENT_TYPES, updates=updates,
                                fields={"phase": phase.value, "message": message, "agentId": self.agent_id,
-                                       **fields})
+                                       **fields}, known=ra)
+
+
+async def _create_or_ensure(kube: Kube, plural: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create an object a fresh list says is missing; if it exists after all, converge it."""
+    md = manifest["metadata"]
+    try:
+        return await kube.create(Ref(manifest["apiVersion"], plural, md["namespace"]), manifest), True
+    except Conflict:
+        return await ensure(kube, plural, manifest)
 
 
 def st_reason(status: dict[str, Any]) -> str:
