@@ -47,6 +47,10 @@ class HubContext:
     _flwr_asked: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
+        if self.vault is not None and self.release.signer is None:
+            # Releases are signed with the Vault transit key (created on first use if the hub may).
+            from ..integrations.vault_transit import HubTransitSigner
+            self.release.signer = HubTransitSigner(self.vault, key=self.release.signing_key)
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
         if self.round_config is None:
             from .round_settings import round_config

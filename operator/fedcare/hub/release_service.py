@@ -34,7 +34,7 @@ from ..api.validation import SpecError, parse
 from ..integrations.chain import ChainClient, ChainError, ChainSettings, RpcPolicy
 from ..integrations.keyref import KeyRef, parse_key_ref
 from ..integrations.kube import Kube, Ref
-from ..integrations.signing import ReleaseSigner, Signature
+from ..integrations.signing import ReleaseSigner, Signature, SignerUnavailable
 from ..release import artifact as art
 from ..release import manifest, merkle
 from ..release.checks import Refused, VerifiedRelease, verify
@@ -51,7 +51,9 @@ ORDER = {Stage.CANDIDATE: 0, Stage.STAGING: 1, Stage.PRODUCTION: 2, Stage.ARCHIV
 class ReleaseConfig:
     """The hub's chain and signing configuration (Helm values → environment, see charts/fedcare)."""
 
+    #: None: the hub context signs with the Vault transit key ``signing_key`` when it has Vault.
     signer: ReleaseSigner | None = None
+    signing_key: str = "fedcare-release"
     key_ref: KeyRef | None = None
     rpc_url: str = ""
     chain_id: int | None = None               # used when a release has no spec.anchor
@@ -209,6 +211,9 @@ class Release:
             raise kopf.TemporaryError("no release signer", delay=self.cfg.error_delay)
         try:
             signed = await asyncio.to_thread(self.cfg.signer.sign, self.digest().message())
+        except SignerUnavailable as err:      # a missing key or Vault right: the message says what to grant
+            await self.write(c.make(T.SIGNED, False, err.reason, str(err)))
+            raise kopf.TemporaryError(err.reason, delay=self.cfg.error_delay) from None
         except Exception as err:    # noqa: BLE001 - the signer's own errors, whatever its backend
             await self.write(c.make(T.SIGNED, False, "SigningFailed",
                                     f"the release signer failed ({type(err).__name__}); retrying"))
