@@ -22,8 +22,10 @@ from fedcare.hub.context import HubContext
 from fedcare.hub.handlers import make_registry
 from fedcare.hub.release_service import ReleaseConfig
 from fedcare.integrations import vault as v
+from fedcare.integrations.keyref import parse_key_ref
 from fedcare.integrations.kube import Kube, Ref, RetryPolicy
 from fedcare.integrations.vault_transit import TransitSigner
+from fedcare.sandbox.anvil import DEV_KEY
 from tests.support.chain import FAST_RPC
 from tests.support.harness import eventually, run_operator
 from tests.support.openbao import DevServer
@@ -85,7 +87,11 @@ async def test_hub_signs_with_the_transit_key_and_verify_accepts_only_that_key(
         hub, api, openbao, anvil, dev_key, registry, unique, tmp_path, capsys):
     vault, token = token_client(openbao, f"hub-{unique}", fp.hub_policy_hcl("fedcare"))
     path, digest = make_model(tmp_path / "m")
-    cfg = config(anvil, dev_key)
+    # the production path end to end: the sending key too comes from Vault (chain.keyRef vault:…)
+    openbao.client().secrets.kv.v2.create_or_update_secret(f"chain/sender-{unique}", secret={"key": DEV_KEY},
+                                                           mount_point="fedcare")
+    cfg = config(anvil, None)
+    cfg.key_ref = parse_key_ref(f"vault:fedcare/chain/sender-{unique}#key")
     async with hub(release=cfg, vault=vault) as logs:
         await api.create(RELEASES, release("signed", path, digest, anchor=(31337, registry, 1)))
         obj = await condition(api, "signed", "Promoted")
@@ -122,6 +128,9 @@ async def test_hub_signs_with_the_transit_key_and_verify_accepts_only_that_key(
     # the hub's Vault token appears nowhere
     assert not [r for r in logs.records if token in r.message]
     assert token not in json.dumps(obj)
+    key = DEV_KEY.removeprefix("0x")
+    assert not [r for r in logs.records if key in r.message] and key not in json.dumps(obj)
+    assert not vault._cache          # the sending key was read, used and not kept by the client
 
 
 async def test_missing_transit_right_is_a_condition_naming_the_policy_then_resumes(

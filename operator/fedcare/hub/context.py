@@ -51,6 +51,9 @@ class HubContext:
             # Releases are signed with the Vault transit key (created on first use if the hub may).
             from ..integrations.vault_transit import HubTransitSigner
             self.release.signer = HubTransitSigner(self.vault, key=self.release.signing_key)
+        from ..integrations.keyref import VaultKeyRef
+        if isinstance(self.release.key_ref, VaultKeyRef) and self.release.key_ref.vault is None:
+            self.release.key_ref.vault = self.vault     # chain.keyRef vault:…: read with the hub's client
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
         if self.round_config is None:
             from .round_settings import round_config

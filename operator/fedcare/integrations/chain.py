@@ -257,6 +257,19 @@ class ChainClient:
             self._address = Account.from_key(self._key()).address
         return self._address
 
+    async def _load_key(self) -> str:
+        """The key, loaded off the event loop (a vault: reference is an HTTP call); sets the address."""
+        key = await asyncio.to_thread(self._key)
+        if self._address is None:
+            self._address = Account.from_key(key).address
+        return key
+
+    async def _sender(self) -> str:
+        if self._address is None:
+            await self._load_key()
+        assert self._address is not None
+        return self._address
+
     def _key(self) -> str:
         if self.key_ref is None:
             raise ChainError("NoSendingKey", "no sending key configured: set the chain key reference")
@@ -345,8 +358,8 @@ class ChainClient:
 
     async def _send(self, data: str | None, to: str | None, on_sent: OnSent | None) -> tuple[str, int]:
         """Estimate, sign and broadcast one transaction; returns (tx hash, nonce)."""
-        key = self._key()
-        sender = self.account()
+        key = await self._load_key()
+        sender = await self._sender()
         tx: dict[str, Any] = {"from": sender, "data": data or "0x", "value": 0}
         if to:
             tx["to"] = to
@@ -494,7 +507,7 @@ class ChainClient:
         watcher sees the transaction in a block, and at least every ``recheck`` seconds (which is
         also when a transaction the node forgot is found dropped or replaced).
         """
-        sender = self.account() if self.key_ref is not None else None
+        sender = (await self._sender()) if self.key_ref is not None else None
         recheck = max(1.0, 8 * self.settings.poll_interval)
         checked = -math.inf
         while True:
