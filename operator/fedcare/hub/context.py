@@ -58,6 +58,9 @@ class HubContext:
         if self.round_config is None:
             from .round_settings import round_config
             self.round_config = round_config()
+        agg = self.round_config.aggregator
+        # A round-created ModelRelease names its model pvc://<artifact claim>/…: the same folder here.
+        self.release.pvc_mounts.setdefault(agg.artifact_claim, agg.artifact_dir)
 
     @property
     def round_reconciler(self) -> Reconciler:

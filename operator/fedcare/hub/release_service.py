@@ -68,6 +68,9 @@ class ReleaseConfig:
     retry_delay: float = 10.0                 # how soon a waiting step (round running, tx pending) is retried
     error_delay: float = 60.0                 # how soon a configuration/funding problem is retried
     batch_window: float = 0.0                 # > 0: concurrent releases share anchorBatch transactions
+    #: pvc://<claim>/… artifacts: claim → the folder where the hub mounts it (the hub context adds
+    #: the round artifact store, FEDCARE_ARTIFACT_CLAIM at FEDCARE_ARTIFACT_DIR).
+    pvc_mounts: dict[str, str] = field(default_factory=dict)
     _clients: dict[tuple[int, str], ChainClient] = field(default_factory=dict, init=False, repr=False)
     _promotions: dict[str, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
@@ -170,6 +173,10 @@ class Release:
         return found is not None and found.status.value == "True"
 
     # -- steps -------------------------------------------------------------------------------
+    def local_uri(self) -> str:
+        """The artifact URI the hub reads and writes beside (pvc:// resolved to the hub's mount)."""
+        return art.resolve_pvc(self.spec.artifact.storage_uri, self.cfg.pvc_mounts)
+
     async def verify(self) -> VerifiedRelease | None:
         ref = self.spec.provenance.federated_round_ref
         round_obj = None
@@ -177,13 +184,19 @@ class Release:
             round_obj = await self.kube.get_or_none(Ref(r.API_VERSION, r.FEDERATED_ROUNDS.plural, ref.namespace,
                                                         ref.name))
         try:
-            result = await verify(self.spec, self.namespace, round_obj, self.cfg.fetch_policy)
+            try:
+                uri = self.local_uri()
+            except art.ArtifactError as err:
+                raise Refused(err.reason, f"spec.artifact.storageUri: {err}") from None
+            spec = self.spec.model_copy(update={"artifact": self.spec.artifact.model_copy(
+                update={"storage_uri": uri})})
+            result = await verify(spec, self.namespace, round_obj, self.cfg.fetch_policy)
         except Refused as err:
             await self.write(c.make(T.VERIFIED, False, err.reason, str(err)))
             if err.transient:
                 raise kopf.TemporaryError(str(err), delay=self.cfg.retry_delay) from None
             raise kopf.PermanentError(str(err)) from None
-        proofs_uri = art.write_beside(self.spec.artifact.storage_uri, art.PROOFS, merkle.dumps(result.proofs))
+        proofs_uri = art.write_beside(uri, art.PROOFS, merkle.dumps(result.proofs))
         where = f"; per-site proofs in {proofs_uri}" if proofs_uri else ""
         history = self.raw.get("stageHistory") or []
         extra: dict[str, Any] = {}
@@ -229,7 +242,7 @@ class Release:
             return
         pem = await asyncio.to_thread(self.cfg.signer.public_key_pem, sig.key_id)
         doc = manifest.build(self.namespace, self.name, self.digest(), sig, pem, chain)
-        art.write_beside(self.spec.artifact.storage_uri, art.MANIFEST, manifest.dumps(doc))
+        art.write_beside(self.local_uri(), art.MANIFEST, manifest.dumps(doc))
 
     def chain_target(self) -> tuple[int, str, int] | None:
         a = self.spec.anchor
