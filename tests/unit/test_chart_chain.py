@@ -51,3 +51,11 @@ def test_artifact_store_is_mounted_in_the_hub_where_pvc_uris_resolve(helm):
     _, plain = container_of(render(helm, {}))
     assert "FEDCARE_ARTIFACT_DIR" not in env_of(plain)
     assert "artifactStore" in render_error(helm, {"artifactStore.existingClaim": "Bad_Name"})
+
+
+def test_batch_window_reaches_the_hub_only_when_set(helm):
+    _, container = container_of(render(helm, {**CHAIN, "chain.batchWindow": "0.2"}))
+    assert env_of(container)["FEDCARE_CHAIN_BATCH_WINDOW"] == "0.2"
+    _, plain = container_of(render(helm, CHAIN))
+    assert "FEDCARE_CHAIN_BATCH_WINDOW" not in env_of(plain)
+    assert "batchWindow" in render_error(helm, {"chain.batchWindow": "-1"})
