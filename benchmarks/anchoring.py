@@ -11,7 +11,7 @@
    `sha256sum` of the same file; in-process (the check itself) and as a fresh CLI process.
    Target: ≤ 1.2 × sha256sum.
 
-    python benchmarks/anchoring.py [--quick]
+    python benchmarks/anchoring.py [--quick] [--part latency|throughput|verify]
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ async def throughput(url: str, chain_id: int, contract: str, n: int, batch: int,
         results = await asyncio.gather(*(c.anchor(h(i, salt), "01" * 32, "02" * 32, f"u{i}") for i in range(n)))
         wall = time.perf_counter() - t0
         blocks = len({r.block_number for r in results})
+        calls = dict(c.calls.most_common(6))
+    print(f"    JSON-RPC calls: {sum(c.calls.values())} for {n} releases {calls}", flush=True)
     return n / wall, blocks
 
 
@@ -155,16 +157,44 @@ def verify_timing(size_mb: int, repeats: int) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--part", choices=("latency", "throughput", "verify"), action="append",
+                    help="run only this part (repeatable; default: all)")
     args = ap.parse_args()
+    parts = set(args.part or ("latency", "throughput", "verify"))
     os.environ[KEY_VAR] = DEV_KEY
     n_lat = 30 if args.quick else 100
     n_tp = 200 if args.quick else 500
     size = 20 if args.quick else 100
 
+    if "latency" in parts:
+        latency(n_lat)
+    if "throughput" in parts:
+        print(f"throughput (anvil --block-time 1, {n_tp} releases in flight, one sending account)", flush=True)
+        for batch in (1, 50):
+            with run_anvil(block_time=1) as node:
+                contract = asyncio.run(deploy(node.url, node.chain_id))
+                rate, blocks = asyncio.run(throughput(node.url, node.chain_id, contract, n_tp, batch, 4 + batch))
+            how = "one transaction per release" if batch == 1 else f"batches of up to {batch} (anchorBatch)"
+            print(f"  {how:40} {rate:7.1f} anchored releases/s over {blocks} blocks   (target >= 50/s)",
+                  flush=True)
+    if "verify" in parts:
+        t = verify_timing(size, 2 if args.quick else 3)
+        print(f"verify of a {size} MB artifact (best of runs, page cache warm)")
+        print(f"  sha256sum              {t['sha256sum'] * 1e3:8.1f} ms")
+        print(f"  fedcare verify (check) {t['verify_inprocess'] * 1e3:8.1f} ms   ratio "
+              f"{t['verify_inprocess'] / t['sha256sum']:.2f}x   (target <= 1.2x)")
+        print(f"  fedcare verify (CLI)   {t['verify_cli'] * 1e3:8.1f} ms   ratio "
+              f"{t['verify_cli'] / t['sha256sum']:.2f}x   (of which Python start + imports "
+              f"{t['python_startup'] * 1e3:.0f} ms)")
+    return 0
+
+
+def latency(n_lat: int) -> None:
     with run_anvil() as node:
         contract = asyncio.run(deploy(node.url, node.chain_id))
         raw = asyncio.run(raw_anchor_latency(node.url, node.chain_id, contract, n_lat))
         ours = asyncio.run(fedcare_anchor_latency(node.url, node.chain_id, contract, n_lat))
+
     def stats(xs):
         wall = [x[0] * 1e3 for x in xs]
         cpu = [x[1] * 1e3 for x in xs]
@@ -176,23 +206,6 @@ def main() -> int:
     print(f"  raw JSON-RPC   median {r_med:7.2f} ms   p95 {r_p95:7.2f} ms   cpu {r_cpu:6.2f} ms")
     print(f"  fedcare client median {o_med:7.2f} ms   p95 {o_p95:7.2f} ms   cpu {o_cpu:6.2f} ms")
     print(f"  ratio fedcare/raw (median) {o_med / r_med:.2f}x   (target <= 2x)", flush=True)
-
-    print(f"throughput (anvil --block-time 1, {n_tp} releases in flight, one sending account)", flush=True)
-    for batch in (1, 50):
-        with run_anvil(block_time=1) as node:
-            contract = asyncio.run(deploy(node.url, node.chain_id))
-            rate, blocks = asyncio.run(throughput(node.url, node.chain_id, contract, n_tp, batch, 4 + batch))
-        how = "one transaction per release" if batch == 1 else f"batches of up to {batch} (anchorBatch)"
-        print(f"  {how:40} {rate:7.1f} anchored releases/s over {blocks} blocks   (target >= 50/s)", flush=True)
-
-    t = verify_timing(size, 2 if args.quick else 3)
-    print(f"verify of a {size} MB artifact (best of runs, page cache warm)")
-    print(f"  sha256sum              {t['sha256sum'] * 1e3:8.1f} ms")
-    print(f"  fedcare verify (check) {t['verify_inprocess'] * 1e3:8.1f} ms   ratio "
-          f"{t['verify_inprocess'] / t['sha256sum']:.2f}x   (target <= 1.2x)")
-    print(f"  fedcare verify (CLI)   {t['verify_cli'] * 1e3:8.1f} ms   ratio {t['verify_cli'] / t['sha256sum']:.2f}x"
-          f"   (of which Python start + imports {t['python_startup'] * 1e3:.0f} ms)")
-    return 0
 
 
 if __name__ == "__main__":

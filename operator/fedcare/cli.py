@@ -130,13 +130,17 @@ def _chain(args: argparse.Namespace) -> int:
     from .integrations.keyref import KeyRefError, parse_key_ref
 
     async def deploy() -> tuple[str, str]:
+        vault = None
+        if args.key_ref.startswith("vault:"):
+            from .integrations.secrets_backend import vault_from_env
+            vault = vault_from_env()          # FEDCARE_VAULT_ADDR / token, as for the hub
         async with ChainClient(ChainSettings(args.rpc, args.chain_id, confirmations=args.confirmations),
-                               parse_key_ref(args.key_ref)) as client:
+                               parse_key_ref(args.key_ref, vault)) as client:
             return await client.deploy()
 
     try:
         address, tx = asyncio.run(deploy())
-    except (ChainError, KeyRefError) as err:
+    except (ChainError, KeyRefError, ValueError) as err:
         print(f"fedcare chain deploy: {err}", file=sys.stderr)
         return 1
     print(address)
@@ -250,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     chain.add_argument("action", choices=["deploy"])
     chain.add_argument("--rpc", required=True, help="chain JSON-RPC URL")
     chain.add_argument("--chain-id", type=int, required=True, help="expected chain id (checked against the node)")
-    chain.add_argument("--key-ref", required=True, help="sending key reference: env:VAR or file:/path")
+    chain.add_argument("--key-ref", required=True, help="sending key reference: env:VAR, file:/path or "
+                       "vault:<kv mount>/<path>#<field> (with FEDCARE_VAULT_ADDR)")
     chain.add_argument("--confirmations", type=int, default=1, help="confirmations to wait for")
     chain.set_defaults(func=_chain)
     return parser

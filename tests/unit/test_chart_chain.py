@@ -38,3 +38,24 @@ def test_chain_env_not_in_site_mode(helm):
 def test_bad_chain_values_are_refused(helm):
     assert "contractAddress" in render_error(helm, {"chain.contractAddress": "0x1234"})
     assert "keyRef" in render_error(helm, {"chain.keyRef": "0xdeadbeef"})
+
+
+def test_artifact_store_is_mounted_in_the_hub_where_pvc_uris_resolve(helm):
+    pod, container = container_of(render(helm, {"artifactStore.existingClaim": "fedcare-artifacts"}))
+    env = env_of(container)
+    assert env["FEDCARE_ARTIFACT_CLAIM"] == "fedcare-artifacts"
+    assert env["FEDCARE_ARTIFACT_DIR"] == "/var/lib/fedcare/artifacts"
+    assert {"name": "artifact-store", "mountPath": "/var/lib/fedcare/artifacts"} in container["volumeMounts"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "artifact-store")
+    assert claim["persistentVolumeClaim"]["claimName"] == "fedcare-artifacts"
+    _, plain = container_of(render(helm, {}))
+    assert "FEDCARE_ARTIFACT_DIR" not in env_of(plain)
+    assert "artifactStore" in render_error(helm, {"artifactStore.existingClaim": "Bad_Name"})
+
+
+def test_batch_window_reaches_the_hub_only_when_set(helm):
+    _, container = container_of(render(helm, {**CHAIN, "chain.batchWindow": "0.2"}))
+    assert env_of(container)["FEDCARE_CHAIN_BATCH_WINDOW"] == "0.2"
+    _, plain = container_of(render(helm, CHAIN))
+    assert "FEDCARE_CHAIN_BATCH_WINDOW" not in env_of(plain)
+    assert "batchWindow" in render_error(helm, {"chain.batchWindow": "-1"})

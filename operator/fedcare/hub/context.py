@@ -47,10 +47,20 @@ class HubContext:
     _flwr_asked: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
+        if self.vault is not None and self.release.signer is None:
+            # Releases are signed with the Vault transit key (created on first use if the hub may).
+            from ..integrations.vault_transit import HubTransitSigner
+            self.release.signer = HubTransitSigner(self.vault, key=self.release.signing_key)
+        from ..integrations.keyref import VaultKeyRef
+        if isinstance(self.release.key_ref, VaultKeyRef) and self.release.key_ref.vault is None:
+            self.release.key_ref.vault = self.vault     # chain.keyRef vault:…: read with the hub's client
         self.availability = AvailabilityMonitor(lambda: self.api, self.heartbeats)
         if self.round_config is None:
             from .round_settings import round_config
             self.round_config = round_config()
+        agg = self.round_config.aggregator
+        # A round-created ModelRelease names its model pvc://<artifact claim>/…: the same folder here.
+        self.release.pvc_mounts.setdefault(agg.artifact_claim, agg.artifact_dir)
 
     @property
     def round_reconciler(self) -> Reconciler:

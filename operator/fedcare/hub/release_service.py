@@ -34,7 +34,7 @@ from ..api.validation import SpecError, parse
 from ..integrations.chain import ChainClient, ChainError, ChainSettings, RpcPolicy
 from ..integrations.keyref import KeyRef, parse_key_ref
 from ..integrations.kube import Kube, Ref
-from ..integrations.signing import ReleaseSigner, Signature
+from ..integrations.signing import ReleaseSigner, Signature, SignerUnavailable
 from ..release import artifact as art
 from ..release import manifest, merkle
 from ..release.checks import Refused, VerifiedRelease, verify
@@ -51,7 +51,9 @@ ORDER = {Stage.CANDIDATE: 0, Stage.STAGING: 1, Stage.PRODUCTION: 2, Stage.ARCHIV
 class ReleaseConfig:
     """The hub's chain and signing configuration (Helm values → environment, see charts/fedcare)."""
 
+    #: None: the hub context signs with the Vault transit key ``signing_key`` when it has Vault.
     signer: ReleaseSigner | None = None
+    signing_key: str = "fedcare-release"
     key_ref: KeyRef | None = None
     rpc_url: str = ""
     chain_id: int | None = None               # used when a release has no spec.anchor
@@ -66,6 +68,9 @@ class ReleaseConfig:
     retry_delay: float = 10.0                 # how soon a waiting step (round running, tx pending) is retried
     error_delay: float = 60.0                 # how soon a configuration/funding problem is retried
     batch_window: float = 0.0                 # > 0: concurrent releases share anchorBatch transactions
+    #: pvc://<claim>/… artifacts: claim → the folder where the hub mounts it (the hub context adds
+    #: the round artifact store, FEDCARE_ARTIFACT_CLAIM at FEDCARE_ARTIFACT_DIR).
+    pvc_mounts: dict[str, str] = field(default_factory=dict)
     _clients: dict[tuple[int, str], ChainClient] = field(default_factory=dict, init=False, repr=False)
     _promotions: dict[str, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
@@ -168,6 +173,10 @@ class Release:
         return found is not None and found.status.value == "True"
 
     # -- steps -------------------------------------------------------------------------------
+    def local_uri(self) -> str:
+        """The artifact URI the hub reads and writes beside (pvc:// resolved to the hub's mount)."""
+        return art.resolve_pvc(self.spec.artifact.storage_uri, self.cfg.pvc_mounts)
+
     async def verify(self) -> VerifiedRelease | None:
         ref = self.spec.provenance.federated_round_ref
         round_obj = None
@@ -175,13 +184,19 @@ class Release:
             round_obj = await self.kube.get_or_none(Ref(r.API_VERSION, r.FEDERATED_ROUNDS.plural, ref.namespace,
                                                         ref.name))
         try:
-            result = await verify(self.spec, self.namespace, round_obj, self.cfg.fetch_policy)
+            try:
+                uri = self.local_uri()
+            except art.ArtifactError as err:
+                raise Refused(err.reason, f"spec.artifact.storageUri: {err}") from None
+            spec = self.spec.model_copy(update={"artifact": self.spec.artifact.model_copy(
+                update={"storage_uri": uri})})
+            result = await verify(spec, self.namespace, round_obj, self.cfg.fetch_policy)
         except Refused as err:
             await self.write(c.make(T.VERIFIED, False, err.reason, str(err)))
             if err.transient:
                 raise kopf.TemporaryError(str(err), delay=self.cfg.retry_delay) from None
             raise kopf.PermanentError(str(err)) from None
-        proofs_uri = art.write_beside(self.spec.artifact.storage_uri, art.PROOFS, merkle.dumps(result.proofs))
+        proofs_uri = art.write_beside(uri, art.PROOFS, merkle.dumps(result.proofs))
         where = f"; per-site proofs in {proofs_uri}" if proofs_uri else ""
         history = self.raw.get("stageHistory") or []
         extra: dict[str, Any] = {}
@@ -209,6 +224,9 @@ class Release:
             raise kopf.TemporaryError("no release signer", delay=self.cfg.error_delay)
         try:
             signed = await asyncio.to_thread(self.cfg.signer.sign, self.digest().message())
+        except SignerUnavailable as err:      # a missing key or Vault right: the message says what to grant
+            await self.write(c.make(T.SIGNED, False, err.reason, str(err)))
+            raise kopf.TemporaryError(err.reason, delay=self.cfg.error_delay) from None
         except Exception as err:    # noqa: BLE001 - the signer's own errors, whatever its backend
             await self.write(c.make(T.SIGNED, False, "SigningFailed",
                                     f"the release signer failed ({type(err).__name__}); retrying"))
@@ -224,7 +242,7 @@ class Release:
             return
         pem = await asyncio.to_thread(self.cfg.signer.public_key_pem, sig.key_id)
         doc = manifest.build(self.namespace, self.name, self.digest(), sig, pem, chain)
-        art.write_beside(self.spec.artifact.storage_uri, art.MANIFEST, manifest.dumps(doc))
+        art.write_beside(self.local_uri(), art.MANIFEST, manifest.dumps(doc))
 
     def chain_target(self) -> tuple[int, str, int] | None:
         a = self.spec.anchor

@@ -153,6 +153,8 @@ def hub_policy_hcl(kv_mount: str = "fedcare", fs: FootprintSettings | None = Non
         'path "auth/token/lookup-accessor" {\n  capabilities = ["update"]\n}\n'
         'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}\n'
         f'path "{transit_mount}/keys/fedcare-release" {{\n  capabilities = ["create", "read", "update"]\n}}\n'
+        "# The chain sending key (chain.keyRef vault:<kv mount>/chain/<name>#<field>): read only.\n"
+        f'path "{kv_mount}/data/chain/*" {{\n  capabilities = ["read"]\n}}\n'
         f'path "{transit_mount}/sign/fedcare-release" {{\n  capabilities = ["update"]\n}}\n'
         f'path "{pki_mount}/issue/fedcare-superlink" {{\n  capabilities = ["update"]\n}}\n'
         f'path "{pki_mount}/issuer/default/json" {{\n  capabilities = ["read"]\n}}\n'

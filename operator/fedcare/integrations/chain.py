@@ -39,6 +39,7 @@ from importlib import resources
 from typing import Any
 
 import aiohttp
+import eth_abi
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -60,6 +61,18 @@ def load_artifact() -> dict[str, Any]:
 ARTIFACT = load_artifact()
 ABI = ARTIFACT["abi"]
 #: 4-byte selector (hex, no 0x) -> custom error name, to name a revert.
+#: function name -> (4-byte selector, input types), for encoding hot-path calls with eth_abi directly.
+FUNCTIONS = {f["name"]: (keccak(text=f"{f['name']}({','.join(i['type'] for i in f['inputs'])})")[:4],
+                         [i["type"] for i in f["inputs"]]) for f in ABI if f["type"] == "function"}
+
+
+def encode_call(name: str, args: list[Any]) -> str:
+    """Calldata of ``name(args)``: the same bytes as web3's ``contract.encode_abi``, without its
+    per-call ABI lookup and validation (which cost more CPU than signing; docs/performance.md)."""
+    selector, types = FUNCTIONS[name]
+    return "0x" + (selector + eth_abi.encode(types, args)).hex()
+
+
 ERROR_SELECTORS = {
     keccak(text=f"{e['name']}({','.join(i['type'] for i in e['inputs'])})")[:4].hex(): e["name"]
     for e in ABI if e["type"] == "error"}
@@ -191,6 +204,8 @@ class ChainClient:
         self.contract = self.w3.eth.contract(
             address=to_checksum_address(settings.contract_address) if settings.contract_address else None, abi=ABI)
         self._checked = False
+        self._check_lock = asyncio.Lock()      # many releases at once: one identity check, not one each
+        self._fees_lock = asyncio.Lock()       # ... and one fee read per second, not one each
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
         self._fees: tuple[float, int, int] | None = None     # (when, maxFee, tip)
@@ -203,6 +218,8 @@ class ChainClient:
         self._batch: list[Any] = []
         self._batch_timer: asyncio.TimerHandle | None = None
         self._batch_tasks: set[asyncio.Task] = set()
+        #: JSON-RPC calls made, by what (for benchmarks and debugging; never holds values).
+        self.calls: collections.Counter[str] = collections.Counter()
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -221,6 +238,7 @@ class ChainClient:
     # -- RPC with timeout and bounded jittered retry --------------------------------------------
     async def rpc(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         policy = self.settings.policy
+        self.calls[what] += 1
         for attempt in range(policy.attempts):
             try:
                 return await asyncio.wait_for(call(), policy.timeout)
@@ -257,6 +275,20 @@ class ChainClient:
             self._address = Account.from_key(self._key()).address
         return self._address
 
+    async def _load_key(self) -> str:
+        """The key (a vault: reference is an HTTP call: made off the event loop); sets the address."""
+        from .keyref import VaultKeyRef
+        key = await asyncio.to_thread(self._key) if isinstance(self.key_ref, VaultKeyRef) else self._key()
+        if self._address is None:
+            self._address = Account.from_key(key).address
+        return key
+
+    async def _sender(self) -> str:
+        if self._address is None:
+            await self._load_key()
+        assert self._address is not None
+        return self._address
+
     def _key(self) -> str:
         if self.key_ref is None:
             raise ChainError("NoSendingKey", "no sending key configured: set the chain key reference")
@@ -269,6 +301,11 @@ class ChainClient:
         """The node serves the configured chain and the contract address holds code."""
         if self._checked:
             return
+        async with self._check_lock:
+            if not self._checked:
+                await self._check()
+
+    async def _check(self) -> None:
         node_id = _int(await self.raw("eth_chainId"))
         if node_id != self.settings.chain_id:
             raise ChainError("ChainIdMismatch", f"the RPC node serves chain id {node_id} but chain id "
@@ -302,9 +339,15 @@ class ChainClient:
 
     # -- transactions ---------------------------------------------------------------------------
     async def _fees_now(self) -> tuple[int, int]:
-        now = time.monotonic()
-        if self._fees is not None and now - self._fees[0] < 1.0:
+        if self._fees is not None and time.monotonic() - self._fees[0] < 1.0:
             return self._fees[1], self._fees[2]
+        async with self._fees_lock:         # concurrent releases share one fee read
+            if self._fees is not None and time.monotonic() - self._fees[0] < 1.0:
+                return self._fees[1], self._fees[2]
+            return await self._read_fees()
+
+    async def _read_fees(self) -> tuple[int, int]:
+        now = time.monotonic()
         block = await self.raw("eth_getBlockByNumber", "latest", False)
         base = _int(block.get("baseFeePerGas") or 0)
         tip = self.settings.priority_fee
@@ -345,8 +388,8 @@ class ChainClient:
 
     async def _send(self, data: str | None, to: str | None, on_sent: OnSent | None) -> tuple[str, int]:
         """Estimate, sign and broadcast one transaction; returns (tx hash, nonce)."""
-        key = self._key()
-        sender = self.account()
+        key = await self._load_key()
+        sender = await self._sender()
         tx: dict[str, Any] = {"from": sender, "data": data or "0x", "value": 0}
         if to:
             tx["to"] = to
@@ -415,7 +458,7 @@ class ChainClient:
             return await fut
         except ChainError as err:
             if err.reason.startswith("Revert"):
-                return await self._send(self.contract.encode_abi("anchor", args=list(item)),
+                return await self._send(encode_call("anchor", list(item)),
                                         self.contract.address, on_sent)
             raise
 
@@ -432,15 +475,15 @@ class ChainClient:
     async def _send_batch(self, members: list[Any]) -> None:
         items = [m[0] for m in members]
         if len(items) == 1:
-            data = self.contract.encode_abi("anchor", args=list(items[0]))
+            data = encode_call("anchor", list(items[0]))
         else:
-            data = self.contract.encode_abi("anchorBatch", args=[[i[0] for i in items], [i[1] for i in items],
+            data = encode_call("anchorBatch", [[i[0] for i in items], [i[1] for i in items],
                                                                   [i[2] for i in items], [i[3] for i in items]])
 
         async def all_sent(tx: str, nonce: int) -> None:
-            for _, on_sent, _ in members:
-                if on_sent is not None:
-                    await on_sent(tx, nonce)
+            # every member records the shared hash before the broadcast, concurrently (each is a
+            # status write of its own release; one slow write must not hold the others back)
+            await asyncio.gather(*(on_sent(tx, nonce) for _, on_sent, _ in members if on_sent is not None))
 
         try:
             result = await self._send(data, self.contract.address, all_sent)
@@ -494,7 +537,7 @@ class ChainClient:
         watcher sees the transaction in a block, and at least every ``recheck`` seconds (which is
         also when a transaction the node forgot is found dropped or replaced).
         """
-        sender = self.account() if self.key_ref is not None else None
+        sender = (await self._sender()) if self.key_ref is not None else None
         recheck = max(1.0, 8 * self.settings.poll_interval)
         checked = -math.inf
         while True:
@@ -609,7 +652,7 @@ class ChainClient:
         batch = (h, root, rid, uri) if self.settings.batch_window > 0 else None
         return await self._once(name="anchor", done=done, known_tx=known_tx, known_nonce=known_nonce,
                                 on_sent=on_sent, confirmations=confirmations, batch=batch,
-                                data=lambda: self.contract.encode_abi("anchor", args=[h, root, rid, uri]))
+                                data=lambda: encode_call("anchor", [h, root, rid, uri]))
 
     async def revoke(self, model_hash: str | bytes, reason: str, *, known_tx: str | None = None,
                      known_nonce: int | None = None, on_sent: OnSent | None = None,
@@ -629,7 +672,7 @@ class ChainClient:
 
         return await self._once(name="revoke", done=done, known_tx=known_tx, known_nonce=known_nonce,
                                 on_sent=on_sent, confirmations=confirmations,
-                                data=lambda: self.contract.encode_abi("revoke", args=[h, reason[:1024]]))
+                                data=lambda: encode_call("revoke", [h, reason[:1024]]))
 
     async def deploy(self) -> tuple[str, str]:
         """Deploy ModelRegistry from the committed artifact; returns (address, tx hash)."""

@@ -25,6 +25,17 @@ class Signature:
     signature: str
 
 
+class SignerUnavailable(RuntimeError):
+    """The signer cannot sign yet for a reason an operator must fix (a missing key or Vault right).
+
+    ``reason`` is a CamelCase condition reason; the message names what is missing and how to grant
+    it, and never holds key material or tokens."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ReleaseSigner(Protocol):
     """Signs release digests. Implementations must never log or return private key material."""
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .signing import Signature
-from .vault import VaultClient, VaultError, VaultInvalidRequest, VaultNotFound
+from .signing import Signature, SignerUnavailable
+from .vault import VaultClient, VaultError, VaultForbidden, VaultInvalidRequest, VaultNotFound
 
 KEY_NAME = "fedcare-release"
 ALGORITHM = "ed25519"
@@ -88,3 +89,66 @@ class TransitSigner:
             signature=f"vault:v{version}:{sig.signature}", mount_point=self.mount),
             f"{self.mount}/verify/{self.key}")
         return bool(resp["data"]["valid"])
+
+
+class HubTransitSigner:
+    """The hub's release signer: a :class:`TransitSigner` whose key is made sure of on first use.
+
+    The hub creates the key when its Vault policy allows it (the chart's hub policy does, see
+    ``hub/vault_footprint.hub_policy_hcl``). A right the hub lacks becomes
+    :class:`SignerUnavailable` naming the policy path and capability to grant (the ModelRelease
+    shows it as ``Signed=False``); the check is repeated on the next attempt, so granting the
+    right is enough.
+    """
+
+    def __init__(self, vault: VaultClient, *, key: str = KEY_NAME, mount: str | None = None):
+        self.transit = TransitSigner(vault, key=key, mount=mount)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def key(self) -> str:
+        return self.transit.key
+
+    def _grant(self, verb: str, path: str) -> str:
+        return (f'the hub\'s Vault policy lacks {verb} on "{path}": add '
+                f'path "{path}" {{ capabilities = [{verb}] }} to the hub\'s policy '
+                "(fedcare's hub policy has it: hub/vault_footprint.hub_policy_hcl)")
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            keys = f"{self.transit.mount}/keys/{self.key}"
+            try:
+                self.transit.ensure_key()
+            except VaultForbidden:
+                raise SignerUnavailable(
+                    "SigningKeyForbidden",
+                    f"transit key {self.key} cannot be read or created: "
+                    + self._grant('"create", "read", "update"', keys)) from None
+            except VaultNotFound:
+                raise SignerUnavailable(
+                    "SigningKeyMissing",
+                    f"no transit engine at mount {self.transit.mount!r}: enable it (bao secrets enable "
+                    f"-path={self.transit.mount} transit) or set vault.mounts.transit") from None
+            except VaultError as err:
+                if err.reason in ("VaultUnavailable", "VaultSealed"):
+                    raise
+                raise SignerUnavailable("SigningKeyUnusable", str(err)) from None
+            self._ready = True
+
+    def sign(self, message: bytes) -> Signature:
+        self._ensure()
+        try:
+            return self.transit.sign(message)
+        except VaultForbidden:
+            raise SignerUnavailable("SigningForbidden", "Vault refused to sign with transit key "
+                                    f"{self.key}: " + self._grant('"update"', f"{self.transit.mount}/sign/{self.key}")
+                                    ) from None
+
+    def public_key_pem(self, key_id: str) -> str:
+        self._ensure()
+        return self.transit.public_key_pem(key_id)

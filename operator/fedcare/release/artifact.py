@@ -1,7 +1,9 @@
 """Fetch a release artifact (and the files beside it) and hash it.
 
 Supported URIs: ``file:///absolute/path`` (no ``..`` segments) and ``http(s)://`` (a GET with a
-bounded timeout and a bounded, jittered retry on connection errors and 5xx/429). The files the
+bounded timeout and a bounded, jittered retry on connection errors and 5xx/429). The hub also
+takes ``pvc://<claim>/<path>`` (what a round records for its model) for a claim it mounts:
+:func:`resolve_pvc` turns it into the ``file://`` URI inside that mount, refusing escapes. The files the
 pipeline reads or writes beside the artifact (provenance.json, provenance-proofs.json,
 release.json) are siblings in the same directory.
 """
@@ -57,6 +59,34 @@ def local_path(uri: str) -> pathlib.Path:
     if ".." in pathlib.PurePosixPath(path).parts:
         raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} contains '..'; give the real path")
     return pathlib.Path(path)
+
+
+def resolve_pvc(uri: str, mounts: dict[str, str]) -> str:
+    """``pvc://<claim>/<path>`` → ``file://<mount of claim>/<path>``; any other URI unchanged.
+
+    ``mounts`` maps claim names to the folders where the hub mounts them (the round's artifact
+    store: ``FEDCARE_ARTIFACT_CLAIM`` at ``FEDCARE_ARTIFACT_DIR``). ``..`` segments, absolute
+    tricks and symlinks leading out of the mount are refused.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() != "pvc":
+        return uri
+    claim = parts.netloc
+    rel = urllib.parse.unquote(parts.path).lstrip("/")
+    if not claim or not rel:
+        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r}: expected pvc://<claim>/<path inside the claim>")
+    if ".." in pathlib.PurePosixPath(rel).parts:
+        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} contains '..'; give the path inside the claim")
+    if claim not in mounts:
+        have = ", ".join(sorted(mounts)) or "none"
+        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r}: the hub does not mount claim {claim!r} (it mounts: "
+                                              f"{have}); set artifactStore.existingClaim in the Helm values or "
+                                              "use a file:// or http(s):// URI")
+    root = pathlib.Path(mounts[claim]).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} leads out of the claim's mount (a symlink?)")
+    return target.as_uri()
 
 
 def check_uri(uri: str) -> None:

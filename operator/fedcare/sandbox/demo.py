@@ -6,7 +6,9 @@ a synthetic ultrasound dataset per hospital, enrolls the hospitals, applies a Fe
 and the training happens *through* the operator: the hub starts a Flower SuperLink pod and
 submits the run, each site agent starts its SuperNode training pod, the kubelets run them as
 processes. It shows live progress, a summary table, writes a PNG plot when matplotlib is
-installed, and exits 0 only if the round succeeded.
+installed. With anvil installed it also starts a local chain, deploys the ModelRegistry, and the
+ModelRelease the round created is verified, signed, anchored and promoted by the hub, then
+checked with `fedcare verify`. It exits 0 only if the round (and, with anvil, the release) succeeded.
 While it runs, `kubectl --kubeconfig .sandbox/kubeconfig get fedcare,pods -A` works from another shell.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import pathlib
 import shutil
@@ -22,6 +25,7 @@ from typing import Any
 
 from ..api.resources import API_VERSION
 from ..integrations.kube import Ref
+from . import release as sandbox_release
 from .emulator import fedcare_emulator
 from .federation import WORK_NAMESPACE, federation, round_manifest
 from .kubeconfig import write_kubeconfig
@@ -113,12 +117,21 @@ def plot(obj: dict[str, Any], provenance: pathlib.Path, out: pathlib.Path) -> st
 async def demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Path, images: int) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as chain:
+        return await _demo(sites, rounds, keep, workdir, images, chain)
+
+
+async def _demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Path, images: int,
+                chain: contextlib.ExitStack) -> int:
+    # anvil + ModelRegistry for the release (None if anvil is absent: said, and the release is skipped).
+    # Once the sandbox federation gives its hub a Vault client: start_chain(chain, sandbox_signer=False).
+    release_cfg = await sandbox_release.start_chain(chain)
     async with fedcare_emulator(max_history=2000) as k:
         kubeconfig = write_kubeconfig(k.url, workdir / "kubeconfig")
         say(f"Sandbox Kubernetes API at {k.url} (kubeconfig: {kubeconfig})")
         say(f"Synthetic ultrasound data for {len(sites)} hospitals, a process kubelet per hospital, the hub, "
             "one site agent per hospital")
-        async with federation(k.url, workdir, sites, images=images) as fed:
+        async with federation(k.url, workdir, sites, images=images, release=release_cfg) as fed:
             node_table(await fed.api.list(Ref(API_VERSION, "hospitalnodes")))
             say(f"Applying FederatedRound {ROUND}: {len(sites)} sites, {rounds} server rounds, FedAvg "
                 "(Flower runs without TLS: sandbox development mode)")
@@ -156,10 +169,15 @@ async def demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Path
                 print(f"   artifacts: {folder} (model.safetensors, provenance.json, model-card.json)")
                 print(f"   ModelRelease: {st['result'].get('modelReleaseRef')}")
                 print(f"   plot: {plot(obj, folder / 'provenance.json', workdir / 'round-metrics.png')}")
+                if release_cfg is not None:
+                    ok = await sandbox_release.release_round_model(
+                        fed.api, release_cfg, st["result"]["modelReleaseRef"], folder / "model.safetensors")
             if keep > 0:
                 say(f"Sandbox stays up for {keep:.0f}s: kubectl --kubeconfig {kubeconfig} get fedcare -A")
                 await asyncio.sleep(keep)
-            say("Demo complete" if ok else "Demo FAILED: the round did not succeed")
+            say("Demo complete" if ok else "Demo FAILED: " + ("the release did not anchor and verify" if
+                                                               st["phase"] == "Succeeded" else
+                                                               "the round did not succeed"))
             return 0 if ok else 1
 
 

@@ -35,6 +35,7 @@ from ..hub.aggregator import AggregatorConfig
 from ..hub.context import HubContext
 from ..hub.flower_runs import FlowerCLI
 from ..hub.handlers import make_registry
+from ..hub.release_service import ReleaseConfig
 from ..hub.round_scheduler import RoundConfig
 from ..hub.round_settings import default_app
 from ..integrations.kube import Kube, Ref, RetryPolicy
@@ -132,7 +133,8 @@ class Federation:
     """Start with ``async with federation(url, workdir, sites) as fed``; see module doc."""
 
     def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
-                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True):
+                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True,
+                 release: ReleaseConfig | None = None):
         self.url, self.workdir, self.sites = url, workdir, sites
         self.site_gpus = site_gpus or {}
         self.poll = poll
@@ -147,6 +149,7 @@ class Federation:
         self.hub_task: asyncio.Task | None = None
         self.hub_stop = asyncio.Event()
         self.hub_ctx: HubContext | None = None
+        self.release = release           # the hub's chain/signing configuration (sandbox/release.py)
 
     def round_config(self) -> RoundConfig:
         return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
@@ -169,7 +172,9 @@ class Federation:
 
     async def start_hub(self) -> None:
         self.hub_stop = asyncio.Event()
-        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config())
+        extra: dict[str, Any] = {"release": self.release} if self.release is not None else {}
+        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config(),
+                                  **extra)
         registry = make_registry(self.hub_ctx)
         _login(registry, self.url)
         self.hub_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=self.hub_stop,
