@@ -68,7 +68,6 @@ class ProvenanceRecorder:
             if r["round"] == server_round:
                 return r
         entry = {"round": server_round, "started_at": _now()}
-        self._round_started[server_round] = time.monotonic()
         self.doc["rounds"].append(entry)
         return entry
 
@@ -78,6 +77,7 @@ class ProvenanceRecorder:
     # -- events from the strategy -------------------------------------------------
     def start_round(self, server_round: int) -> None:
         self._round(server_round)  # stamps started_at before any message is sent
+        self._round_started.setdefault(server_round, time.monotonic())
 
     def record_train(self, server_round: int, global_sha256: str, outcomes: dict[str, SiteOutcome]) -> None:
         entry = self._round(server_round)
