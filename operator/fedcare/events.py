@@ -53,7 +53,8 @@ def build(obj: dict[str, Any], type_: str, reason: str, message: str, *, compone
 
 async def post(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str, *,
                component: str = "fedcare-hub", name: str | None = None) -> bool:
-    """Post one Event about ``obj``; True if the API server took it.
+    """Post one Event about ``obj``; True if the API server has it (took it now or, for a named
+    Event, already had it); False if posting failed.
 
     ``name``: a fixed Event name (see ``once_name``) for an Event that must exist once per
     transition: if the API server already has it (a restarted hub seeing the same status
@@ -63,7 +64,7 @@ async def post(kube: Kube, obj: dict[str, Any], type_: str, reason: str, message
         await kube.with_policy(FAST).create(Ref("v1", "events", body["metadata"]["namespace"]), body)
     except Conflict:
         metrics.EVENTS_POSTED.labels(type_, "duplicate").inc()
-        return False
+        return True
     except KubeError as err:
         metrics.EVENTS_POSTED.labels(type_, "failed").inc()
         log.debug("Could not post the %s event about %s: %s", reason, body["involvedObject"]["name"], err)

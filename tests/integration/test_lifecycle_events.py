@@ -173,3 +173,22 @@ def test_facts_carry_no_spec_value_or_secret():
     rel = release_body({"conditions": [cond("Verified", "True", "Verified", "ok")]})
     rel["spec"] = {"artifact": {"storageUri": "https://user:password@host/model"}}
     assert not [f for f in release_facts(rel) if "password" in f.message]
+
+
+async def test_an_event_lost_to_an_api_outage_is_posted_at_the_next_watch_event(emulator, api):
+    import kmock
+
+    life = Lifecycle(lambda: api)
+    failed_before = counter(metrics.EVENTS_POSTED.labels("Normal", "failed"))
+    await life.round_seen(round_body({"phase": "Pending", "attempt": 1}, name="out", uid="uid-out"), None)
+    outage = emulator.inject(kmock.K8sCriteria(method=kmock.method.POST),
+                             kmock.KubernetesError(503, "ServiceUnavailable", "down"), times=None)
+    try:
+        await life.round_seen(round_body(RUNNING, name="out", uid="uid-out"), "MODIFIED")   # never raises
+    finally:
+        outage.times = 0
+    assert counter(metrics.EVENTS_POSTED.labels("Normal", "failed")) - failed_before == 1
+    assert await events_about(api, "out") == []
+    await life.round_seen(round_body(RUNNING, name="out", uid="uid-out"), "MODIFIED")
+    await life.round_seen(round_body(RUNNING, name="out", uid="uid-out"), "MODIFIED")
+    assert [e["reason"] for e in await events_about(api, "out")] == ["RoundStarted"]

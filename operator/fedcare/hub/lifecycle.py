@@ -164,7 +164,8 @@ def release_facts(body: dict[str, Any]) -> list[Fact]:
 # -- the observer ----------------------------------------------------------------------------------
 @dataclass
 class _Seen:
-    facts: set[str] = field(default_factory=set)
+    facts: set[str] = field(default_factory=set)      # transitions seen (metrics observed once)
+    posted: set[str] = field(default_factory=set)     # Events the API server has (or that need none)
     #: live marks (monotonic seconds) for durations the status does not carry
     pending_tx: tuple[str, float] | None = None
 
@@ -194,15 +195,18 @@ class Lifecycle:
         observe(body, seen, None, first)
         now = dt.datetime.now(dt.UTC)
         for fact in facts:
-            if fact.key in seen.facts:
+            if fact.key not in seen.facts:
+                seen.facts.add(fact.key)
+                if not first:
+                    observe(body, seen, fact, False)
+                if first and fact.time is not None and (now - fact.time).total_seconds() > EVENT_TTL:
+                    seen.posted.add(fact.key)   # long past: its Event has expired, do not repeat history
+            if fact.key in seen.posted:
                 continue
-            seen.facts.add(fact.key)
-            if not first:
-                observe(body, seen, fact, False)
-            if first and fact.time is not None and (now - fact.time).total_seconds() > EVENT_TTL:
-                continue              # long past: its Event has expired, do not repeat history
-            await events.post(self.kube(), body, fact.type, fact.reason, fact.message,
-                              name=events.once_name(body, fact.key))
+            # A failed post (API outage) is tried again at the object's next watch event.
+            if await events.post(self.kube(), body, fact.type, fact.reason, fact.message,
+                                 name=events.once_name(body, fact.key)):
+                seen.posted.add(fact.key)
 
     # -- metrics -----------------------------------------------------------------------------------
     def _round_metrics(self, body: dict[str, Any], seen: _Seen, fact: Fact | None, first: bool) -> None:
