@@ -78,4 +78,4 @@ def once_name(obj: dict[str, Any], fact: str) -> str:
     ``<object name>.<16 hex>``, a valid object name whatever the fact's text."""
     md = obj.get("metadata") or {}
     tag = hashlib.sha256(f"{md.get('uid', '')}/{fact}".encode()).hexdigest()[:16]
-    return f"{str(md.get('name', 'fedcare'))[:200]}.{tag}"
+    return f"{str(md.get('name', 'fedcare'))[:200].rstrip('-.')}.{tag}"      # a label may not end in - or .

@@ -192,3 +192,13 @@ async def test_an_event_lost_to_an_api_outage_is_posted_at_the_next_watch_event(
     await life.round_seen(round_body(RUNNING, name="out", uid="uid-out"), "MODIFIED")
     await life.round_seen(round_body(RUNNING, name="out", uid="uid-out"), "MODIFIED")
     assert [e["reason"] for e in await events_about(api, "out")] == ["RoundStarted"]
+
+
+def test_event_names_are_valid_whatever_the_object_name():
+    from fedcare import events
+
+    long = "a" * 199 + "-" + "b" * 53                     # 253 characters, a '-' at the cut
+    name = events.once_name({"metadata": {"name": long, "uid": "u"}}, "started/1")
+    assert len(name) <= 253 and ".." not in name and "-." not in name
+    assert name == events.once_name({"metadata": {"name": long, "uid": "u"}}, "started/1")
+    assert name != events.once_name({"metadata": {"name": long, "uid": "u"}}, "started/2")
