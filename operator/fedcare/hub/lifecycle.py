@@ -203,8 +203,12 @@ class Lifecycle:
                     seen.posted.add(fact.key)   # long past: its Event has expired, do not repeat history
             if fact.key in seen.posted:
                 continue
+            try:
+                kube = self.kube()
+            except RuntimeError:          # the hub is stopping: its successor posts it
+                return
             # A failed post (API outage) is tried again at the object's next watch event.
-            if await events.post(self.kube(), body, fact.type, fact.reason, fact.message,
+            if await events.post(kube, body, fact.type, fact.reason, fact.message,
                                  name=events.once_name(body, fact.key)):
                 seen.posted.add(fact.key)
 
