@@ -73,7 +73,8 @@ LEASE_WATCH_RESTARTS = Counter(
     "fedcare_lease_watch_restarts_total",
     "Times the hub's Lease watch started over, by reason (APIError, Expired).", ["reason"], registry=None)
 EVENTS_POSTED = Counter(
-    "fedcare_events_total", "Kubernetes Events fedcare posted, by type and whether posting succeeded.",
+    "fedcare_events_total", "Kubernetes Events fedcare posted, by type and result (posted; duplicate: already "
+    "posted, e.g. before a hub restart; failed).",
     ["type", "result"], registry=None)
 # Round and release execution (filled by the round scheduler and the release pipeline; defined
 # here so the dashboard and the docs are complete, and so their series exist at zero).

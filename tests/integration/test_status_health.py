@@ -2,8 +2,9 @@
 
 The hub and one site agent on the emulated API; a second site whose agent never connects.
 Each object's kstatus (and so Argo CD's and Flux's health) is asserted at every step the code
-has today. Round execution is not built yet: ROUND_STEPS lists the FederatedRound phases
-reached now; the scheduler's issue appends Running/Succeeded/Failed steps to it.
+has without training. The kstatus of every kind through a real round (Scheduling, Running,
+Succeeded, Failed; assignments answered and running; a release verified, anchored, revoked)
+is asserted in test_round_observability.py.
 """
 
 from __future__ import annotations

@@ -55,3 +55,27 @@ async def test_a_hanging_poll_counts_a_timeout_and_keeps_the_last_gpus(monkeypat
     assert value(metrics.NVML_ERRORS, "m-hang", "Timeout") == 1
     assert value(metrics.GPUS, "m-hang", "total") == 2          # the last good inventory, kept
     rep.reader.shutdown()
+
+
+def test_training_pod_restarts_count_increases_of_the_assignment_status():
+    from fedcare.site.work_metrics import RestartCounter
+
+    counter = RestartCounter("m-restarts")
+    metrics.init_agent_site("m-restarts")
+
+    def ra(uid: str, restarts: int) -> dict:
+        return {"metadata": {"uid": uid}, "status": {"restarts": restarts}}
+
+    counter.observe(ra("a", 2), None)              # first sight (a restarted agent): not counted again
+    assert value(metrics.TRAINING_POD_RESTARTS, "m-restarts") == 0
+    counter.observe(ra("a", 2), "MODIFIED")
+    counter.observe(ra("a", 3), "MODIFIED")
+    counter.observe(ra("a", 5), "MODIFIED")
+    counter.observe(ra("a", 4), "MODIFIED")        # an out-of-order older copy: never negative
+    counter.observe(ra("a", 5), "MODIFIED")
+    assert value(metrics.TRAINING_POD_RESTARTS, "m-restarts") == 3
+    counter.observe(ra("b", 0), "ADDED")
+    counter.observe(ra("b", 1), "MODIFIED")
+    counter.observe(ra("b", 1), "DELETED")
+    counter.observe({"metadata": {"uid": "c"}, "status": {"restarts": "garbage"}}, "MODIFIED")
+    assert value(metrics.TRAINING_POD_RESTARTS, "m-restarts") == 4

@@ -53,6 +53,7 @@ class ProvenanceRecorder:
         self.path = self.out_dir / "provenance.json"
         self.save_round_models = save_round_models
         self.last_model_bytes = b""
+        self._round_started: dict[int, float] = {}  # monotonic start of each round (its duration)
         self.doc: dict = {
             "format": FORMAT,
             "status": "running",
@@ -76,6 +77,7 @@ class ProvenanceRecorder:
     # -- events from the strategy -------------------------------------------------
     def start_round(self, server_round: int) -> None:
         self._round(server_round)  # stamps started_at before any message is sent
+        self._round_started.setdefault(server_round, time.monotonic())
 
     def record_train(self, server_round: int, global_sha256: str, outcomes: dict[str, SiteOutcome]) -> None:
         entry = self._round(server_round)
@@ -83,8 +85,12 @@ class ProvenanceRecorder:
         entry["sites"] = {site: clean(o.to_json()) for site, o in sorted(outcomes.items())}
         self._flush()
 
-    def record_train_aggregate(self, server_round: int, metrics) -> None:
-        self._round(server_round)["train_aggregate"] = clean(dict(metrics or {}))
+    def record_train_aggregate(self, server_round: int, metrics, seconds: float | None = None) -> None:
+        """``seconds``: how long aggregating the updates took (the hub's aggregation metric)."""
+        entry = self._round(server_round)
+        entry["train_aggregate"] = clean(dict(metrics or {}))
+        if seconds is not None:
+            entry["aggregation_seconds"] = round(float(seconds), 6)
         self._flush()
 
     def record_evaluate(self, server_round: int, outcomes: dict[str, SiteOutcome], metrics) -> None:
@@ -109,6 +115,8 @@ class ProvenanceRecorder:
             entry["global_model_file"] = name
         entry["server_evaluation"] = clean(server_metrics) if server_metrics else None
         entry["finished_at"] = _now()
+        if server_round in self._round_started:    # round 0 (the initial model) has no start
+            entry["duration_seconds"] = round(time.monotonic() - self._round_started[server_round], 3)
         self._flush()
         return entry
 

@@ -217,8 +217,9 @@ class AuditMixin:
                 f"round {server_round}: {len(ok_ids)} of {len(outcomes)} sites returned a usable update, "
                 f"min-train-nodes is {self.min_successful}. Failures: {failed or 'none (too few sites sampled)'}"
             )
+        started = time.perf_counter()
         arrays, metrics = super().aggregate_train(server_round, good)
-        self.recorder.record_train_aggregate(server_round, metrics)
+        self.recorder.record_train_aggregate(server_round, metrics, time.perf_counter() - started)
         return arrays, metrics
 
     # -- evaluate ----------------------------------------------------------------

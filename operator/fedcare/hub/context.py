@@ -14,6 +14,7 @@ from .heartbeats import HeartbeatTracker
 from .lease_watch import watch_leases
 from .resync import interval_from_env, resync_loop
 from .metrics_state import PhaseIndex, release_index, round_index
+from .lifecycle import Lifecycle
 from .release_service import ReleaseConfig
 from .hub_credential import HubCredentialSettings
 from .vault_footprint import FootprintSettings
@@ -31,6 +32,8 @@ class HubContext:
     #: Round execution settings (hub/round_settings.py); None: read from the environment.
     round_config: RoundConfig | None = None
     availability: AvailabilityMonitor = field(init=False)
+    #: Events and metrics of round and release execution, from their status transitions.
+    lifecycle: Lifecycle = field(init=False)
     #: Phase of every FederatedRound / ModelRelease, for the fedcare_rounds/fedcare_releases gauges.
     rounds: PhaseIndex = field(default_factory=round_index)
     releases: PhaseIndex = field(default_factory=release_index)
@@ -61,6 +64,8 @@ class HubContext:
         agg = self.round_config.aggregator
         # A round-created ModelRelease names its model pvc://<artifact claim>/…: the same folder here.
         self.release.pvc_mounts.setdefault(agg.artifact_claim, agg.artifact_dir)
+        self.lifecycle = Lifecycle(lambda: self.api, lambda: self.round_config.aggregator.artifact_dir
+                                   if self.round_config else None)
 
     @property
     def round_reconciler(self) -> Reconciler:

@@ -95,10 +95,12 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     @kopf.on.event(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry, id="round-seen")
     async def federated_round_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
         ctx.rounds.observe(body, type)        # fedcare_rounds{phase}
+        await ctx.lifecycle.round_seen(plain(body), type)     # Events and metrics of its transitions
 
     @kopf.on.event(GROUP, VERSION, MODEL_RELEASES.plural, registry=registry, id="release-seen")
     async def model_release_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
         ctx.releases.observe(body, type)      # fedcare_releases{phase}
+        await ctx.lifecycle.release_seen(plain(body), type)   # Events and metrics of its transitions
 
     # Round execution (hub/round_scheduler.py): a level-based pass every poll interval.
     @kopf.timer(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry, id="round-execution",

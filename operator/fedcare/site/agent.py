@@ -18,6 +18,7 @@ from . import assignments
 from .heartbeat import Heartbeat, SiteGone, check_site_exists, node_ref
 from .reporter import InventoryReporter
 from .work import SiteWork
+from .work_metrics import RestartCounter
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class SiteAgent:
         self._answering = asyncio.Lock()    # one answer at a time: GPU reservations must not race
         self.answer_resync_seconds = 30.0
         metrics.init_agent_site(site)
+        self.restarts = RestartCounter(site)
         #: Training pods in the site cluster (None: this agent only answers, e.g. no site cluster).
         self.work = work
         if work is not None:
@@ -128,9 +130,10 @@ class SiteAgent:
 
         @kopf.on.event(r.GROUP, r.VERSION, r.ROUND_ASSIGNMENTS.plural, registry=registry, id="work-wake",
                        when=lambda type, **_: self.work is not None)
-        async def assignment_changed(**_: Any) -> None:
+        async def assignment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
             """Any change (Accepted, deleted at the round's end): converge the pods now, not at the next poll."""
             assert self.work is not None
+            self.restarts.observe(body, type)       # fedcare_agent_training_pod_restarts_total
             self.work.wake.set()
 
         return registry
