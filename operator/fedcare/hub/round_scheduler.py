@@ -35,6 +35,7 @@ from ..integrations.kube import Kube, Ref, ensure
 from ..status_writer import write_status
 from . import aggregator as agg
 from . import round_progress as progress
+from . import run_trust
 from .flower_runs import FlowerCLI, FlowerError, RunInfo
 from .selection import eligible_sites
 
@@ -47,7 +48,7 @@ TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
 FLWR_CHECK_INTERVAL = 20.0
-RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes"}
+RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes"} | run_trust.KEYS
 
 
 @dataclass
@@ -400,7 +401,9 @@ class Reconciler:
             message = f"{len(alive)} of {need} required sites can still take part; {lost}"
             await self.write(body, [dispatched, self.cond(body, T.QUORUM_HEALTHY, False, c.Reason.QUORUM_LOST,
                                                           message)], **fields)
-            await self.fail(body, c.Reason.QUORUM_LOST, message)
+            privacy = any(p["reason"].startswith(c.Reason.PRIVACY_BUDGET_EXHAUSTED.value) for p in participants
+                          if p not in alive)
+            await self.fail(body, c.Reason.PRIVACY_BUDGET_EXHAUSTED if privacy else c.Reason.QUORUM_LOST, message)
             return None
         healthy = self.cond(body, T.QUORUM_HEALTHY, True, c.Reason.RECONCILED,
                             f"{len(alive)} of {len(participants)} sites can take part ({need} required)")
@@ -417,6 +420,9 @@ class Reconciler:
         if state and p.get("state") != "Dropped":
             p["state"] = state
             p["reason"] = (ras.get("message") or phase)[:500]
+            why = (c.raw_condition(ra, T.READY.value) or {}).get("reason") or ""
+            if state in ("Rejected", "Failed") and why and not p["reason"].startswith(why):
+                p["reason"] = f"{why}: {p['reason']}"[:500]     # the site's reason code, e.g. PrivacyBudgetExhausted
         p["restarts"] = int(ras.get("restarts") or 0)
 
     def run_config(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: str) -> dict[str, Any]:
@@ -463,8 +469,11 @@ class Reconciler:
                 else:
                     body = await self.write(body, [], runSubmitting=True) or body
                     folder.mkdir(parents=True, exist_ok=True)
-                    run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app,
-                                                          self.run_config(body, spec, str(folder)), insecure=insecure)
+                    config = self.run_config(body, spec, str(folder))
+                    config.update(await run_trust.trust_config(
+                        self.kube, spec, [p["node"] for p in st.get("participants") or []], md["name"]))
+                    run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app, config,
+                                                          insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
                 self._asked.pop(self.key(body), None)

@@ -42,6 +42,7 @@ from ..integrations.nvml import NVMLReader
 from ..kopf_runner import run_kopf
 from ..site.agent import SiteAgent
 from ..site.heartbeat import Heartbeat
+from ..site.privacy import SitePrivacy
 from ..site.reporter import InventoryReporter
 from ..site.work import SiteWork
 from .kubelet import ProcessKubelet
@@ -53,6 +54,8 @@ POLICY = RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0, timeout=10.0)
 WORK_NAMESPACE = "fedcare-training"
 ARTIFACT_CLAIM = "fedcare-artifacts"
 SITE_LABEL = "fedcare.io/site"
+#: Each sandbox hospital's privacy budget (its agent's --privacy-budget-epsilon) unless given.
+DEFAULT_BUDGET = 10.0
 TRAIN_IMAGE = ("ghcr.io/fedcare/ultrasound-train@sha256:"
                "b1844e262ceb52d3bc76564512d13303e63260f29bcf690357af563e591a0a59")
 
@@ -68,11 +71,11 @@ def synth(data: pathlib.Path, sites: int, images: int, holdout: int = 150, seed:
 
 
 def hospital(name: str, *, gpu_count: int = 0, claim: str = "", lease: int = 10,
-             labels: dict[str, str] | None = None) -> dict[str, Any]:
+             labels: dict[str, str] | None = None, size: int = 0) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "HospitalNode",
             "metadata": {"name": name, "labels": {"fedcare.io/modality": "ultrasound", **(labels or {})}},
             "spec": {"displayName": f"Hospital {name}", "gpu": {"count": gpu_count},
-                     "dataset": {"claimName": claim or f"dataset-{name}"},
+                     "dataset": {"claimName": claim or f"dataset-{name}", "size": size},
                      "scheduling": {"nodeSelector": {SITE_LABEL: name},
                                     "tolerations": [{"key": SITE_LABEL, "operator": "Equal", "value": name,
                                                      "effect": "NoSchedule"}]},
@@ -132,9 +135,13 @@ class Federation:
     """Start with ``async with federation(url, workdir, sites) as fed``; see module doc."""
 
     def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
-                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True):
+                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True,
+                 site_budgets: dict[str, float] | None = None, site_sizes: dict[str, int] | None = None):
         self.url, self.workdir, self.sites = url, workdir, sites
         self.site_gpus = site_gpus or {}
+        self.site_budgets = site_budgets or {}     # site -> privacy budget epsilon (its agent's setting)
+        self.site_sizes = site_sizes or {}         # site -> registered dataset size (default: images)
+        self.images = 0
         self.poll = poll
         self.site_kubelets = site_kubelets     # False: training pods are created but never run (benchmarks)
         self.kubelet_kwargs = {"backoff_base": 0.5, "backoff_cap": 5.0, "shutdown_grace": 5.0,
@@ -148,6 +155,9 @@ class Federation:
         self.hub_stop = asyncio.Event()
         self.hub_ctx: HubContext | None = None
 
+    def ledger_dir(self, site: str) -> pathlib.Path:
+        return self.workdir / f"ledger-{site}"
+
     def round_config(self) -> RoundConfig:
         return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
                            aggregator=AggregatorConfig(artifact_dir=str(self.artifact_dir),
@@ -158,14 +168,19 @@ class Federation:
     async def prepare(self, *, images: int = 120, holdout: int = 150) -> None:
         """Namespaces, volumes, datasets (synthetic), HospitalNodes."""
         await asyncio.to_thread(synth, self.data, len(self.sites), images, holdout)
+        self.images = images
         await self.api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": WORK_NAMESPACE}})
         await local_volume(self.api, "fedcare-artifacts", self.artifact_dir, "default", ARTIFACT_CLAIM)
         for i, site in enumerate(self.sites):
             await local_volume(self.api, f"dataset-{site}", self.data / f"site-{chr(97 + i)}", WORK_NAMESPACE,
                                f"dataset-{site}")
+            # the site's privacy ledger: its own storage, kept across rounds (site/privacy.py)
+            await local_volume(self.api, f"ledger-{site}", self.ledger_dir(site), WORK_NAMESPACE,
+                               f"privacy-ledger-{site}")
             await self.api.create(Ref(API_VERSION, "hospitalnodes"),
-                                  hospital(site, gpu_count=self.site_gpus.get(site, 0)))
+                                  hospital(site, gpu_count=self.site_gpus.get(site, 0),
+                                           size=self.site_sizes.get(site, images)))
 
     async def start_hub(self) -> None:
         self.hub_stop = asyncio.Event()
@@ -206,7 +221,9 @@ class Federation:
         reporter = InventoryReporter(h.hub, site, reader=reader, site_kube=h.hub, poll_interval=1.0,
                                      versions=AgentVersions(agent="sandbox", flwr="1.42.0"))
         agent_id = f"{site}/agent-0"
-        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, interval=self.poll)
+        privacy = SitePrivacy(self.site_budgets.get(site, DEFAULT_BUDGET), ledger_claim=f"privacy-ledger-{site}")
+        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, interval=self.poll,
+                        privacy=privacy)
         h.agent = SiteAgent(site, h.hub, reporter, agent_id=agent_id, heartbeat=Heartbeat(h.hub, site, agent_id),
                             work=work)
         await h.agent.prepare()

@@ -28,7 +28,9 @@ from ..api import resources as r
 from ..api.round_assignment import AssignmentPhase
 from ..integrations.kube import Kube, KubeError, Ref, ensure
 from ..status_writer import write_status
+from . import site_reports
 from . import training_pod as tp
+from .privacy import SitePrivacy
 from .heartbeat import node_ref
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,9 @@ def past_deadline(assignment: dict[str, Any], now: dt.datetime | None = None) ->
 class SiteWork:
     def __init__(self, hub: Kube, site_kube: Kube | None, site: str, agent_id: str, *,
                  namespace: str = "fedcare-training", insecure: bool = False, interval: float = 2.0,
-                 lock: asyncio.Lock | None = None):
+                 lock: asyncio.Lock | None = None, privacy: SitePrivacy | None = None):
         self.hub, self.site_kube, self.site, self.agent_id = hub, site_kube, site, agent_id
+        self.privacy = privacy or SitePrivacy()   # the hospital's budget and ledger (site/privacy.py)
         self.namespace, self.insecure, self.interval = namespace, insecure, interval
         self.lock = lock or asyncio.Lock()     # shared with the answers: one writer of phases at a time
         self.wake = asyncio.Event()
@@ -135,7 +138,7 @@ class SiteWork:
                      tp.network_policy(ra, site=self.site, namespace=self.namespace))
         if pod is None:
             manifest = tp.pod_manifest(ra, node, site=self.site, namespace=self.namespace, retry=retry,
-                                       insecure=self.insecure)
+                                       insecure=self.insecure, privacy=self.privacy)
             pod, created = await ensure(self.site_kube, "pods", manifest)
             if created:
                 log.info("Site %s: created training pod %s for round %s (attempt %s)", self.site, name,
@@ -159,6 +162,14 @@ class SiteWork:
                                                                      "restarts": total + 1})
             return
         if phase == "Running":
+            report = await site_reports.read(self.site_kube, self.namespace, name)
+            if report.refused:       # the privacy ledger refused: this site leaves the round
+                await self._delete_pods([pod], ra)
+                await self._status(ra, AssignmentPhase.FAILED, c.Reason.PRIVACY_BUDGET_EXHAUSTED,
+                                   report.refusal_message(), **fields, **report.status_fields())
+                log.warning("Site %s: %s (round %s)", self.site, report.refusal_message(), spec["roundRef"]["name"])
+                return
+            fields |= report.status_fields()
             await self._status(ra, AssignmentPhase.RUNNING, c.Reason.POD_RUNNING,
                                f"training pod {name} is running" + (f" ({total} restart(s): {why})" if total else ""),
                                **fields)
