@@ -529,7 +529,12 @@ class Reconciler:
         if spec.release.create:
             release_name = await self.release(body, spec, result, fields)
         for p in fields["participants"]:
-            if p["state"] in ("Running", "Accepted"):
+            if p["state"] in ("Running", "Accepted") and not p.get("lastRound"):
+                # in the run, but no server round took its update (e.g. its ledger refused: PrivacyBudgetExhausted)
+                why = [s["reason"] for rnd in fields["serverRounds"] for s in rnd["sites"]
+                       if s["site"] == p["node"] and s.get("reason")]
+                p["state"], p["reason"] = "Dropped", (why[-1] if why else "contributed to no server round")[:500]
+            elif p["state"] in ("Running", "Accepted"):
                 p["state"], p["reason"] = "Finished", "the run completed"
         message = f"{spec.rounds} server rounds aggregated; model {result.digest}"
         await self.write(body, [self.cond(body, T.COMPLETE, True, c.Reason.RUN_SUCCEEDED, message),

@@ -113,10 +113,10 @@ async def local_volume(api: Kube, name: str, path: pathlib.Path, namespace: str,
                  "resources": {"requests": {"storage": "10Gi"}}}})
 
 
-def _login(registry: kopf.OperatorRegistry, url: str) -> None:
+def _login(registry: kopf.OperatorRegistry, url: str, info: kopf.ConnectionInfo | None = None) -> None:
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
+        return info or kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
 
 
 @dataclass
@@ -136,7 +136,8 @@ class Federation:
 
     def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
                  poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True,
-                 site_budgets: dict[str, float] | None = None, site_sizes: dict[str, int] | None = None):
+                 site_budgets: dict[str, float] | None = None, site_sizes: dict[str, int] | None = None,
+                 kubeconfig: str | None = None, login: kopf.ConnectionInfo | None = None):
         self.url, self.workdir, self.sites = url, workdir, sites
         self.site_gpus = site_gpus or {}
         self.site_budgets = site_budgets or {}     # site -> privacy budget epsilon (its agent's setting)
@@ -146,6 +147,9 @@ class Federation:
         self.site_kubelets = site_kubelets     # False: training pods are created but never run (benchmarks)
         self.kubelet_kwargs = {"backoff_base": 0.5, "backoff_cap": 5.0, "shutdown_grace": 5.0,
                                "lease_duration": 20, **(kubelet_kwargs or {})}
+        # The emulator by default; a real API server with ``kubeconfig`` (its client
+        # certificates) and ``login`` (the same, for kopf).
+        self.kubeconfig, self.login = kubeconfig, login
         self.api = Kube.from_url(url, policy=POLICY)
         self.artifact_dir = workdir / "artifacts"
         self.data = workdir / "data"
@@ -154,6 +158,11 @@ class Federation:
         self.hub_task: asyncio.Task | None = None
         self.hub_stop = asyncio.Event()
         self.hub_ctx: HubContext | None = None
+
+    async def connect(self) -> Kube:
+        if self.kubeconfig:
+            return await Kube.from_kubeconfig(self.kubeconfig, policy=POLICY)
+        return Kube.from_url(self.url, policy=POLICY)
 
     def ledger_dir(self, site: str) -> pathlib.Path:
         return self.workdir / f"ledger-{site}"
@@ -184,9 +193,9 @@ class Federation:
 
     async def start_hub(self) -> None:
         self.hub_stop = asyncio.Event()
-        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config())
+        self.hub_ctx = HubContext(kube=await self.connect(), round_config=self.round_config())
         registry = make_registry(self.hub_ctx)
-        _login(registry, self.url)
+        _login(registry, self.url, self.login)
         self.hub_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=self.hub_stop,
                                                      clusterwide=True))
 
@@ -198,21 +207,21 @@ class Federation:
             self.hub_task = None
 
     async def start_kubelets(self) -> None:
-        self.hub_kubelet = ProcessKubelet(self.api, "hub", self.workdir / "kubelet-hub", bind=True,
+        self.hub_kubelet = ProcessKubelet(self.api, "hub", self.workdir / "kubelet-hub", bind=None,
                                           labels={"fedcare.io/role": "hub"}, **self.kubelet_kwargs)
         await self.hub_kubelet.start()
         for site in self.sites:
             if not self.site_kubelets:
                 self.handles[site] = SiteHandle(site, None, None,  # type: ignore[arg-type]
-                                                Kube.from_url(self.url, policy=POLICY))
+                                                await self.connect())
                 continue
-            kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=True,
+            kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=None,
                                      gpus=self.site_gpus.get(site, 0), labels={SITE_LABEL: site},
                                      taints=[{"key": SITE_LABEL, "value": site, "effect": "NoSchedule"}],
                                      **self.kubelet_kwargs)
             await kubelet.start()
             self.handles[site] = SiteHandle(site, None, kubelet,  # type: ignore[arg-type]
-                                            Kube.from_url(self.url, policy=POLICY))
+                                            await self.connect())
 
     async def start_agent(self, site: str) -> None:
         h = self.handles[site]
@@ -229,7 +238,7 @@ class Federation:
         await h.agent.prepare()
         h.stop, h.kopf_stop = asyncio.Event(), asyncio.Event()
         registry = h.agent.registry()
-        _login(registry, self.url)
+        _login(registry, self.url, self.login)
         h.kopf_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=h.kopf_stop,
                                                    namespaces=[site_namespace(site)]))
         h.task = asyncio.create_task(h.agent.run(h.stop))
@@ -294,6 +303,9 @@ async def federation(url: str, workdir: pathlib.Path, sites: list[str], *, image
                      **kwargs: Any) -> AsyncIterator[Federation]:
     fed = Federation(url, workdir, sites, **kwargs)
     try:
+        if fed.kubeconfig:
+            await fed.api.close()
+            fed.api = await fed.connect()
         await fed.prepare(images=images)
         await fed.start_kubelets()
         await fed.start_hub()
