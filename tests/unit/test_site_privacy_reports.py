@@ -17,13 +17,19 @@ from tests.unit.test_round_execution_units import NODE, assignment
 def test_the_site_budget_and_ledger_reach_the_pod_and_the_round_cannot_override_them():
     ra = assignment()
     ra["spec"]["nodeConfig"] = {"privacy-budget-epsilon": "1e9", "privacy-ledger": "/tmp/elsewhere",
-                                "dataset-id": "other", "torch-threads": "1"}
+                                "dataset-id": "other", "extra": "kept"}
     privacy = SitePrivacy(2.5, 1e-6, "ledger-rouen", "us-2024")
     pod = tp.pod_manifest(ra, NODE, site="rouen", namespace="fl", retry=0, insecure=True, privacy=privacy)
     args = pod["spec"]["containers"][0]["args"]
     cfg = args[args.index("--node-config") + 1]
-    assert f'privacy-ledger="{LEDGER_MOUNT}"' in cfg and 'privacy-budget-epsilon="2.5"' in cfg
-    assert 'privacy-budget-delta="1e-06"' in cfg and 'dataset-id="us-2024"' in cfg and 'torch-threads="1"' in cfg
+    assert f'privacy-ledger="{LEDGER_MOUNT}"' in cfg and "privacy-budget-epsilon=2.5" in cfg
+    assert "privacy-budget-delta=1e-06" in cfg and 'dataset-id="us-2024"' in cfg and 'extra="kept"' in cfg
+    # what the ClientApp reads from it (flwr parses --node-config as TOML): typed, as it expects
+    from flwr.common.config import parse_config_args
+    from fedcare_workloads.settings import NodeSettings
+    node = NodeSettings.from_node_config(parse_config_args([cfg]))
+    assert (node.privacy_ledger, node.privacy_budget_epsilon, node.privacy_budget_delta, node.dataset_id) == \
+        (LEDGER_MOUNT, 2.5, 1e-06, "us-2024")
     assert "1e9" not in cfg and "/tmp/elsewhere" not in cfg and '"other"' not in cfg
     vols = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert vols["privacy-ledger"]["persistentVolumeClaim"] == {"claimName": "ledger-rouen"}   # read-write

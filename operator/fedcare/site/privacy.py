@@ -51,13 +51,14 @@ class SitePrivacy:
             raise PrivacyConfigError("--privacy-budget-epsilon needs --privacy-ledger-claim: a budget without a "
                                      "durable ledger could not be kept across runs")
 
-    def node_config(self) -> dict[str, str]:
+    def node_config(self) -> dict[str, str | float]:
+        """node-config entries (TOML: floats stay numbers, the ClientApp checks their types)."""
         if not self.ledger_claim:
             return {}
-        out = {"privacy-ledger": LEDGER_MOUNT}
+        out: dict[str, str | float] = {"privacy-ledger": LEDGER_MOUNT}
         if self.budget_epsilon > 0:
-            out |= {"privacy-budget-epsilon": repr(float(self.budget_epsilon)),
-                    "privacy-budget-delta": repr(float(self.budget_delta))}
+            out |= {"privacy-budget-epsilon": float(self.budget_epsilon),
+                    "privacy-budget-delta": float(self.budget_delta)}
         if self.dataset_id:
             out["dataset-id"] = self.dataset_id
         return out

@@ -55,7 +55,7 @@ def node_config(assignment: dict[str, Any], site: str, privacy: SitePrivacy | No
              if k not in ("site", "data-path", "data-root", *SITE_KEYS)}
     items = {"site": site, "data-path": DATA_MOUNT, "data-root": DATA_MOUNT, **extra,
              **(privacy.node_config() if privacy else {})}
-    return " ".join(f'{k}="{v}"' for k, v in items.items())
+    return " ".join(f'{k}={v!r}' if isinstance(v, float) else f'{k}="{v}"' for k, v in items.items())
 
 
 def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str, namespace: str,
