@@ -96,3 +96,17 @@ def test_the_hub_keeps_the_sites_reason_code_for_a_lost_participant():
                                                              "reason": "PrivacyBudgetExhausted"}]}}
     Reconciler._merge_assignment(p, ra)
     assert p["state"] == "Failed" and p["reason"] == "PrivacyBudgetExhausted: the site refused ..."
+
+
+def test_a_refusing_sites_pod_drains_briefly_then_goes():
+    import datetime as dt
+
+    from fedcare.site.work import REFUSAL_DRAIN_SECONDS, draining
+    now = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+    ra = {"metadata": {"name": "a"}, "status": {"phase": "Failed", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "PrivacyBudgetExhausted",
+         "lastTransitionTime": "2026-12-01T07:59:55Z"}]}}
+    assert draining(ra, now)
+    assert not draining(ra, now + dt.timedelta(seconds=REFUSAL_DRAIN_SECONDS))
+    ra["status"]["conditions"][0]["reason"] = "PodFailed"
+    assert not draining(ra, now)

@@ -45,7 +45,7 @@ class SiteReport:
 
     def refusal_message(self) -> str:
         return (f"the site refused server round {self.refused_round}: {REFUSALS[self.refused]} "
-                f"({self.refused}); nothing was spent, its training pod was deleted")
+                f"({self.refused}); nothing was spent; its training pod is deleted")
 
 
 def _int(value: Any) -> int | None:

@@ -98,6 +98,9 @@ class SiteWork:
         for ra in assignments:
             st, spec = ra.get("status") or {}, ra.get("spec") or {}
             key = tp._label_value(ra["metadata"]["name"])
+            if draining(ra):
+                wanted.add(key)      # a refusal's error reply is still on its way to the ServerApp
+                continue
             if st.get("phase") not in ACTIVE or st.get("attempt") != spec.get("attempt"):
                 continue
             if ra["metadata"].get("deletionTimestamp"):
@@ -164,7 +167,7 @@ class SiteWork:
         if phase == "Running":
             report = await site_reports.read(self.site_kube, self.namespace, name)
             if report.refused:       # the privacy ledger refused: this site leaves the round
-                await self._delete_pods([pod], ra)
+                # (the pod goes after REFUSAL_DRAIN_SECONDS: see draining())
                 await self._status(ra, AssignmentPhase.FAILED, c.Reason.PRIVACY_BUDGET_EXHAUSTED,
                                    report.refusal_message(), **fields, **report.status_fields())
                 log.warning("Site %s: %s (round %s)", self.site, report.refusal_message(), spec["roundRef"]["name"])
@@ -202,6 +205,23 @@ class SiteWork:
             await write_status(self.hub, ref, owned_types=AGENT_TYPES, updates=updates,
                                fields={"phase": phase.value, "message": message, "agentId": self.agent_id,
                                        **fields})
+
+
+#: How long a refusing site's pod outlives the refusal, so that the SuperNode delivers the
+#: ClientApp's error reply (the ServerApp then books the refusal on the site, by name, instead of
+#: seeing its node vanish). Its assignment is Failed meanwhile: it reserves no GPU.
+REFUSAL_DRAIN_SECONDS = 20.0
+
+
+def draining(ra: dict[str, Any], now: dt.datetime | None = None) -> bool:
+    st = ra.get("status") or {}
+    if st.get("phase") != AssignmentPhase.FAILED.value or ra["metadata"].get("deletionTimestamp"):
+        return False
+    ready = c.raw_condition(ra, c.ConditionType.READY.value) or {}
+    if ready.get("reason") != c.Reason.PRIVACY_BUDGET_EXHAUSTED.value or not ready.get("lastTransitionTime"):
+        return False
+    since = dt.datetime.fromisoformat(str(ready["lastTransitionTime"]).replace("Z", "+00:00"))
+    return (now or _now()) - since < dt.timedelta(seconds=REFUSAL_DRAIN_SECONDS)
 
 
 def st_reason(status: dict[str, Any]) -> str:
