@@ -55,14 +55,16 @@ async def follow(api, name, timeout):
 
 @pytest.mark.timeout(1500)
 async def test_the_hospitals_budget_holds_through_the_operator(emulator, tmp_path):
-    async with federation(str(emulator.url), tmp_path, ["rouen", "lyon", "nice"], images=40,
-                          site_budgets={"rouen": 1000.0, "lyon": 1000.0, "nice": 0.5},
-                          site_sizes={"lyon": 10}) as fed:
+    # two sites (a 2-core machine): rouen (registered 10 examples, budget 1000), nice (budget 0.5)
+    async with federation(str(emulator.url), tmp_path, ["rouen", "nice"], images=40,
+                          site_budgets={"rouen": 1000.0, "nice": 0.5}, site_sizes={"rouen": 10}) as fed:
         api = fed.api
-        body = round_manifest("dp1", sites=3, min_available=2, rounds=1, privacy=DP)
+        # quorum 1: the round goes on without the refusing site (2 server rounds: nice, if it connects after
+        # round 1 started, is sampled in round 2)
+        body = round_manifest("dp1", sites=2, min_available=1, rounds=2, privacy=DP)
         body["spec"]["strategy"]["maxUpdateNorm"] = "50"
         body["spec"]["strategy"]["config"]["max-update-norm"] = "1e9"          # reserved: ignored
-        body["spec"]["strategy"]["config"]["registered-examples"] = "lyon=99999"  # reserved: ignored
+        body["spec"]["strategy"]["config"]["registered-examples"] = "rouen=99999"  # reserved: ignored
         await api.create(ROUNDS, body)
         done, seen = await follow(api, "dp1", 900)
         st = done["status"]
@@ -77,25 +79,28 @@ async def test_the_hospitals_budget_holds_through_the_operator(emulator, tmp_pat
         assert [e["kind"] for e in entries] == ["budget"] and entries[0]["epsilon"] == 0.5
         part = {p["node"]: p for p in st["participants"]}
         assert part["nice"]["state"] in ("Failed", "Dropped") and "PrivacyBudgetExhausted" in part["nice"]["reason"]
-        sites = {s["site"]: s for s in st["serverRounds"][0]["sites"]}
-        assert sites["nice"]["status"] == "failed" and "PrivacyBudgetExhausted" in sites["nice"]["reason"]
-        # the others trained with DP, spending from the ledger on their own storage, with the hospital's budget
-        for site in ("rouen", "lyon"):
+        nice_rounds = [s for r in st["serverRounds"] for s in r["sites"] if s["site"] == "nice"]
+        assert nice_rounds and all(s["status"] != "ok" for s in nice_rounds)
+        assert any(s["status"] == "failed" and "PrivacyBudgetExhausted" in s["reason"] for s in nice_rounds), \
+            nice_rounds
+        # the other trained with DP, spending from the ledger on its own storage, with the hospital's budget
+        for site in ("rouen",):
             entries = ledger(fed, site)
-            assert [e["kind"] for e in entries] == ["budget", "spend"], entries
+            assert [e["kind"] for e in entries] == ["budget", "spend", "spend"], entries
             assert entries[0]["epsilon"] == 1000.0 and entries[1]["noise_multiplier"] == 1.5
             assert part[site]["state"] == "Finished" and float(part[site]["epsilon"]) > 0
-        # registered examples (HospitalNode dataset.size) cap lyon's weight; the spec could not override it
-        assert sites["lyon"]["examples"] == 10 and sites["rouen"]["examples"] == 28
+        # registered examples (HospitalNode dataset.size) cap rouen's weight (28 trained); the spec could not
+        # override it
+        assert all(s["examples"] == 10 for r in st["serverRounds"] for s in r["sites"] if s["site"] == "rouen")
         card = json.loads((fed.artifact_dir / st["result"]["storageUri"].removeprefix("pvc://fedcare-artifacts/"))
                           .with_name("model-card.json").read_text())
         text = json.dumps(card)
-        assert '"max_update_norm": 50.0' in text and '"lyon": 10' in text and '"nice": 40' in text
+        assert '"max_update_norm": 50.0' in text and '"rouen": 10' in text and '"nice": 40' in text
 
         # the ClientApp's per-round metrics reached the assignments: aggregate-safe values only
-        for site in ("rouen", "lyon"):
+        for site in ("rouen",):
             ra = seen[site]
-            assert ra["lastServerRound"] == 1 and ra["numExamples"] == 28, ra
+            assert ra["lastServerRound"] >= 1 and ra["numExamples"] == 28, ra
             names = {m["name"] for m in ra["metrics"]}
             assert {"train-loss", "val-accuracy", "dp-epsilon-total"} <= names <= {
                 "train-loss", "val-loss", "val-accuracy", "val-auroc", "dp-epsilon-total", "dp-epsilon-dataset"}
@@ -104,7 +109,7 @@ async def test_the_hospitals_budget_holds_through_the_operator(emulator, tmp_pat
             assert "/" not in json.dumps(ra["metrics"])
 
         # a round that needs the refusing site cannot reach quorum: it fails with the site's reason
-        await api.create(ROUNDS, round_manifest("dp2", sites=3, min_available=3, rounds=1, privacy=DP))
+        await api.create(ROUNDS, round_manifest("dp2", sites=2, min_available=2, rounds=1, privacy=DP))
         failed, _ = await follow(api, "dp2", 600)
         assert failed["status"]["phase"] == "Failed"
         assert cond(failed, "Failed")["reason"] == "PrivacyBudgetExhausted", cond(failed, "Failed")
