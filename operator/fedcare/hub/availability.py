@@ -80,6 +80,12 @@ class AvailabilityMonitor:
             view.duration, view.generation, view.spec, view.body = duration, md.get("generation"), spec, body
             if changed:
                 self._schedule(name, duration)
+            observed = current_available(body)
+            if observed is not None and observed != view.state:
+                # Another write changed Available under us (e.g. enrollment, working from an older copy,
+                # wrote the initial Unknown after our True): believe the object, so the next renewal
+                # writes the truth again instead of the site staying Unknown while it heartbeats.
+                view.state = observed
 
     def node_gone(self, name: str) -> None:
         self.sites.pop(name, None)
