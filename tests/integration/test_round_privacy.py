@@ -62,6 +62,7 @@ async def test_the_hospitals_budget_holds_through_the_operator(emulator, tmp_pat
         # quorum 1: the round goes on without the refusing site (2 server rounds: nice, if it connects after
         # round 1 started, is sampled in round 2)
         body = round_manifest("dp1", sites=2, min_available=1, rounds=2, privacy=DP)
+        body["spec"]["roundTimeoutSeconds"] = 600      # cold ClientApp starts on a loaded 2-core machine
         body["spec"]["strategy"]["maxUpdateNorm"] = "50"
         body["spec"]["strategy"]["config"]["max-update-norm"] = "1e9"          # reserved: ignored
         body["spec"]["strategy"]["config"]["registered-examples"] = "rouen=99999"  # reserved: ignored
