@@ -47,10 +47,17 @@ def _agent(args: argparse.Namespace) -> int:
     if args.hub_credential == "kubeconfig" and not args.hub_kubeconfig:
         print("fedcare agent: give --hub-kubeconfig PATH, or --hub-credential vault", file=sys.stderr)
         return 2
+    from .site.privacy import PrivacyConfigError, SitePrivacy
+    try:
+        privacy = SitePrivacy(args.privacy_budget_epsilon, args.privacy_budget_delta, args.privacy_ledger_claim,
+                              args.dataset_id)
+    except PrivacyConfigError as err:
+        print(f"fedcare agent: {err}", file=sys.stderr)
+        return 2
     return run_agent(site=args.site, hub_kubeconfig=args.hub_kubeconfig, liveness=args.liveness,
                      site_kubeconfig=args.site_kubeconfig, metrics_address=args.metrics,
                      hub_credential=args.hub_credential, work_namespace=args.work_namespace,
-                     insecure_flower=args.insecure_flower)
+                     insecure_flower=args.insecure_flower, privacy=privacy)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -193,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="site cluster namespace for training pods (default: fedcare-training)")
     agent.add_argument("--insecure-flower", action="store_true",
                        help="DEVELOPMENT ONLY: join SuperLinks that run without TLS or SuperNode authentication")
+    # The hospital's own privacy settings (site/privacy.py): never taken from a round.
+    agent.add_argument("--privacy-ledger-claim", default="",
+                       help="PersistentVolumeClaim (work namespace) holding the site's privacy ledger; DP rounds "
+                            "need it")
+    agent.add_argument("--privacy-budget-epsilon", type=float, default=0.0,
+                       help="the dataset's privacy budget epsilon, recorded in the ledger on first use (0 = keep "
+                            "the ledger's)")
+    agent.add_argument("--privacy-budget-delta", type=float, default=1e-5, help="the budget's delta")
+    agent.add_argument("--dataset-id", default="", help="the ledger's dataset id (default: the site name)")
     agent.set_defaults(func=_agent)
 
     status = sub.add_parser("status", help="the federation at a glance: sites, rounds, releases")

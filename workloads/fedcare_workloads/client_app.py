@@ -25,7 +25,9 @@ import secrets
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from . import site_report
 from .hashing import FORMAT, arrays_sha256
+from .ledger import LedgerError, PrivacyBudgetExhausted
 from .release import coarsen
 from .records import arrays_to_record, record_views
 from .settings import NodeSettings, RunSettings
@@ -97,7 +99,16 @@ def train(msg: Message, context: Context) -> Message:
     try:
         return _train(msg, context, run, node)
     except Exception as exc:
+        if isinstance(exc, (PrivacyBudgetExhausted, LedgerError)):   # the site agent reports the refusal
+            site_report.refused(_server_round(msg), type(exc).__name__)
         raise SiteFailure(node.site, exc) from exc
+
+
+def _server_round(msg: Message) -> int:
+    try:
+        return int(msg.content.config_records.get("config", ConfigRecord()).get("server-round", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 @app.evaluate()
@@ -140,10 +151,12 @@ def _train(msg: Message, context: Context, run: RunSettings, node: NodeSettings)
         upd.val["accuracy"],
         upd.sha256[:16],
     )
+    released = coarsen(metrics, run.metric_decimals)
+    site_report.train(server_round, upd.num_examples, released)
     content = RecordDict(
         {
             "arrays": arrays_to_record(upd.arrays),
-            "metrics": MetricRecord(coarsen(metrics, run.metric_decimals)),
+            "metrics": MetricRecord(released),
             "site": ConfigRecord(
                 {"site": node.site, "update-sha256": upd.sha256, "base-sha256": base_digest, "hash-format": FORMAT}
             ),

@@ -81,6 +81,11 @@ class StrategySpec(FedcareModel):
                                                     "participants.minAvailable.")
     proximal_mu: Decimal = Field(default="0.01", description="FedProx proximal term (FedProx only).")
     server_learning_rate: Decimal = Field(default="0.1", description="Server-side learning rate (FedAdam only).")
+    max_update_norm: str = Field(default="100", pattern=r"^([1-9][0-9]{0,8}(\.[0-9]{1,6})?|0\.[0-9]{0,5}[1-9])$",
+                                 max_length=16, description="L2 bound on each site's update (its distance to "
+                                                            "the global model): larger updates are clipped by "
+                                                            "the ServerApp before aggregation; recorded in the "
+                                                            "model card (decimal string).")
     config: dict[str, str] = Field(default_factory=dict, description="Extra run-config keys for the ServerApp.")
 
 

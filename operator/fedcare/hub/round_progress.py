@@ -70,7 +70,9 @@ def read_progress(folder: pathlib.Path, participants: list[str]) -> Progress:
             n = int(outcome.get("num_examples") or 0)
             ok = outcome.get("status") == "ok"
             error = str(outcome.get("error") or "")
-            state = "ok" if ok else ("dropped" if "no reply" in error else "failed")
+            # dropped: it missed the round (no reply before round-timeout, or the SuperLink saw its
+            # node stop reporting: flwr's "Node Unavailable" reply); failed: it answered with an error
+            state = "ok" if ok else ("dropped" if "no reply" in error or "Node Unavailable" in error else "failed")
             sites.append({"site": site, "status": state, "examples": n if ok else 0, "reason": error[:500]})
             if ok:
                 examples += n

@@ -36,6 +36,7 @@ from ..status_writer import write_status
 from . import aggregator as agg
 from . import initial_model
 from . import round_progress as progress
+from . import run_trust
 from .flower_runs import FlowerCLI, FlowerError, RunInfo
 from .selection import eligible_sites
 
@@ -50,8 +51,8 @@ ROUND_UID_LABEL = "fedcare.io/round-uid"
 #: is a Python start-up costing ~2.4 s of CPU here (benchmarks/round_overhead.py), taken from training.
 FLWR_CHECK_INTERVAL = 60.0
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
-RESERVED_KEYS = {"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes", "initial-model",
-                 "initial-model-sha256"}
+RESERVED_KEYS = ({"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes", "initial-model",
+                  "initial-model-sha256"} | run_trust.KEYS)
 
 
 @dataclass
@@ -396,7 +397,9 @@ class Reconciler:
             message = f"{len(alive)} of {need} required sites can still take part; {lost}"
             await self.write(body, [dispatched, self.cond(body, T.QUORUM_HEALTHY, False, c.Reason.QUORUM_LOST,
                                                           message)], **fields)
-            await self.fail(body, c.Reason.QUORUM_LOST, message)
+            privacy = any(p["reason"].startswith(c.Reason.PRIVACY_BUDGET_EXHAUSTED.value) for p in participants
+                          if p not in alive)
+            await self.fail(body, c.Reason.PRIVACY_BUDGET_EXHAUSTED if privacy else c.Reason.QUORUM_LOST, message)
             return None
         healthy = self.cond(body, T.QUORUM_HEALTHY, True, c.Reason.RECONCILED,
                             f"{len(alive)} of {len(participants)} sites can take part ({need} required)")
@@ -413,6 +416,9 @@ class Reconciler:
         if state and p.get("state") != "Dropped":
             p["state"] = state
             p["reason"] = (ras.get("message") or phase)[:500]
+            why = (c.raw_condition(ra, T.READY.value) or {}).get("reason") or ""
+            if state in ("Rejected", "Failed") and why and not p["reason"].startswith(why):
+                p["reason"] = f"{why}: {p['reason']}"[:500]     # the site's reason code, e.g. PrivacyBudgetExhausted
         p["restarts"] = int(ras.get("restarts") or 0)
 
     def run_config(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: str) -> dict[str, Any]:
@@ -463,9 +469,12 @@ class Reconciler:
                     if start.problem:       # the release went away (or was revoked) since selection
                         await self.fail(body, c.Reason.INVALID_SPEC, start.problem)
                         return
-                    run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app,
-                                                          {**self.run_config(body, spec, str(folder)),
-                                                           **start.run_config}, insecure=insecure)
+                    config = self.run_config(body, spec, str(folder))
+                    config.update(await run_trust.trust_config(
+                        self.kube, spec, [p["node"] for p in st.get("participants") or []], md["name"]))
+                    config.update(start.run_config)
+                    run_id = await self.cfg.flower.submit(self.key(body), control, self.cfg.app, config,
+                                                          insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
                 # Just submitted (or adopted): the run is pending; the next `flwr ls` (a Python
@@ -525,7 +534,12 @@ class Reconciler:
         if spec.release.create:
             release_name = await self.release(body, spec, result, fields)
         for p in fields["participants"]:
-            if p["state"] in ("Running", "Accepted"):
+            if p["state"] in ("Running", "Accepted") and not p.get("lastRound"):
+                # in the run, but no server round took its update (e.g. its ledger refused: PrivacyBudgetExhausted)
+                why = [s["reason"] for rnd in fields["serverRounds"] for s in rnd["sites"]
+                       if s["site"] == p["node"] and s.get("reason")]
+                p["state"], p["reason"] = "Dropped", (why[-1] if why else "contributed to no server round")[:500]
+            elif p["state"] in ("Running", "Accepted"):
                 p["state"], p["reason"] = "Finished", "the run completed"
         message = f"{spec.rounds} server rounds aggregated; model {result.digest}"
         await self.write(body, [self.cond(body, T.COMPLETE, True, c.Reason.RUN_SUCCEEDED, message),

@@ -198,6 +198,46 @@ class Kube:
         finally:
             resp.release()
 
+    async def pod_log(self, namespace: str, name: str, *, container: str = "", tail_lines: int = 200,
+                      limit_bytes: int = 262144) -> str:
+        """The tail of a pod's container log (``pods/log``), as text; same timeout and bounded
+        retry as every other call. 404 (pod gone) raises NotFound; 400 (container not started
+        yet) gives ''."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
+        query = [("tailLines", str(tail_lines)), ("limitBytes", str(limit_bytes))] + \
+            ([("container", container)] if container else [])
+        err: KubeError | None = None
+        for attempt in range(self.policy.attempts):
+            try:
+                resp = await self.api.call_api(path, "GET", query_params=query, header_params={"Accept": "*/*"},
+                                               auth_settings=["BearerToken"], _preload_content=False,
+                                               _request_timeout=self.policy.timeout)
+                try:
+                    status = resp.status
+                    text = await asyncio.wait_for(resp.text(errors="replace"), timeout=self.policy.timeout)
+                finally:
+                    resp.release()
+                metrics.KUBE_REQUESTS.labels("GET", "pods/log", "2xx" if status < 300 else str(status)).inc()
+                if status < 300:
+                    return text
+                if status == 400:
+                    return ""
+                err = _error(status, text[:2000], path)
+                if status not in TRANSIENT:
+                    raise err from None
+            except ApiException as exc:
+                metrics.KUBE_REQUESTS.labels("GET", "pods/log", str(exc.status or 0)).inc()
+                err = _error(exc.status or 0, str(exc.body or exc.reason), path)
+                if exc.status not in TRANSIENT:
+                    raise err from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                metrics.KUBE_REQUESTS.labels("GET", "pods/log", "0").inc()
+                err = KubeError(0, type(exc).__name__, "the API server could not be reached", path=path)
+            if attempt + 1 < self.policy.attempts:
+                await asyncio.sleep(self.policy.delay(attempt))
+        assert err is not None
+        raise err
+
     # -- verbs --------------------------------------------------------------------------------
     async def get(self, ref: Ref) -> dict[str, Any]:
         return await self.request("GET", ref.path)

@@ -43,6 +43,7 @@ from ..integrations.nvml import NVMLReader
 from ..kopf_runner import run_kopf
 from ..site.agent import SiteAgent
 from ..site.heartbeat import Heartbeat
+from ..site.privacy import SitePrivacy
 from ..site.reporter import InventoryReporter
 from ..site.work import SiteWork
 from .kubelet import ProcessKubelet
@@ -54,6 +55,8 @@ POLICY = RetryPolicy(attempts=3, base_delay=0.1, max_delay=1.0, timeout=10.0)
 WORK_NAMESPACE = "fedcare-training"
 ARTIFACT_CLAIM = "fedcare-artifacts"
 SITE_LABEL = "fedcare.io/site"
+#: Each sandbox hospital's privacy budget (its agent's --privacy-budget-epsilon) unless given.
+DEFAULT_BUDGET = 10.0
 TRAIN_IMAGE = ("ghcr.io/fedcare/ultrasound-train@sha256:"
                "b1844e262ceb52d3bc76564512d13303e63260f29bcf690357af563e591a0a59")
 
@@ -69,11 +72,11 @@ def synth(data: pathlib.Path, sites: int, images: int, holdout: int = 150, seed:
 
 
 def hospital(name: str, *, gpu_count: int = 0, claim: str = "", lease: int = 10,
-             labels: dict[str, str] | None = None) -> dict[str, Any]:
+             labels: dict[str, str] | None = None, size: int = 0) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "HospitalNode",
             "metadata": {"name": name, "labels": {"fedcare.io/modality": "ultrasound", **(labels or {})}},
             "spec": {"displayName": f"Hospital {name}", "gpu": {"count": gpu_count},
-                     "dataset": {"claimName": claim or f"dataset-{name}"},
+                     "dataset": {"claimName": claim or f"dataset-{name}", "size": size},
                      "scheduling": {"nodeSelector": {SITE_LABEL: name},
                                     "tolerations": [{"key": SITE_LABEL, "operator": "Equal", "value": name,
                                                      "effect": "NoSchedule"}]},
@@ -111,10 +114,10 @@ async def local_volume(api: Kube, name: str, path: pathlib.Path, namespace: str,
                  "resources": {"requests": {"storage": "10Gi"}}}})
 
 
-def _login(registry: kopf.OperatorRegistry, url: str) -> None:
+def _login(registry: kopf.OperatorRegistry, url: str, info: kopf.ConnectionInfo | None = None) -> None:
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
+        return info or kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
 
 
 @dataclass
@@ -134,13 +137,21 @@ class Federation:
 
     def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
                  poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True,
+                 site_budgets: dict[str, float] | None = None, site_sizes: dict[str, int] | None = None,
+                 kubeconfig: str | None = None, login: kopf.ConnectionInfo | None = None,
                  release: ReleaseConfig | None = None):
         self.url, self.workdir, self.sites = url, workdir, sites
         self.site_gpus = site_gpus or {}
+        self.site_budgets = site_budgets or {}     # site -> privacy budget epsilon (its agent's setting)
+        self.site_sizes = site_sizes or {}         # site -> registered dataset size (default: images)
+        self.images = 0
         self.poll = poll
         self.site_kubelets = site_kubelets     # False: training pods are created but never run (benchmarks)
         self.kubelet_kwargs = {"backoff_base": 0.5, "backoff_cap": 5.0, "shutdown_grace": 5.0,
                                "lease_duration": 20, **(kubelet_kwargs or {})}
+        # The emulator by default; a real API server with ``kubeconfig`` (its client
+        # certificates) and ``login`` (the same, for kopf).
+        self.kubeconfig, self.login = kubeconfig, login
         self.api = Kube.from_url(url, policy=POLICY)
         self.artifact_dir = workdir / "artifacts"
         self.data = workdir / "data"
@@ -150,6 +161,14 @@ class Federation:
         self.hub_stop = asyncio.Event()
         self.hub_ctx: HubContext | None = None
         self.release = release           # the hub's chain/signing configuration (sandbox/release.py)
+
+    async def connect(self) -> Kube:
+        if self.kubeconfig:
+            return await Kube.from_kubeconfig(self.kubeconfig, policy=POLICY)
+        return Kube.from_url(self.url, policy=POLICY)
+
+    def ledger_dir(self, site: str) -> pathlib.Path:
+        return self.workdir / f"ledger-{site}"
 
     def round_config(self) -> RoundConfig:
         return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
@@ -161,22 +180,26 @@ class Federation:
     async def prepare(self, *, images: int = 120, holdout: int = 150) -> None:
         """Namespaces, volumes, datasets (synthetic), HospitalNodes."""
         await asyncio.to_thread(synth, self.data, len(self.sites), images, holdout)
+        self.images = images
         await self.api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": WORK_NAMESPACE}})
         await local_volume(self.api, "fedcare-artifacts", self.artifact_dir, "default", ARTIFACT_CLAIM)
         for i, site in enumerate(self.sites):
             await local_volume(self.api, f"dataset-{site}", self.data / f"site-{chr(97 + i)}", WORK_NAMESPACE,
                                f"dataset-{site}")
+            # the site's privacy ledger: its own storage, kept across rounds (site/privacy.py)
+            await local_volume(self.api, f"ledger-{site}", self.ledger_dir(site), WORK_NAMESPACE,
+                               f"privacy-ledger-{site}")
             await self.api.create(Ref(API_VERSION, "hospitalnodes"),
-                                  hospital(site, gpu_count=self.site_gpus.get(site, 0)))
+                                  hospital(site, gpu_count=self.site_gpus.get(site, 0),
+                                           size=self.site_sizes.get(site, images)))
 
     async def start_hub(self) -> None:
         self.hub_stop = asyncio.Event()
         extra: dict[str, Any] = {"release": self.release} if self.release is not None else {}
-        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config(),
-                                  **extra)
+        self.hub_ctx = HubContext(kube=await self.connect(), round_config=self.round_config(), **extra)
         registry = make_registry(self.hub_ctx)
-        _login(registry, self.url)
+        _login(registry, self.url, self.login)
         self.hub_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=self.hub_stop,
                                                      clusterwide=True))
 
@@ -188,21 +211,21 @@ class Federation:
             self.hub_task = None
 
     async def start_kubelets(self) -> None:
-        self.hub_kubelet = ProcessKubelet(self.api, "hub", self.workdir / "kubelet-hub", bind=True,
+        self.hub_kubelet = ProcessKubelet(self.api, "hub", self.workdir / "kubelet-hub", bind=None,
                                           labels={"fedcare.io/role": "hub"}, **self.kubelet_kwargs)
         await self.hub_kubelet.start()
         for site in self.sites:
             if not self.site_kubelets:
                 self.handles[site] = SiteHandle(site, None, None,  # type: ignore[arg-type]
-                                                Kube.from_url(self.url, policy=POLICY))
+                                                await self.connect())
                 continue
-            kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=True,
+            kubelet = ProcessKubelet(self.api, f"node-{site}", self.workdir / f"kubelet-{site}", bind=None,
                                      gpus=self.site_gpus.get(site, 0), labels={SITE_LABEL: site},
                                      taints=[{"key": SITE_LABEL, "value": site, "effect": "NoSchedule"}],
                                      **self.kubelet_kwargs)
             await kubelet.start()
             self.handles[site] = SiteHandle(site, None, kubelet,  # type: ignore[arg-type]
-                                            Kube.from_url(self.url, policy=POLICY))
+                                            await self.connect())
 
     async def start_agent(self, site: str) -> None:
         h = self.handles[site]
@@ -211,13 +234,14 @@ class Federation:
         reporter = InventoryReporter(h.hub, site, reader=reader, site_kube=h.hub, poll_interval=1.0,
                                      versions=AgentVersions(agent="sandbox", flwr="1.42.0"))
         agent_id = f"{site}/agent-0"
-        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True)
+        privacy = SitePrivacy(self.site_budgets.get(site, DEFAULT_BUDGET), ledger_claim=f"privacy-ledger-{site}")
+        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, privacy=privacy)
         h.agent = SiteAgent(site, h.hub, reporter, agent_id=agent_id, heartbeat=Heartbeat(h.hub, site, agent_id),
                             work=work)
         await h.agent.prepare()
         h.stop, h.kopf_stop = asyncio.Event(), asyncio.Event()
         registry = h.agent.registry()
-        _login(registry, self.url)
+        _login(registry, self.url, self.login)
         h.kopf_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=h.kopf_stop,
                                                    namespaces=[site_namespace(site)]))
         h.task = asyncio.create_task(h.agent.run(h.stop))
@@ -282,6 +306,9 @@ async def federation(url: str, workdir: pathlib.Path, sites: list[str], *, image
                      **kwargs: Any) -> AsyncIterator[Federation]:
     fed = Federation(url, workdir, sites, **kwargs)
     try:
+        if fed.kubeconfig:
+            await fed.api.close()
+            fed.api = await fed.connect()
         await fed.prepare(images=images)
         await fed.start_kubelets()
         await fed.start_hub()

@@ -18,6 +18,7 @@ from ..kopf_runner import run_kopf
 from .agent import SiteAgent
 from .heartbeat import SiteGone
 from .reporter import InventoryReporter
+from .privacy import SitePrivacy
 from .work import SiteWork
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,12 @@ async def _hub_from_vault(site: str):
 
 async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
               metrics_address: str = "", hub_credential: str = "kubeconfig",
-              work_namespace: str = "fedcare-training", insecure_flower: bool = False) -> int:
+              work_namespace: str = "fedcare-training", insecure_flower: bool = False,
+              privacy: SitePrivacy | None = None) -> int:
     server = metrics.serve(metrics_address, metrics.build_registry("agent"))
     try:
         return await _run(site, hub_kubeconfig, liveness, site_kubeconfig, hub_credential, work_namespace,
-                          insecure_flower)
+                          insecure_flower, privacy)
     finally:
         if server is not None:
             server.close()
@@ -76,7 +78,7 @@ async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: st
 
 async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
                hub_credential: str = "kubeconfig", work_namespace: str = "fedcare-training",
-               insecure_flower: bool = False) -> int:
+               insecure_flower: bool = False, privacy: SitePrivacy | None = None) -> int:
     cred = None
     if hub_credential == "vault":
         cred, hub = await _hub_from_vault(site)
@@ -87,7 +89,8 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
                              flwr=_flwr_version())
     reader = NVMLReader(node_name=os.environ.get("NODE_NAME", ""))
     agent_id = f"{site}/{os.environ.get('POD_NAME') or socket.gethostname()}"
-    work = SiteWork(hub, site_kube, site, agent_id, namespace=work_namespace, insecure=insecure_flower) \
+    work = SiteWork(hub, site_kube, site, agent_id, namespace=work_namespace, insecure=insecure_flower,
+                    privacy=privacy) \
         if site_kube is not None else None
     agent = SiteAgent(site, hub, InventoryReporter(hub, site, reader=reader, site_kube=site_kube,
                                                    versions=versions), agent_id=agent_id, work=work)
@@ -124,6 +127,7 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
 
 def run_agent(*, site: str, hub_kubeconfig: str, liveness: str = "", site_kubeconfig: str | None = None,
               metrics_address: str = "", hub_credential: str = "kubeconfig",
-              work_namespace: str = "fedcare-training", insecure_flower: bool = False) -> int:
+              work_namespace: str = "fedcare-training", insecure_flower: bool = False,
+              privacy: SitePrivacy | None = None) -> int:
     return asyncio.run(run(site, hub_kubeconfig, liveness, site_kubeconfig, metrics_address, hub_credential,
-                           work_namespace, insecure_flower))
+                           work_namespace, insecure_flower, privacy))

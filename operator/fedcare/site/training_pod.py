@@ -10,6 +10,7 @@ import ipaddress
 from typing import Any
 
 from ..api import resources as r
+from .privacy import LEDGER_MOUNT, SITE_KEYS, SitePrivacy
 
 ROUND_LABEL = "fedcare.io/round"
 ATTEMPT_LABEL = "fedcare.io/attempt"
@@ -47,22 +48,24 @@ def labels(assignment: dict[str, Any], site: str) -> dict[str, str]:
             "app.kubernetes.io/name": "flower-supernode", r.MANAGED_BY_LABEL: r.MANAGED_BY}
 
 
-def node_config(assignment: dict[str, Any], site: str) -> str:
-    """--node-config for the ClientApp (workloads/README.md: data-path, data-root, site)."""
+def node_config(assignment: dict[str, Any], site: str, privacy: SitePrivacy | None = None) -> str:
+    """--node-config for the ClientApp (workloads/README.md: data-path, data-root, site, and the
+    site's own privacy settings, which the assignment's nodeConfig cannot override)."""
     extra = {k: v for k, v in ((assignment["spec"].get("nodeConfig") or {}).items())
-             if k not in ("site", "data-path", "data-root")}
-    items = {"site": site, "data-path": DATA_MOUNT, "data-root": DATA_MOUNT, **extra}
-    return " ".join(f'{k}="{v}"' for k, v in items.items())
+             if k not in ("site", "data-path", "data-root", *SITE_KEYS)}
+    items = {"site": site, "data-path": DATA_MOUNT, "data-root": DATA_MOUNT, **extra,
+             **(privacy.node_config() if privacy else {})}
+    return " ".join(f'{k}={v!r}' if isinstance(v, float) else f'{k}="{v}"' for k, v in items.items())
 
 
 def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str, namespace: str,
-                 retry: int, insecure: bool) -> dict[str, Any]:
+                 retry: int, insecure: bool, privacy: SitePrivacy | None = None) -> dict[str, Any]:
     spec = assignment["spec"]
     training = spec.get("training") or {}
     node_spec = node.get("spec") or {}
     scheduling = node_spec.get("scheduling") or {}
     dataset = node_spec.get("dataset") or {}
-    args = ["--superlink", spec["superLink"]["address"], "--node-config", node_config(assignment, site),
+    args = ["--superlink", spec["superLink"]["address"], "--node-config", node_config(assignment, site, privacy),
             "--host", "$(POD_IP)", "--port", str(RUNTIME_PORT)]   # runtime API: own address, no ingress
     if insecure:
         args.append("--insecure")
@@ -78,6 +81,9 @@ def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str,
         volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": dataset["claimName"],
                                                                      "readOnly": True}})
         mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
+    if privacy is not None and privacy.ledger_claim:    # the site's own storage: durable, read-write
+        volumes.append({"name": "privacy-ledger", "persistentVolumeClaim": {"claimName": privacy.ledger_claim}})
+        mounts.append({"name": "privacy-ledger", "mountPath": LEDGER_MOUNT})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     pod: dict[str, Any] = {

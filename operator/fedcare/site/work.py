@@ -30,7 +30,9 @@ from ..api import resources as r
 from ..api.round_assignment import AssignmentPhase
 from ..integrations.kube import Conflict, Kube, KubeError, Ref, ensure
 from ..status_writer import write_status
+from . import site_reports
 from . import training_pod as tp
+from .privacy import SitePrivacy
 from .heartbeat import node_ref
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,9 @@ def past_deadline(assignment: dict[str, Any], now: dt.datetime | None = None) ->
 class SiteWork:
     def __init__(self, hub: Kube, site_kube: Kube | None, site: str, agent_id: str, *,
                  namespace: str = "fedcare-training", insecure: bool = False, interval: float = 10.0,
-                 lock: asyncio.Lock | None = None):
+                 lock: asyncio.Lock | None = None, privacy: SitePrivacy | None = None):
         self.hub, self.site_kube, self.site, self.agent_id = hub, site_kube, site, agent_id
+        self.privacy = privacy or SitePrivacy()   # the hospital's budget and ledger (site/privacy.py)
         self.namespace, self.insecure, self.interval = namespace, insecure, interval
         self.lock = lock or asyncio.Lock()     # shared with the answers: one writer of phases at a time
         self.wake = asyncio.Event()
@@ -139,6 +142,9 @@ class SiteWork:
         for ra in assignments:
             st, spec = ra.get("status") or {}, ra.get("spec") or {}
             key = tp._label_value(ra["metadata"]["name"])
+            if draining(ra):
+                wanted.add(key)      # a refusal's error reply is still on its way to the ServerApp
+                continue
             if st.get("phase") not in ACTIVE or st.get("attempt") != spec.get("attempt"):
                 continue
             if ra["metadata"].get("deletionTimestamp"):
@@ -181,7 +187,7 @@ class SiteWork:
         policy = tp.network_policy(ra, site=self.site, namespace=self.namespace)
         if pod is None:     # the pod list says it is missing: create both without ensure's extra GETs
             manifest = tp.pod_manifest(ra, node, site=self.site, namespace=self.namespace, retry=retry,
-                                       insecure=self.insecure)
+                                       insecure=self.insecure, privacy=self.privacy)
             await _create_or_ensure(self.site_kube, "networkpolicies", policy)
             pod, created = await _create_or_ensure(self.site_kube, "pods", manifest)
             if created:
@@ -208,6 +214,14 @@ class SiteWork:
                                                                      "restarts": total + 1})
             return
         if phase == "Running":
+            report = await site_reports.read(self.site_kube, self.namespace, name)
+            if report.refused:       # the privacy ledger refused: this site leaves the round
+                # (the pod goes after REFUSAL_DRAIN_SECONDS: see draining())
+                await self._status(ra, AssignmentPhase.FAILED, c.Reason.PRIVACY_BUDGET_EXHAUSTED,
+                                   report.refusal_message(), **fields, **report.status_fields())
+                log.warning("Site %s: %s (round %s)", self.site, report.refusal_message(), spec["roundRef"]["name"])
+                return
+            fields |= report.status_fields()
             await self._status(ra, AssignmentPhase.RUNNING, c.Reason.POD_RUNNING,
                                f"training pod {name} is running" + (f" ({total} restart(s): {why})" if total else ""),
                                **fields)
@@ -249,6 +263,23 @@ async def _create_or_ensure(kube: Kube, plural: str, manifest: dict[str, Any]) -
         return await kube.create(Ref(manifest["apiVersion"], plural, md["namespace"]), manifest), True
     except Conflict:
         return await ensure(kube, plural, manifest)
+
+
+#: How long a refusing site's pod outlives the refusal, so that the SuperNode delivers the
+#: ClientApp's error reply (the ServerApp then books the refusal on the site, by name, instead of
+#: seeing its node vanish). Its assignment is Failed meanwhile: it reserves no GPU.
+REFUSAL_DRAIN_SECONDS = 20.0
+
+
+def draining(ra: dict[str, Any], now: dt.datetime | None = None) -> bool:
+    st = ra.get("status") or {}
+    if st.get("phase") != AssignmentPhase.FAILED.value or ra["metadata"].get("deletionTimestamp"):
+        return False
+    ready = c.raw_condition(ra, c.ConditionType.READY.value) or {}
+    if ready.get("reason") != c.Reason.PRIVACY_BUDGET_EXHAUSTED.value or not ready.get("lastTransitionTime"):
+        return False
+    since = dt.datetime.fromisoformat(str(ready["lastTransitionTime"]).replace("Z", "+00:00"))
+    return (now or _now()) - since < dt.timedelta(seconds=REFUSAL_DRAIN_SECONDS)
 
 
 def st_reason(status: dict[str, Any]) -> str:
