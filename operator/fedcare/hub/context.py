@@ -51,6 +51,10 @@ class HubContext:
         if self.round_config is None:
             from .round_settings import round_config
             self.round_config = round_config()
+        if self.vault is not None and self.round_config.tls is None:
+            # Rounds run with TLS and SuperNode authentication from this Vault (hub/superlink_tls.py).
+            from .superlink_tls import SuperLinkTLS
+            self.round_config.tls = SuperLinkTLS(self.vault)
 
     @property
     def round_reconciler(self) -> Reconciler:

@@ -12,6 +12,12 @@ the hub or the agent: they create the manifests they create on a real cluster.
 
 The hub and the sites share one API server here (the site cluster *is* the hub cluster);
 the agents' pods go to the ``fedcare-training`` namespace.
+
+Flower runs with TLS and SuperNode authentication by default: a dev OpenBao
+(``sandbox/vault_setup.py``) holds the PKI, the hub's footprint rights and each site's
+least-privilege identity; the hub gets its VaultClient (``fed.vault``, address ``fed.bao.addr``)
+and each agent its own site-scoped client. Only without the OpenBao binary (or with
+``tls=False``) does it fall back to plaintext Flower, saying so.
 """
 
 from __future__ import annotations
@@ -44,7 +50,11 @@ from ..site.agent import SiteAgent
 from ..site.heartbeat import Heartbeat
 from ..site.reporter import InventoryReporter
 from ..site.work import SiteWork
+from ..integrations.vault import VaultClient
+from . import vault_setup
 from .kubelet import ProcessKubelet
+from .openbao import BaoMissing, bao_binary
+from .vault_setup import SandboxVault
 from .simulated_nvml import FakeNVML, gpus
 
 log = logging.getLogger(__name__)
@@ -132,8 +142,12 @@ class Federation:
     """Start with ``async with federation(url, workdir, sites) as fed``; see module doc."""
 
     def __init__(self, url: str, workdir: pathlib.Path, sites: list[str], *, site_gpus: dict[str, int] | None = None,
-                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True):
+                 poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True,
+                 tls: bool | None = None):
         self.url, self.workdir, self.sites = url, workdir, sites
+        #: TLS + SuperNode authentication from a dev OpenBao; None: on when the binary is there.
+        self.tls = tls
+        self.bao: SandboxVault | None = None
         self.site_gpus = site_gpus or {}
         self.poll = poll
         self.site_kubelets = site_kubelets     # False: training pods are created but never run (benchmarks)
@@ -148,16 +162,41 @@ class Federation:
         self.hub_stop = asyncio.Event()
         self.hub_ctx: HubContext | None = None
 
+    @property
+    def vault(self) -> VaultClient | None:
+        """The hub's VaultClient (hub policy: footprints, PKI issue, transit fedcare-release)."""
+        return self.bao.hub if self.bao is not None else None
+
     def round_config(self) -> RoundConfig:
         return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
                            aggregator=AggregatorConfig(artifact_dir=str(self.artifact_dir),
-                                                       artifact_claim=ARTIFACT_CLAIM, insecure=True),
+                                                       artifact_claim=ARTIFACT_CLAIM, insecure=not self.tls),
                            poll_interval=self.poll)
+
+    async def start_vault(self) -> None:
+        """A dev OpenBao for TLS rounds; without the binary, plaintext Flower with the reason."""
+        if self.tls is False:
+            log.warning("Sandbox federation without Vault (tls=False): Flower runs WITHOUT TLS or SuperNode "
+                        "authentication")
+            return
+        try:
+            bao_binary()
+        except BaoMissing as err:
+            if self.tls:
+                raise
+            log.warning("Sandbox federation: %s; Flower runs WITHOUT TLS or SuperNode authentication", err)
+            self.tls = False
+            return
+        self.bao = await asyncio.to_thread(vault_setup.start, self.workdir / "openbao")
+        self.tls = True
+        log.info("Sandbox Vault (OpenBao) at %s: PKI, hub policy, a JWT identity per site", self.bao.addr)
 
     # -- pieces ----------------------------------------------------------------------------------
     async def prepare(self, *, images: int = 120, holdout: int = 150) -> None:
         """Namespaces, volumes, datasets (synthetic), HospitalNodes."""
         await asyncio.to_thread(synth, self.data, len(self.sites), images, holdout)
+        if self.bao is None and self.tls is not False:
+            await self.start_vault()
         await self.api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": WORK_NAMESPACE}})
         await local_volume(self.api, "fedcare-artifacts", self.artifact_dir, "default", ARTIFACT_CLAIM)
@@ -169,7 +208,11 @@ class Federation:
 
     async def start_hub(self) -> None:
         self.hub_stop = asyncio.Event()
-        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config())
+        vault_args: dict[str, Any] = {}
+        if self.bao is not None:
+            vault_args = {"vault": self.bao.hub, "vault_footprint": self.bao.footprint}
+        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=POLICY), round_config=self.round_config(),
+                                  **vault_args)
         registry = make_registry(self.hub_ctx)
         _login(registry, self.url)
         self.hub_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=self.hub_stop,
@@ -206,7 +249,8 @@ class Federation:
         reporter = InventoryReporter(h.hub, site, reader=reader, site_kube=h.hub, poll_interval=1.0,
                                      versions=AgentVersions(agent="sandbox", flwr="1.42.0"))
         agent_id = f"{site}/agent-0"
-        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, interval=self.poll)
+        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=not self.tls,
+                        interval=self.poll, vault=self.bao.site_client(site) if self.bao is not None else None)
         h.agent = SiteAgent(site, h.hub, reporter, agent_id=agent_id, heartbeat=Heartbeat(h.hub, site, agent_id),
                             work=work)
         await h.agent.prepare()
@@ -265,6 +309,8 @@ class Federation:
         for h in self.handles.values():
             await h.hub.close()
         await self.api.close()
+        if self.bao is not None:
+            await asyncio.to_thread(self.bao.stop)
 
     def processes(self) -> list[int]:
         kubelets = [h.kubelet for h in self.handles.values() if h.kubelet] + \
