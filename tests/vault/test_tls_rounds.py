@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -54,20 +56,33 @@ def phase(api, name, *phases):
     return check
 
 
-def unregistered_supernode(address: str, ca: str, workdir: pathlib.Path) -> subprocess.CompletedProcess:
-    """A SuperNode with a fresh key nobody registered, dialling the round's SuperLink over TLS."""
+def unregistered_supernode(address: str, ca: str, workdir: pathlib.Path) -> tuple[int, str]:
+    """A SuperNode with a fresh key nobody registered, dialling the round's SuperLink over TLS:
+    (exit code, its output). Its output goes to a file (its SuperExec child would hold a pipe
+    open after it exits); its process group is killed afterwards."""
     workdir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     (workdir / "intruder.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                              serialization.PrivateFormat.OpenSSH,
                                                              serialization.NoEncryption()))
     (workdir / "ca.pem").write_text(ca)
-    env = {**os.environ, "FLWR_HOME": str(workdir / "home")}
-    return subprocess.run([str(BIN / "flower-supernode"), "--superlink", address, "--root-certificates",
-                           str(workdir / "ca.pem"), "--auth-supernode-private-key", str(workdir / "intruder.key"),
-                           "--node-config", 'site="rouen"', "--max-retries", "1", "--max-wait-time", "20",
-                           "--host", "127.0.0.1", "--port", str(free_port())],
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "FLWR_HOME": str(workdir / "home"), "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    log = workdir / "intruder.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "flower-supernode"), "--superlink", address, "--root-certificates",
+                                 str(workdir / "ca.pem"), "--auth-supernode-private-key", str(workdir / "intruder.key"),
+                                 "--node-config", 'site="rouen"', "--host", "127.0.0.1", "--port", str(free_port())],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert code is not None, "an unregistered SuperNode was not refused within 120 s:\n" + log.read_text()[-2000:]
+    return code, log.read_text(errors="replace")
 
 
 @pytest.mark.timeout(1500)
@@ -118,9 +133,8 @@ async def test_tls_round_authenticates_supernodes_and_attributes_by_key(emulator
         # A SuperNode with an unregistered key is refused by the SuperLink (Flower's code 2004).
         ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
         address = running["status"]["aggregator"]["controlAddress"]
-        intruder = await asyncio.to_thread(unregistered_supernode, address, ca, tmp_path / "intruder")
-        out = intruder.stdout + intruder.stderr
-        assert intruder.returncode != 0 and "2004" in out, out[-2000:]
+        code, out = await asyncio.to_thread(unregistered_supernode, address, ca, tmp_path / "intruder")
+        assert code != 0 and "2004" in out, out[-2000:]
 
         done = await eventually(phase(api, "tls", "Succeeded", "Failed"), timeout=900, interval=1.0)
         st = done["status"]
