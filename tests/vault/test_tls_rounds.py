@@ -162,3 +162,48 @@ async def test_tls_round_authenticates_supernodes_and_attributes_by_key(emulator
                     for s in await api.list(Ref("v1", "secrets", ns))]
             return not left or None
         await eventually(no_secrets, timeout=120, interval=0.5)
+
+
+async def test_vault_unreachable_keeps_the_aggregator_waiting_and_says_why(emulator, tmp_path):
+    """No certificate without Vault: the round waits (AggregatorReady=False naming Vault and the
+    remedy), nothing crashes, no plaintext fallback; the deadline bounds the wait."""
+    import datetime as dt
+
+    from fedcare.hub.aggregator import AggregatorConfig
+    from fedcare.hub.flower_runs import FlowerCLI
+    from fedcare.hub.round_scheduler import Reconciler, RoundConfig
+    from fedcare.hub.superlink_tls import SuperLinkTLS
+    from fedcare.integrations.kube import Kube
+    from fedcare.integrations.vault import RetryPolicy, VaultClient, VaultSettings
+
+    kube = Kube.from_url(str(emulator.url))
+    try:
+        vault = VaultClient(VaultSettings(addr=f"http://127.0.0.1:{free_port()}", auth_method="token",
+                                          token="s.not-a-real-token-0000", retry=RetryPolicy(
+                                              attempts=2, base_delay=0.01, max_delay=0.02, timeout=0.5)))
+        cfg = RoundConfig(flower=FlowerCLI(tmp_path / "flwr"), app="",
+                          aggregator=AggregatorConfig(artifact_dir=str(tmp_path / "artifacts")),
+                          tls=SuperLinkTLS(vault))
+        rec = Reconciler(kube, cfg)
+        body = await kube.create(ROUNDS, round_manifest("down", sites=1, rounds=1))
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        body = await rec.write(body, [], startTime=now.isoformat(), attempt=1,
+                               deadline=(now + dt.timedelta(hours=1)).isoformat(),
+                               participants=[{"node": "rouen", "state": "Selected", "reason": "", "lastRound": 0}])
+        spec = __import__("fedcare.api.validation", fromlist=["parse"]).parse("FederatedRound", body)
+        assert await rec.run_aggregator(body, spec) is None          # pod created; it has no IP yet
+        pod = await kube.get(Ref("v1", "pods", "default", "down-superlink"))
+        assert "--enable-supernode-auth" in pod["spec"]["containers"][0]["args"]
+        # what a kubelet reports for a pod waiting on its Secret volume: an IP, still Pending
+        await kube.patch(Ref("v1", "pods", "default", "down-superlink"),
+                         {"status": {"podIP": "127.0.0.9", "phase": "Pending"}}, status=True)
+        body = await kube.get(Ref(API_VERSION, "federatedrounds", "default", "down"))
+        assert await rec.run_aggregator(body, spec) is None
+        body = await kube.get(Ref(API_VERSION, "federatedrounds", "default", "down"))
+        cond = next(c for c in body["status"]["conditions"] if c["type"] == "AggregatorReady")
+        assert cond["status"] == "False" and "Vault" in cond["message"] and "unreachable" in cond["message"], cond
+        assert "not-a-real-token" not in json.dumps(body)
+        assert await kube.get_or_none(Ref("v1", "secrets", "default", "down-superlink-tls")) is None
+        assert body["status"].get("phase") != "Failed"
+    finally:
+        await kube.close()

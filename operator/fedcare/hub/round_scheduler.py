@@ -381,13 +381,15 @@ class Reconciler:
         assert self.cfg.tls is not None
         key = self.key(body)
         sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
+        done = self.cfg.tls.registered.setdefault(key, set())
+        self.cfg.flower.trust(key, await self.cfg.tls.ca_pem())
+        if done.issuperset(sites):
+            return state            # every pass comes here: no Vault read, no CLI call once registered
         keys, missing = await self.cfg.tls.public_keys(sites)
         if missing:
             return dataclasses.replace(state, ready=False, message=(
                 "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
                 "(sites/<site>/supernode-public; each site's agent creates its key pair at start)"))
-        self.cfg.flower.trust(key, await self.cfg.tls.ca_pem())
-        done = self.cfg.tls.registered.setdefault(key, set())
         try:
             for site in sites:
                 if site not in done:
