@@ -72,10 +72,13 @@ class SiteWork:
             log.warning("No site cluster access: site %s cannot run training pods", self.site)
             return
         while not stop.is_set():
-            try:
-                if self.credentials is not None and not self.credentials.key_ready:
-                    # The hub registers the public key before dispatching: publish it at start.
+            if self.credentials is not None and not self.credentials.key_ready:
+                try:    # the hub registers the public key before dispatching: publish it at start
                     await self.credentials.ensure_key()
+                except VaultError as err:
+                    log.warning("Site %s: cannot publish its SuperNode key yet (Vault: %s); retrying",
+                                self.site, err)
+            try:
                 await self.reconcile()
             except KubeError as err:
                 log.warning("Site work pass failed (%s); retrying", err)
