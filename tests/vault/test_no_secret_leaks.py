@@ -172,6 +172,10 @@ async def test_a_tls_round_through_the_operator_emits_no_secret(emulator, openba
     secrets: list[str] = []
     specs: list[str] = []
     with capture_everything() as everything:
+        # Everything at DEBUG but kopf's own machinery (it handles only fedcare's kinds, never a
+        # Secret, and their bodies are scanned below): at DEBUG it slows a loaded 2-core machine
+        # past the sites' first heartbeat.
+        logging.getLogger("kopf").setLevel(logging.INFO)
         async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40) as fed:
             assert fed.tls and fed.bao is not None
             api = fed.api
@@ -204,9 +208,12 @@ async def test_a_tls_round_through_the_operator_emits_no_secret(emulator, openba
             for ver, plural in (("v1", "events"), (API_VERSION, "federatedrounds"), (API_VERSION, "roundassignments"),
                                 (API_VERSION, "hospitalnodes"), ("v1", "pods")):
                 emitted += [repr(obj) for obj in await api.list(Ref(ver, plural))]
+    logging.getLogger("kopf").setLevel(logging.NOTSET)
     emitted += [p.read_text(errors="replace") for p in tmp_path.glob("kubelet-*/pods/*/logs/*/*.log")]
     assert len(secrets) == 7 and all(len(s) >= 12 for s in secrets)
     assert len(everything.lines) > 1000                     # DEBUG really was on, for a whole round
+    assert any(ln.startswith("DEBUG fedcare") for ln in everything.lines)
+    assert any(ln.startswith("DEBUG urllib3") for ln in everything.lines)      # hvac's HTTP, at DEBUG
     assert any("superlink" in e.lower() and "--ssl-certfile" in e for e in emitted)   # pod specs were scanned
     assert any("flower-supernode" in e or "SuperNode" in e for e in emitted)
     blob = "\n".join(emitted)
