@@ -213,7 +213,7 @@ async def test_a_tls_round_through_the_operator_emits_no_secret(emulator, openba
                 emitted += [repr(obj) for obj in await api.list(Ref(ver, plural))]
     logging.getLogger("kopf").setLevel(logging.NOTSET)
     emitted += [p.read_text(errors="replace") for p in tmp_path.glob("kubelet-*/pods/*/logs/*/*.log")]
-    assert len(secrets) == 7 and all(len(s) >= 12 for s in secrets)
+    assert len(secrets) >= 7 and all(len(s) >= 12 for s in secrets)   # a re-created pod adds one
     assert len(everything.lines) > 1000                     # DEBUG really was on, for a whole round
     assert any(ln.startswith("DEBUG fedcare") for ln in everything.lines)
     assert any(ln.startswith("DEBUG urllib3") for ln in everything.lines)      # hvac's HTTP, at DEBUG
