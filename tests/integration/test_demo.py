@@ -21,6 +21,6 @@ def test_demo_trains_through_the_operator():
     assert proc.returncode == 0, out[-4000:]
     for line in ("Applying FederatedRound ultrasound-demo: 2 sites, 1 server rounds", "Round Succeeded",
                  "training pods left: 0; SuperLink pods left: 0", "model.safetensors, provenance.json",
-                 "Demo complete"):
+                 "Demo complete", "Flower with TLS (certificate from Vault PKI) and SuperNode authentication"):
         assert line in out, out[-4000:]
     assert "Traceback" not in out, out[-4000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fedcare.integrations import flower_credentials as fc
 from fedcare.integrations import vault as v
 from fedcare.integrations.kube import Ref
 from fedcare.integrations.vault_transit import TransitSigner
+from fedcare.sandbox.federation import WORK_NAMESPACE, federation, round_manifest
 from tests.support.harness import eventually
 from tests.support.openbao import DevServer
 from tests.support.sa_issuer import SAIssuer
@@ -155,3 +157,69 @@ async def test_nothing_secret_is_emitted(hub, api, emulator, openbao: DevServer,
     for secret in secrets:
         for form in variants(secret):
             assert form not in blob, f"a secret ({len(secret)} chars) appeared in logs/events/status/errors"
+
+
+@pytest.mark.timeout(1500)
+@pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
+                    reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")
+async def test_a_tls_round_through_the_operator_emits_no_secret(emulator, openbao: DevServer,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    """The sandbox federation (its own OpenBao: hub policy token, per-site JWT identities) runs a
+    TLS round with SuperNode authentication at DEBUG: no token, JWT, SuperLink key or SuperNode
+    private key appears in any log line (ours, kopf's, hvac's, urllib3's, the Flower processes'),
+    Event, status (rounds, assignments, nodes) or pod spec."""
+    rounds = Ref(API_VERSION, "federatedrounds", "default")
+    secrets: list[str] = []
+    specs: list[str] = []
+    with capture_everything() as everything:
+        # Everything at DEBUG but kopf's own machinery (it handles only fedcare's kinds, never a
+        # Secret, and their bodies are scanned below): at DEBUG it slows a loaded 2-core machine
+        # past the sites' first heartbeat.
+        logging.getLogger("kopf").setLevel(logging.INFO)
+        async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40) as fed:
+            assert fed.tls and fed.bao is not None
+            api = fed.api
+            await api.create(rounds, round_manifest("leak", sites=2, rounds=1))
+
+            async def running():
+                obj = await api.get_or_none(Ref(API_VERSION, "federatedrounds", "default", "leak"))
+                return obj if (obj or {}).get("status", {}).get("phase") in ("Running", "Failed") else None
+
+            assert (await eventually(running, timeout=420, interval=0.5))["status"]["phase"] == "Running"
+            tls = await api.get(Ref("v1", "secrets", "default", "leak-superlink-tls"))
+            secrets.append(base64.b64decode(tls["data"]["tls.key"]).decode())
+            for pod in await api.list(Ref("v1", "pods", WORK_NAMESPACE)) + await api.list(Ref("v1", "pods", "default")):
+                specs.append(repr(pod))
+            for pod in await api.list(Ref("v1", "pods", WORK_NAMESPACE)):
+                creds = await api.get(Ref("v1", "secrets", WORK_NAMESPACE, f"{pod['metadata']['name']}-flower"))
+                secrets.append(base64.b64decode(creds["data"]["supernode.key"]).decode())
+            secrets.append(fed.bao.hub.settings.token)
+            for site, client in fed.bao.sites.items():
+                secrets.append(client.hvac.token)
+                secrets.append(Path(client.settings.jwt_path).read_text())
+
+            async def finished():
+                obj = await api.get_or_none(Ref(API_VERSION, "federatedrounds", "default", "leak"))
+                return obj if (obj or {}).get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+            # The scan comes first (a leak fails the test whatever the round's fate); success last.
+            try:
+                done = await eventually(finished, timeout=900, interval=1.0)
+            except AssertionError:
+                done = await api.get(Ref(API_VERSION, "federatedrounds", "default", "leak"))
+            emitted = list(everything.lines) + specs
+            for ver, plural in (("v1", "events"), (API_VERSION, "federatedrounds"), (API_VERSION, "roundassignments"),
+                                (API_VERSION, "hospitalnodes"), ("v1", "pods")):
+                emitted += [repr(obj) for obj in await api.list(Ref(ver, plural))]
+    logging.getLogger("kopf").setLevel(logging.NOTSET)
+    emitted += [p.read_text(errors="replace") for p in tmp_path.glob("kubelet-*/pods/*/logs/*/*.log")]
+    assert len(secrets) >= 7 and all(len(s) >= 12 for s in secrets)   # a re-created pod adds one
+    assert len(everything.lines) > 1000                     # DEBUG really was on, for a whole round
+    assert any(ln.startswith("DEBUG fedcare") for ln in everything.lines)
+    assert any("superlink" in e.lower() and "--ssl-certfile" in e for e in emitted)   # pod specs were scanned
+    assert any("flower-supernode" in e or "SuperNode" in e for e in emitted)
+    blob = "\n".join(emitted)
+    for secret in secrets:
+        for form in variants(secret):
+            assert form not in blob, f"a secret ({len(secret)} chars) appeared in logs/events/status/pod specs"
+    assert done["status"]["phase"] == "Succeeded", done["status"]

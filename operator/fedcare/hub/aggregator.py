@@ -23,6 +23,9 @@ import aiohttp
 from ..api import resources as r
 from ..api.federated_round import FederatedRoundSpec
 from ..integrations.kube import Conflict, Kube, Ref, ensure
+from .superlink_tls import SuperLinkTLS, cluster_ip
+from .superlink_tls import superlink_args as tls_args
+from .superlink_tls import volume as tls_files
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def owner(body: dict[str, Any]) -> dict[str, Any]:
 def names(body: dict[str, Any]) -> dict[str, str]:
     name = body["metadata"]["name"]
     return {"pod": short_name(name, "superlink"), "service": short_name(name, "superlink", 63),
-            "state": short_name(name, "superlink-state", 253)}
+            "state": short_name(name, "superlink-state", 253), "tls": short_name(name, "superlink-tls", 253)}
 
 
 def labels(body: dict[str, Any]) -> dict[str, str]:
@@ -84,8 +87,20 @@ def manifests(body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorCon
             "--disable-runtime-dependency-installation"]
     if cfg.insecure:
         args.append("--insecure")
-    # else: TLS from Vault — --ssl-certfile/--ssl-keyfile/--ssl-ca-certfile from a mounted
-    # Secret and --enable-supernode-auth go here (see shared/FLOWER.md §2).
+    else:
+        # TLS from Vault (hub/superlink_tls.py): certificate, key and CA from the round's Secret.
+        # Bind the wildcard: the SuperLink's own SuperExec then dials 127.0.0.1, which the
+        # certificate names (a pod IP is unknown before the Secret is mounted on a real cluster);
+        # the sandbox kubelet translates the wildcard to the pod's IP, which it knows earlier.
+        args[1] = "0.0.0.0"
+        args += tls_args()
+    volumes = [{"name": "state", "persistentVolumeClaim": {"claimName": n["state"]}},
+               {"name": "artifacts", "persistentVolumeClaim": {"claimName": cfg.artifact_claim}}]
+    mounts = [{"name": "state", "mountPath": STATE_MOUNT}, {"name": "artifacts", "mountPath": cfg.artifact_dir}]
+    if not cfg.insecure:
+        tls_volume, tls_mount = tls_files(n["tls"])
+        volumes.append(tls_volume)
+        mounts.append(tls_mount)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta(n["pod"]), "spec": {
         "restartPolicy": "Always",
         "automountServiceAccountToken": False,
@@ -101,11 +116,9 @@ def manifests(body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorCon
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
             "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
-            "volumeMounts": [{"name": "state", "mountPath": STATE_MOUNT},
-                             {"name": "artifacts", "mountPath": cfg.artifact_dir}],
+            "volumeMounts": mounts,
         }],
-        "volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": n["state"]}},
-                    {"name": "artifacts", "persistentVolumeClaim": {"claimName": cfg.artifact_claim}}],
+        "volumes": volumes,
     }}
     return [("persistentvolumeclaims", pvc), ("services", service), ("pods", pod)]
 
@@ -141,52 +154,77 @@ def _pod_problem(pod: dict[str, Any]) -> str:
     return ""
 
 
-async def healthy(address: str, *, insecure: bool) -> bool:
+async def healthy(address: str, *, insecure: bool, ssl_context: Any = None) -> bool:
+    """GET /health; under TLS the certificate is verified against the round's CA when given."""
     scheme = "http" if insecure else "https"
     try:
         timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(f"{scheme}://{address}/health", ssl=False) as resp:
+            async with session.get(f"{scheme}://{address}/health",
+                                   ssl=ssl_context if ssl_context is not None else False) as resp:
                 return resp.status == 200
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         return False
 
 
 async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec,
-                            cfg: AggregatorConfig) -> AggregatorState:
-    """Create what is missing (idempotent: a restarted hub adopts what exists) and say if it is up."""
+                            cfg: AggregatorConfig, tls: SuperLinkTLS | None = None) -> AggregatorState:
+    """Create what is missing (idempotent: a restarted hub adopts what exists) and say if it is up.
+    ``tls``: the SuperLink's certificate is issued from Vault into the round's TLS Secret."""
     n = names(body)
     pod: dict[str, Any] = {}
+    service: dict[str, Any] = {}
+    waiting = ""
     for plural, manifest in manifests(body, spec, cfg):
         ref = Ref("v1", plural, manifest["metadata"]["namespace"], manifest["metadata"]["name"])
         current = await kube.get_or_none(ref)
+        if plural == "pods" and tls is not None and current is None:
+            if not cluster_ip(service):
+                # A new pod gets a new IP, which an existing certificate does not name: issue again.
+                await kube.delete(Ref("v1", "secrets", ref.namespace, n["tls"]))
+            await _tls_secret(kube, tls, body, cfg, service, None)   # with a ClusterIP: before the pod
         if current is None:     # create straight away (ensure would read it again first)
             try:
                 current = await kube.create(Ref("v1", plural, ref.namespace), manifest)
             except Conflict:
                 current, _ = await ensure(kube, plural, manifest)
             log.info("Created %s %s for round %s", manifest["kind"], ref.name, body["metadata"]["name"])
+        if plural == "services":
+            service = current
         if plural == "pods":
             pod = current
+    if tls is not None:
+        waiting = await _tls_secret(kube, tls, body, cfg, service, pod)
     problem = _pod_problem(pod)
     if problem:
         return AggregatorState(False, True, problem, n["pod"], n["service"])
+    if waiting:
+        return AggregatorState(False, False, waiting, n["pod"], n["service"])
     ip = (pod.get("status") or {}).get("podIP") or ""
     phase = (pod.get("status") or {}).get("phase") or "Pending"
     if phase != "Running" or not ip:
         return AggregatorState(False, False, f"the SuperLink pod {n['pod']} is {phase}", n["pod"], n["service"])
-    control = f"{ip}:{cfg.port}"
-    if not await healthy(control, insecure=cfg.insecure):
+    # Under TLS the hub calls the address its certificate names: the ClusterIP where there is one.
+    control = f"{(tls is not None and cluster_ip(service)) or ip}:{cfg.port}"
+    context = await tls.ssl_context() if tls is not None else None
+    if not await healthy(control, insecure=cfg.insecure, ssl_context=context):
         return AggregatorState(False, False, f"the SuperLink at {control} does not answer /health yet",
                                n["pod"], n["service"], fleet_address(body, cfg), control)
     return AggregatorState(True, False, f"SuperLink {n['pod']} is serving at {control}", n["pod"], n["service"],
                            fleet_address(body, cfg), control)
 
 
+async def _tls_secret(kube: Kube, tls: SuperLinkTLS, body: dict[str, Any], cfg: AggregatorConfig,
+                      service: dict[str, Any], pod: dict[str, Any] | None) -> str:
+    return await tls.ensure_secret(kube, body, secret=names(body)["tls"], service=service, pod=pod,
+                                   external=cfg.external_address, owner=owner(body), labels=labels(body))
+
+
 async def delete_aggregator(kube: Kube, body: dict[str, Any]) -> list[str]:
-    """Delete pod, Service and state volume; returns what was deleted."""
+    """Delete pod, Service, state volume and TLS Secret; returns what was deleted."""
     md, n, gone = body["metadata"], names(body), []
-    for plural, name in (("pods", n["pod"]), ("services", n["service"]), ("persistentvolumeclaims", n["state"])):
+    for plural, name in (("pods", n["pod"]), ("services", n["service"]), ("persistentvolumeclaims", n["state"]),
+                         ("secrets", n["tls"])):
         if await kube.delete(Ref("v1", plural, md["namespace"], name)):
             gone.append(f"{plural}/{name}")
     return gone

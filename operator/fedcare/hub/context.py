@@ -66,6 +66,10 @@ class HubContext:
         self.release.pvc_mounts.setdefault(agg.artifact_claim, agg.artifact_dir)
         self.lifecycle = Lifecycle(lambda: self.api, lambda: self.round_config.aggregator.artifact_dir
                                    if self.round_config else None)
+        if self.vault is not None and self.round_config.tls is None:
+            # Rounds run with TLS and SuperNode authentication from this Vault (hub/superlink_tls.py).
+            from .superlink_tls import SuperLinkTLS
+            self.round_config.tls = SuperLinkTLS(self.vault)
 
     @property
     def round_reconciler(self) -> Reconciler:

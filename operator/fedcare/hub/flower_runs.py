@@ -8,8 +8,9 @@ is never retried blindly (a retry could submit a second run): the caller lists t
 SuperLink's runs first and adopts the one it finds.
 
 Each SuperLink gets its own ``FLWR_HOME`` (a config.toml naming it), so calls for
-different rounds never share state. TLS: today the SuperLink runs plaintext behind the
-hub's explicit development flag; the place where root certificates go is ``_config``.
+different rounds never share state. Under TLS (the default; plaintext only behind the hub's
+explicit development flag) the config names the round's CA (``trust``) as
+``root-certificates``, and SuperNode public keys are registered with ``register``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 FEDERATION = "round"
 FINISHED = "finished:"
+CA_FILE = "superlink-ca.pem"
+#: What the SuperLink answers for a key it has (flwr ApiErrorCode.PUBLIC_KEY_ALREADY_IN_USE = 23).
+ALREADY_REGISTERED = ("already in use", "[code: 23]")
 
 
 class FlowerError(Exception):
@@ -70,12 +74,25 @@ class FlowerCLI:
         if insecure:
             lines.append("insecure = true")
         else:
-            # TLS material from Vault (wired in by the Vault integration) goes here.
-            lines.append(f'root-certificates = "{root_certificates}"')
+            ca = pathlib.Path(root_certificates) if root_certificates else home / CA_FILE
+            if not ca.is_file():
+                raise FlowerError("no CA certificate for this SuperLink yet (the hub writes it from Vault "
+                                  "before calling it)")
+            lines.append(f'root-certificates = "{ca}"')
         (home / "config.toml").write_text("\n".join(lines) + "\n")
         return {**os.environ, "FLWR_HOME": str(home), "NO_COLOR": "1", "TERM": "dumb"}
 
-    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True) -> dict[str, Any]:
+    def trust(self, key: str, ca_pem: str) -> None:
+        """The CA (public) that signed this SuperLink's certificate, for ``root-certificates``."""
+        home = self.home / key
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / CA_FILE
+        if not path.is_file() or path.read_text() != ca_pem:
+            path.write_text(ca_pem)
+
+    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True,
+                    final: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``final``: error texts that no retry can change (returned at once as FlowerError)."""
         attempts = self.attempts if retry else 1
         last = ""
         for attempt in range(attempts):
@@ -100,6 +117,8 @@ class FlowerCLI:
                     return doc
                 last = (doc or {}).get("error-message") or (err.decode(errors="replace").strip()[-400:]
                                                             or f"flwr {args[0]} exited {proc.returncode}")
+                if any(text in last for text in final):
+                    break
             if attempt + 1 < attempts:
                 delay = self.base_delay * 2 ** attempt * random.uniform(0.5, 1.0)
                 log.debug("flwr %s failed (%s); retrying in %.1fs", args[0], last, delay)
@@ -135,6 +154,21 @@ class FlowerCLI:
     async def stop(self, key: str, address: str, run_id: str, *, insecure: bool) -> None:
         env = self._config(key, address, insecure=insecure)
         await self._call(["stop", run_id, FEDERATION, "--format", "json"], env)
+
+    async def register(self, key: str, address: str, name: str, public_key: str) -> str:
+        """``flwr supernode register`` of a site's public key (OpenSSH); the node id, or '' when
+        this SuperLink already has the key (a restarted hub registers again: idempotent)."""
+        env = self._config(key, address, insecure=False)
+        pub = self.home / key / f"{name}.pub"
+        pub.write_text(public_key.strip() + "\n")
+        try:
+            doc = await self._call(["supernode", "register", str(pub), FEDERATION, "--name", name,
+                                    "--format", "json"], env, final=ALREADY_REGISTERED)
+        except FlowerError as err:
+            if any(text in str(err) for text in ALREADY_REGISTERED):
+                return ""
+            raise FlowerError(f"registering the SuperNode key of {name}: {err}") from None
+        return str(doc.get("node-id") or "")
 
     def forget(self, key: str) -> None:
         shutil.rmtree(self.home / key, ignore_errors=True)

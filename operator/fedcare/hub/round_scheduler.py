@@ -19,6 +19,7 @@ Steps and the condition each sets (phase is derived from them, Ready is True on 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -32,6 +33,7 @@ from ..api.base import Condition
 from ..api.federated_round import ARCHITECTURES, FederatedRoundSpec, RoundPhase
 from ..api.validation import SpecError, parse
 from ..integrations.kube import Conflict, Kube, Ref, ensure
+from ..integrations.vault import VaultError
 from ..status_writer import write_status
 from . import aggregator as agg
 from . import initial_model
@@ -39,6 +41,7 @@ from . import round_progress as progress
 from . import run_trust
 from .flower_runs import FlowerCLI, FlowerError, RunInfo
 from .selection import eligible_sites
+from .superlink_tls import SuperLinkTLS, site_identities
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ class RoundConfig:
     app: str                                   # path of the Flower app (workloads/) the hub submits
     aggregator: agg.AggregatorConfig = field(default_factory=agg.AggregatorConfig)
     poll_interval: float = 2.0
+    #: TLS and SuperNode authentication from Vault (hub/superlink_tls.py); set from
+    #: HubContext.vault. None and not ``aggregator.insecure``: the hub refuses to run Flower.
+    tls: SuperLinkTLS | None = None
 
 
 def _now() -> dt.datetime:
@@ -170,10 +176,16 @@ class Reconciler:
                          completionTime=_iso(_now()))
         await self.cleanup(body)
 
+    async def _trust(self, body: dict[str, Any]) -> None:
+        """The round's CA for the flwr CLI (a restarted hub may call before run_aggregator)."""
+        if not self.cfg.aggregator.insecure and self.cfg.tls is not None:
+            self.cfg.flower.trust(self.key(body), await self.cfg.tls.ca_pem())
+
     async def _stop_run(self, body: dict[str, Any], control: str, run_id: str) -> None:
         try:
+            await self._trust(body)
             await self.cfg.flower.stop(self.key(body), control, run_id, insecure=self.cfg.aggregator.insecure)
-        except FlowerError as err:      # the SuperLink is deleted next: the run cannot outlive it
+        except (FlowerError, VaultError) as err:   # the SuperLink is deleted next: the run cannot outlive it
             log.info("Could not stop Flower run %s (%s); deleting its SuperLink", run_id, err)
 
     def key(self, body: dict[str, Any]) -> str:
@@ -194,6 +206,8 @@ class Reconciler:
             if await self.kube.delete(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])):
                 gone.append(f"roundassignments/{md['namespace']}/{md['name']}")
         self.cfg.flower.forget(self.key(body))
+        if self.cfg.tls is not None:
+            self.cfg.tls.registered.pop(self.key(body), None)
         if gone:
             log.info("Round %s: cleaned up %s", body["metadata"]["name"], ", ".join(gone))
         return gone
@@ -313,14 +327,28 @@ class Reconciler:
                                 sitesReady=f"0/{len(chosen)}")
 
     async def run_aggregator(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
-        if not self.cfg.aggregator.insecure:
-            # TLS and SuperNode authentication material come from Vault (being integrated);
-            # until the hub has it, only the explicit development flag runs Flower at all.
+        tls = self.cfg.tls
+        if not self.cfg.aggregator.insecure and tls is None:
+            # TLS and SuperNode authentication material come from Vault: without it, only the
+            # explicit development flag runs Flower at all.
             await self.fail(body, c.Reason.AGGREGATOR_FAILED,
-                            "no TLS material for the SuperLink is configured on this hub; for development only, "
-                            "start the hub with --insecure-flower (plaintext Flower, no SuperNode authentication)")
+                            "this hub has no Vault (FEDCARE_VAULT_ADDR, secrets.backend=vault) to issue the "
+                            "SuperLink's TLS certificate and read the sites' SuperNode keys from; for development "
+                            "only, start the hub with --insecure-flower (plaintext Flower, no SuperNode "
+                            "authentication)")
             return None
-        state = await agg.ensure_aggregator(self.kube, body, spec, self.cfg.aggregator)
+        try:
+            state = await agg.ensure_aggregator(self.kube, body, spec, self.cfg.aggregator,
+                                                None if self.cfg.aggregator.insecure else tls)
+            if state.ready and not self.cfg.aggregator.insecure:
+                state = await self.register_supernodes(body, state)
+        except VaultError as err:
+            # Vault down or sealed: the deadline bounds the wait; the next pass tries again.
+            message = f"Vault: {err}"
+            log.warning("Round %s: %s", body["metadata"]["name"], message)
+            await self.write(body, [self.cond(body, T.AGGREGATOR_READY, False, c.Reason.AGGREGATOR_STARTING,
+                                              message[:1000])])
+            return None
         info = {"pod": state.pod, "service": state.service, "address": state.address,
                 "controlAddress": state.control_address}
         if state.failed:
@@ -339,6 +367,33 @@ class Reconciler:
             return None
         return await self.write(body, [self.cond(body, T.AGGREGATOR_READY, True, c.Reason.AGGREGATOR_RUNNING,
                                                  state.message)], aggregator=info)
+
+    async def register_supernodes(self, body: dict[str, Any], state: agg.AggregatorState) -> agg.AggregatorState:
+        """Register every participant's SuperNode public key (from Vault) with the SuperLink
+        before any assignment goes out; AggregatorReady waits for the keys a site has not
+        published yet."""
+        assert self.cfg.tls is not None
+        key = self.key(body)
+        sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
+        done = self.cfg.tls.registered.setdefault(key, set())
+        self.cfg.flower.trust(key, await self.cfg.tls.ca_pem())
+        if done.issuperset(sites):
+            return state            # every pass comes here: no Vault read, no CLI call once registered
+        keys, missing = await self.cfg.tls.public_keys(sites)
+        if missing:
+            return dataclasses.replace(state, ready=False, message=(
+                "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
+                "(sites/<site>/supernode-public; each site's agent creates its key pair at start)"))
+        try:
+            for site in sites:
+                if site not in done:
+                    node = await self.cfg.flower.register(key, state.control_address, site, keys[site])
+                    done.add(site)
+                    log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
+                             f" (node {node})" if node else " (already registered)")
+        except FlowerError as err:
+            return dataclasses.replace(state, ready=False, message=str(err)[:1000])
+        return state
 
     def assignment_manifest(self, body: dict[str, Any], spec: FederatedRoundSpec, site: str,
                             name: str) -> dict[str, Any]:
@@ -446,6 +501,16 @@ class Reconciler:
                 config[key] = _typed(value)
         return config
 
+    async def identities(self, body: dict[str, Any]) -> str:
+        """run-config ``site-identities``: each site's registered key (workloads/trust.py), so
+        the ServerApp takes a reply's site from the authenticated SuperNode, not the reply."""
+        assert self.cfg.tls is not None
+        sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
+        keys, missing = await self.cfg.tls.public_keys(sites)
+        if missing:
+            raise FlowerError("no SuperNode public key in Vault for " + ", ".join(missing))
+        return site_identities(keys)
+
     async def follow(self, body: dict[str, Any], spec: FederatedRoundSpec) -> None:
         st = body["status"]
         md = body["metadata"]
@@ -463,13 +528,15 @@ class Reconciler:
                     run_id = sorted(runs, key=lambda x: x.run_id)[-1].run_id
                     log.info("Round %s: adopted Flower run %s", md["name"], run_id)
                 else:
+                    config = self.run_config(body, spec, str(folder))
+                    if not insecure:
+                        config["site-identities"] = await self.identities(body)
                     body = await self.write(body, [], runSubmitting=True) or body
                     folder.mkdir(parents=True, exist_ok=True)
                     start = await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)
                     if start.problem:       # the release went away (or was revoked) since selection
                         await self.fail(body, c.Reason.INVALID_SPEC, start.problem)
                         return
-                    config = self.run_config(body, spec, str(folder))
                     config.update(await run_trust.trust_config(
                         self.kube, spec, [p["node"] for p in st.get("participants") or []], md["name"]))
                     config.update(start.run_config)
@@ -483,7 +550,7 @@ class Reconciler:
                 info = RunInfo(run_id, "pending")
             else:
                 info = await self._run_info(body, control, run_id, folder)
-        except FlowerError as err:
+        except (FlowerError, VaultError) as err:
             message = f"the SuperLink's Control API at {control}: {err}"
             if "Invalid run configuration" in str(err):
                 await self.fail(body, c.Reason.INVALID_SPEC, f"Flower refused the run configuration (check "

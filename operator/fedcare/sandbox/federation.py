@@ -12,6 +12,12 @@ the hub or the agent: they create the manifests they create on a real cluster.
 
 The hub and the sites share one API server here (the site cluster *is* the hub cluster);
 the agents' pods go to the ``fedcare-training`` namespace.
+
+Flower runs with TLS and SuperNode authentication by default: a dev OpenBao
+(``sandbox/vault_setup.py``) holds the PKI, the hub's footprint rights and each site's
+least-privilege identity; the hub gets its VaultClient (``fed.vault``, address ``fed.bao.addr``)
+and each agent its own site-scoped client. Only without the OpenBao binary (or with
+``tls=False``) does it fall back to plaintext Flower, saying so.
 """
 
 from __future__ import annotations
@@ -46,7 +52,11 @@ from ..site.heartbeat import Heartbeat
 from ..site.privacy import SitePrivacy
 from ..site.reporter import InventoryReporter
 from ..site.work import SiteWork
+from ..integrations.vault import VaultClient
+from . import vault_setup
 from .kubelet import ProcessKubelet
+from .openbao import BaoMissing, bao_binary
+from .vault_setup import SandboxVault
 from .simulated_nvml import FakeNVML, gpus
 
 log = logging.getLogger(__name__)
@@ -139,8 +149,11 @@ class Federation:
                  poll: float = 1.0, kubelet_kwargs: dict[str, Any] | None = None, site_kubelets: bool = True,
                  site_budgets: dict[str, float] | None = None, site_sizes: dict[str, int] | None = None,
                  kubeconfig: str | None = None, login: kopf.ConnectionInfo | None = None,
-                 release: ReleaseConfig | None = None):
+                 release: ReleaseConfig | None = None, tls: bool | None = None):
         self.url, self.workdir, self.sites = url, workdir, sites
+        #: TLS + SuperNode authentication from a dev OpenBao; None: on when the binary is there.
+        self.tls = tls
+        self.bao: SandboxVault | None = None
         self.site_gpus = site_gpus or {}
         self.site_budgets = site_budgets or {}     # site -> privacy budget epsilon (its agent's setting)
         self.site_sizes = site_sizes or {}         # site -> registered dataset size (default: images)
@@ -170,17 +183,42 @@ class Federation:
     def ledger_dir(self, site: str) -> pathlib.Path:
         return self.workdir / f"ledger-{site}"
 
+    @property
+    def vault(self) -> VaultClient | None:
+        """The hub's VaultClient (hub policy: footprints, PKI issue, transit fedcare-release)."""
+        return self.bao.hub if self.bao is not None else None
+
     def round_config(self) -> RoundConfig:
         return RoundConfig(flower=FlowerCLI(self.workdir / "flwr-home", timeout=120.0), app=default_app(),
                            aggregator=AggregatorConfig(artifact_dir=str(self.artifact_dir),
-                                                       artifact_claim=ARTIFACT_CLAIM, insecure=True),
+                                                       artifact_claim=ARTIFACT_CLAIM, insecure=not self.tls),
                            poll_interval=self.poll)
+
+    async def start_vault(self) -> None:
+        """A dev OpenBao for TLS rounds; without the binary, plaintext Flower with the reason."""
+        if self.tls is False:
+            log.warning("Sandbox federation without Vault (tls=False): Flower runs WITHOUT TLS or SuperNode "
+                        "authentication")
+            return
+        try:
+            bao_binary()
+        except BaoMissing as err:
+            if self.tls:
+                raise
+            log.warning("Sandbox federation: %s; Flower runs WITHOUT TLS or SuperNode authentication", err)
+            self.tls = False
+            return
+        self.bao = await asyncio.to_thread(vault_setup.start, self.workdir / "openbao")
+        self.tls = True
+        log.info("Sandbox Vault (OpenBao) at %s: PKI, hub policy, a JWT identity per site", self.bao.addr)
 
     # -- pieces ----------------------------------------------------------------------------------
     async def prepare(self, *, images: int = 120, holdout: int = 150) -> None:
         """Namespaces, volumes, datasets (synthetic), HospitalNodes."""
         await asyncio.to_thread(synth, self.data, len(self.sites), images, holdout)
         self.images = images
+        if self.bao is None and self.tls is not False:
+            await self.start_vault()
         await self.api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": WORK_NAMESPACE}})
         await local_volume(self.api, "fedcare-artifacts", self.artifact_dir, "default", ARTIFACT_CLAIM)
@@ -197,6 +235,8 @@ class Federation:
     async def start_hub(self) -> None:
         self.hub_stop = asyncio.Event()
         extra: dict[str, Any] = {"release": self.release} if self.release is not None else {}
+        if self.bao is not None:
+            extra.update(vault=self.bao.hub, vault_footprint=self.bao.footprint)
         self.hub_ctx = HubContext(kube=await self.connect(), round_config=self.round_config(), **extra)
         registry = make_registry(self.hub_ctx)
         _login(registry, self.url, self.login)
@@ -235,7 +275,8 @@ class Federation:
                                      versions=AgentVersions(agent="sandbox", flwr="1.42.0"))
         agent_id = f"{site}/agent-0"
         privacy = SitePrivacy(self.site_budgets.get(site, DEFAULT_BUDGET), ledger_claim=f"privacy-ledger-{site}")
-        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=True, privacy=privacy)
+        work = SiteWork(h.hub, h.hub, site, agent_id, namespace=WORK_NAMESPACE, insecure=not self.tls,
+                        privacy=privacy, vault=self.bao.site_client(site) if self.bao is not None else None)
         h.agent = SiteAgent(site, h.hub, reporter, agent_id=agent_id, heartbeat=Heartbeat(h.hub, site, agent_id),
                             work=work)
         await h.agent.prepare()
@@ -294,6 +335,8 @@ class Federation:
         for h in self.handles.values():
             await h.hub.close()
         await self.api.close()
+        if self.bao is not None:
+            await asyncio.to_thread(self.bao.stop)
 
     def processes(self) -> list[int]:
         kubelets = [h.kubelet for h in self.handles.values() if h.kubelet] + \

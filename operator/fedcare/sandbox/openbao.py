@@ -100,9 +100,19 @@ class _Process:
 class DevServer(_Process):
     root_token = "root"
 
+    def __init__(self, workdir: Path, port: int | None = None, *, config: str = "") -> None:
+        """``config``: extra HCL (e.g. an ``audit`` block: OpenBao enables audit devices only
+        declaratively)."""
+        super().__init__(workdir, port)
+        self.config = config
+
     def start(self) -> "DevServer":
+        extra = []
+        if self.config:
+            (self.workdir / "extra.hcl").write_text(self.config)
+            extra = [f"-config={self.workdir / 'extra.hcl'}"]
         self._spawn(["server", "-dev", f"-dev-root-token-id={self.root_token}",
-                     f"-dev-listen-address=127.0.0.1:{self.port}"])
+                     f"-dev-listen-address=127.0.0.1:{self.port}", *extra])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:   # the dev server mounts secret/ just after it listens
             with contextlib.suppress(Exception):

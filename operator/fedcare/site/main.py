@@ -63,6 +63,13 @@ async def _hub_from_vault(site: str):
     return cred, cred.connect()
 
 
+def _site_vault(site: str):
+    """The agent's site-scoped Vault client (its SuperNode key for TLS rounds), or None."""
+    from ..integrations.secrets_backend import vault_from_env
+
+    return vault_from_env(site=site)
+
+
 async def run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: str | None,
               metrics_address: str = "", hub_credential: str = "kubeconfig",
               work_namespace: str = "fedcare-training", insecure_flower: bool = False,
@@ -89,9 +96,9 @@ async def _run(site: str, hub_kubeconfig: str, liveness: str, site_kubeconfig: s
                              flwr=_flwr_version())
     reader = NVMLReader(node_name=os.environ.get("NODE_NAME", ""))
     agent_id = f"{site}/{os.environ.get('POD_NAME') or socket.gethostname()}"
+    vault = cred.vault if cred is not None else _site_vault(site)
     work = SiteWork(hub, site_kube, site, agent_id, namespace=work_namespace, insecure=insecure_flower,
-                    privacy=privacy) \
-        if site_kube is not None else None
+                    privacy=privacy, vault=vault) if site_kube is not None else None
     agent = SiteAgent(site, hub, InventoryReporter(hub, site, reader=reader, site_kube=site_kube,
                                                    versions=versions), agent_id=agent_id, work=work)
     try:

@@ -10,6 +10,7 @@ import ipaddress
 from typing import Any
 
 from ..api import resources as r
+from . import supernode_credentials as creds
 from .privacy import LEDGER_MOUNT, SITE_KEYS, SitePrivacy
 
 ROUND_LABEL = "fedcare.io/round"
@@ -69,8 +70,10 @@ def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str,
             "--host", "$(POD_IP)", "--port", str(RUNTIME_PORT)]   # runtime API: own address, no ingress
     if insecure:
         args.append("--insecure")
-    # else: TLS and SuperNode authentication (Vault): --root-certificates <mounted CA bundle>
-    # and --auth-supernode-private-key <mounted key> go here (shared/FLOWER.md §2).
+    else:
+        # TLS and SuperNode authentication: CA bundle and private key from the pod's short-lived
+        # Secret, which the agent writes from Vault (site/supernode_credentials.py).
+        args += creds.supernode_args()
     resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
     gpus = int(training.get("gpusPerSite", 0) or 0)
     if gpus > 0:
@@ -86,6 +89,10 @@ def pod_manifest(assignment: dict[str, Any], node: dict[str, Any], *, site: str,
         mounts.append({"name": "privacy-ledger", "mountPath": LEDGER_MOUNT})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    if not insecure:
+        cred_volume, cred_mount = creds.volume(pod_name(assignment, retry))
+        volumes.append(cred_volume)
+        mounts.append(cred_mount)
     pod: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod_name(assignment, retry), "namespace": namespace,

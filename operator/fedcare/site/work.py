@@ -29,8 +29,10 @@ from ..api import conditions as c
 from ..api import resources as r
 from ..api.round_assignment import AssignmentPhase
 from ..integrations.kube import Conflict, Kube, KubeError, Ref, ensure
+from ..integrations.vault import VaultClient, VaultError
 from ..status_writer import write_status
 from . import site_reports
+from . import supernode_credentials as creds
 from . import training_pod as tp
 from .privacy import SitePrivacy
 from .heartbeat import node_ref
@@ -60,9 +62,12 @@ def past_deadline(assignment: dict[str, Any], now: dt.datetime | None = None) ->
 class SiteWork:
     def __init__(self, hub: Kube, site_kube: Kube | None, site: str, agent_id: str, *,
                  namespace: str = "fedcare-training", insecure: bool = False, interval: float = 10.0,
-                 lock: asyncio.Lock | None = None, privacy: SitePrivacy | None = None):
+                 lock: asyncio.Lock | None = None, privacy: SitePrivacy | None = None,
+                 vault: VaultClient | None = None):
         self.hub, self.site_kube, self.site, self.agent_id = hub, site_kube, site, agent_id
         self.privacy = privacy or SitePrivacy()   # the hospital's budget and ledger (site/privacy.py)
+        #: The site's own Vault identity: its SuperNode key and the CA for TLS rounds.
+        self.credentials = creds.SupernodeCredentials(vault, site) if vault is not None else None
         self.namespace, self.insecure, self.interval = namespace, insecure, interval
         self.lock = lock or asyncio.Lock()     # shared with the answers: one writer of phases at a time
         self.wake = asyncio.Event()
@@ -81,10 +86,18 @@ class SiteWork:
         try:
             while not stop.is_set():
                 self.wake.clear()       # before the pass: a wake-up during it triggers the next one
+                if self.credentials is not None and not self.credentials.key_ready:
+                    try:    # the hub registers the public key before dispatching: publish it at start
+                        await self.credentials.ensure_key()
+                    except VaultError as err:
+                        log.warning("Site %s: cannot publish its SuperNode key yet (Vault: %s); retrying",
+                                    self.site, err)
                 try:
                     await self.reconcile()
                 except KubeError as err:
                     log.warning("Site work pass failed (%s); retrying", err)
+                except VaultError as err:
+                    log.warning("Site %s: Vault: %s; retrying", self.site, err)
                 timeout = self.interval
                 if self.soonest is not None:
                     timeout = min(timeout, max(0.05, (self.soonest - _now()).total_seconds()))
@@ -133,6 +146,10 @@ class SiteWork:
         pods = await self.site_kube.list(Ref("v1", "pods", self.namespace),
                                          label_selector=f"{r.SITE_LABEL}={self.site},"
                                                         f"{r.MANAGED_BY_LABEL}={r.MANAGED_BY}")
+        if self.credentials is not None:
+            for name in await creds.sweep(self.site_kube, self.namespace, self.site,
+                                          {p["metadata"]["name"] for p in pods}):
+                log.info("Site %s: deleted SuperNode credentials Secret %s (its pod is gone)", self.site, name)
         by_assignment: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
             by_assignment.setdefault(pod["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, ""), []).append(pod)
@@ -166,6 +183,12 @@ class SiteWork:
                                    "the round's SuperLink runs without TLS; this site only joins it if its agent "
                                    "runs with --insecure-flower (development only)")
                 continue
+            if not (spec.get("superLink") or {}).get("insecure") and self.credentials is None:
+                await self._status(ra, AssignmentPhase.FAILED, c.Reason.VAULT_UNAVAILABLE,
+                                   "the round's SuperLink requires TLS and SuperNode authentication, and this "
+                                   "agent has no Vault client for its SuperNode key (set FEDCARE_VAULT_ADDR, "
+                                   "secrets.backend=vault)")
+                continue
             wanted.add(key)
             if node is None:
                 node = await self.hub.get(node_ref(self.site))
@@ -185,9 +208,10 @@ class SiteWork:
             await self._delete_pods(stale, ra)
         pod = next((p for p in pods if p["metadata"]["name"] == name), None)
         policy = tp.network_policy(ra, site=self.site, namespace=self.namespace)
+        plaintext = bool((spec.get("superLink") or {}).get("insecure"))
         if pod is None:     # the pod list says it is missing: create both without ensure's extra GETs
             manifest = tp.pod_manifest(ra, node, site=self.site, namespace=self.namespace, retry=retry,
-                                       insecure=self.insecure, privacy=self.privacy)
+                                       insecure=plaintext, privacy=self.privacy)
             await _create_or_ensure(self.site_kube, "networkpolicies", policy)
             pod, created = await _create_or_ensure(self.site_kube, "pods", manifest)
             if created:
@@ -195,6 +219,11 @@ class SiteWork:
                          spec["roundRef"]["name"], spec.get("attempt"))
         else:
             await ensure(self.site_kube, "networkpolicies", policy)
+        if not plaintext and self.credentials is not None and not pod["metadata"].get("deletionTimestamp"):
+            try:   # after the pod (the Secret is owned by it); the pod waits for it to mount
+                await self.credentials.ensure_secret(self.site_kube, pod)
+            except VaultError as err:
+                log.warning("Site %s: no SuperNode credentials for pod %s yet: %s", self.site, name, err)
         restarts, why = tp.container_state(pod)
         total = retry + restarts
         phase = (pod.get("status") or {}).get("phase") or "Pending"
@@ -235,6 +264,8 @@ class SiteWork:
             md = pod["metadata"]
             if await self.site_kube.delete(Ref("v1", "pods", md["namespace"], md["name"])):
                 log.info("Site %s: deleted training pod %s", self.site, md["name"])
+            if await creds.delete_secret(self.site_kube, md["namespace"], md["name"]):
+                log.info("Site %s: deleted SuperNode credentials of pod %s", self.site, md["name"])
         if ra is None and pods:
             key = pods[0]["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, "")
             policies = Ref("networking.k8s.io/v1", "networkpolicies", self.namespace)
