@@ -124,8 +124,10 @@ async def demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Path
 async def _demo(sites: list[str], rounds: int, keep: float, workdir: pathlib.Path, images: int,
                 chain: contextlib.ExitStack) -> int:
     # anvil + ModelRegistry for the release (None if anvil is absent: said, and the release is skipped).
-    # Once the sandbox federation gives its hub a Vault client: start_chain(chain, sandbox_signer=False).
-    release_cfg = await sandbox_release.start_chain(chain)
+    # With OpenBao the federation gives the hub a Vault client and the hub signs with the transit key
+    # fedcare-release (HubTransitSigner); without it, an in-memory sandbox key signs instead.
+    from .openbao import bao_binary
+    release_cfg = await sandbox_release.start_chain(chain, sandbox_signer=bao_binary() is None)
     async with fedcare_emulator(max_history=2000) as k:
         kubeconfig = write_kubeconfig(k.url, workdir / "kubeconfig")
         say(f"Sandbox Kubernetes API at {k.url} (kubeconfig: {kubeconfig})")
