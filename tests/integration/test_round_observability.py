@@ -20,11 +20,7 @@ import pytest
 from fedcare import metrics
 from fedcare.api.resources import API_VERSION
 from fedcare.health import kstatus
-from fedcare.hub.context import HubContext
-from fedcare.hub.handlers import make_registry
 from fedcare.integrations.kube import Kube, Ref
-from fedcare.kopf_runner import run_kopf
-from fedcare.sandbox import federation as fedmod
 from fedcare.sandbox import release as sandbox_release
 from fedcare.sandbox.anvil import DEV_KEY
 from fedcare.sandbox.federation import TRAIN_IMAGE, Federation, round_manifest
@@ -37,21 +33,6 @@ ROUNDS = Ref(API_VERSION, "federatedrounds", "default")
 RELEASES = Ref(API_VERSION, "modelreleases", "default")
 KINDS = (("hospitalnodes", None), ("federatedrounds", "default"), ("roundassignments", None),
          ("modelreleases", "default"))
-
-
-class ReleasingFederation(Federation):
-    """The sandbox federation whose hub also runs the release pipeline against ``release``."""
-
-    release: sandbox_release.ReleaseConfig | None = None
-
-    async def start_hub(self) -> None:
-        self.hub_stop = asyncio.Event()
-        self.hub_ctx = HubContext(kube=Kube.from_url(self.url, policy=fedmod.POLICY),
-                                  round_config=self.round_config(), release=self.release)
-        registry = make_registry(self.hub_ctx)
-        fedmod._login(registry, self.url)
-        self.hub_task = asyncio.create_task(run_kopf(registry=registry, standalone=True, stop_flag=self.hub_stop,
-                                                     clusterwide=True))
 
 
 def sample(hist) -> tuple[float, float]:
@@ -107,8 +88,7 @@ async def test_a_real_round_and_release_give_events_metrics_and_kstatus(emulator
     before = {h: sample(h) for h in (metrics.SERVER_ROUND_DURATION, metrics.ROUND_PARTICIPANTS,
                                      metrics.AGGREGATION_DURATION)}
     cfg = sandbox_release.release_config(anvil.url, anvil.chain_id)
-    fed = ReleasingFederation(str(emulator.url), tmp_path, ["rouen", "lyon"])
-    fed.release = cfg
+    fed = Federation(str(emulator.url), tmp_path, ["rouen", "lyon"], release=cfg)
     recorder = Recorder(fed.api)
     watching = None
     try:

@@ -58,7 +58,11 @@ async def test_a_two_site_two_round_round_succeeds_through_pods_on_the_real_cont
                  "claimRef": {"namespace": "default", "name": "real1-superlink-state"},
                  "persistentVolumeReclaimPolicy": "Retain"}})
     try:
-        async with federation(real_cluster.server, tmp_path / "fed", ["rouen", "lyon"], images=40,
+        # Plaintext Flower here: with TLS the hub dials the SuperLink Service's ClusterIP (the address
+        # its certificate names, issued before the pod exists), and this control plane runs no
+        # kube-proxy, so ClusterIPs route nowhere. TLS rounds are tested on the emulator
+        # (tests/vault/test_tls_rounds.py), where the kubelet maps the Service to the pod.
+        async with federation(real_cluster.server, tmp_path / "fed", ["rouen", "lyon"], images=40, tls=False,
                               kubeconfig=real_cluster.kubeconfig, login=tier.connection_info()) as fed:
             api = fed.api
             await api.create(Ref(API_VERSION, "federatedrounds", "default"),
