@@ -165,6 +165,8 @@ def run_config(out_dir: Path | str = "", **overrides) -> dict:
         "max-examples-per-site": 1000000,
         "max-update-norm": 100.0,
         "metric-decimals": 2,
+        "initial-model": "",
+        "initial-model-sha256": "",
     }
     cfg.update(overrides)
     return cfg
