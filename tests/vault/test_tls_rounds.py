@@ -85,13 +85,13 @@ def unregistered_supernode(address: str, ca: str, workdir: pathlib.Path) -> tupl
     return code, log.read_text(errors="replace")
 
 
-@pytest.mark.xfail(strict=False, reason="known defect after merging the round timing, privacy and TLS work (issue 9, open): the SuperNode pods were not seen within 180 s of the round reaching Running, on a quiet machine too, while the sandbox demo runs TLS rounds end to end; find out whether they ran and were cleaned up before the check or were never created")
+@pytest.mark.xfail(strict=False, reason="known defect (issue 9, open): after the merges one site agent reads its own SuperNode public key from Vault 4 times in one round (the target is 1 read per secret per identity); the round, TLS, node auth and attribution steps before that check pass")
 @pytest.mark.timeout(1500)
 async def test_tls_round_authenticates_supernodes_and_attributes_by_key(emulator, tmp_path, monkeypatch):
     real_config = tp.node_config
 
-    def forged(assignment, site):          # lyon's SuperNode claims to be rouen in what it reports
-        return real_config(assignment, "rouen" if site == "lyon" else site)
+    def forged(assignment, site, privacy=None):    # lyon's SuperNode claims to be rouen in what it reports
+        return real_config(assignment, "rouen" if site == "lyon" else site, privacy)
 
     monkeypatch.setattr(tp, "node_config", forged)
     async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40) as fed:
