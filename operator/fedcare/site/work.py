@@ -98,6 +98,9 @@ class SiteWork:
                     log.warning("Site work pass failed (%s); retrying", err)
                 except VaultError as err:
                     log.warning("Site %s: Vault: %s; retrying", self.site, err)
+                except Exception as err:    # a bug in one pass must not end the loop (no pod would start again)
+                    log.error("Site %s: work pass failed unexpectedly (%s); retrying at the next pass",
+                              self.site, type(err).__name__)
                 timeout = self.interval
                 if self.soonest is not None:
                     timeout = min(timeout, max(0.05, (self.soonest - _now()).total_seconds()))
