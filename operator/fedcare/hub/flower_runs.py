@@ -103,7 +103,8 @@ class FlowerCLI:
             except OSError as err:
                 raise FlowerError(f"cannot start the flwr CLI ({self.flwr}): {err}") from None
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), timeout=self.timeout)
+                async with asyncio.timeout(self.timeout):   # (wait_for can swallow a cancel on 3.11)
+                    out, err = await proc.communicate()
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -241,7 +241,10 @@ class ChainClient:
         self.calls[what] += 1
         for attempt in range(policy.attempts):
             try:
-                return await asyncio.wait_for(call(), policy.timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+                # arrives in the same loop pass as the answer, and a stopping hub would keep waiting.
+                async with asyncio.timeout(policy.timeout):
+                    return await call()
             except Exception as err:    # noqa: BLE001 - classified right below
                 if not _is_transient(err):
                     raise
@@ -527,8 +530,9 @@ class ChainClient:
 
     async def _next_block(self, timeout: float) -> None:
         self._ensure_watcher()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._new_block.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):        # (not wait_for: see rpc())
+                await self._new_block.wait()
 
     async def _await_included(self, tx_hash: str, deadline: float, nonce: int | None = None) -> tuple[str, Any]:
         """Wait until mined (("mined", receipt)) or gone (("dropped"|"replaced", None)).

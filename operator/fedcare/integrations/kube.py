@@ -225,7 +225,8 @@ class Kube:
                                                _request_timeout=self.policy.timeout)
                 try:
                     status = resp.status
-                    text = await asyncio.wait_for(resp.text(errors="replace"), timeout=self.policy.timeout)
+                    async with asyncio.timeout(self.policy.timeout):   # (wait_for can swallow a cancel on 3.11)
+                        text = await resp.text(errors="replace")
                 finally:
                     resp.release()
                 metrics.KUBE_REQUESTS.labels("GET", "pods/log", "2xx" if status < 300 else str(status)).inc()
