@@ -135,7 +135,9 @@ async def _one_round(sites: int, workdir: Path) -> dict:
                     raise TimeoutError("the round did not finish within 20 minutes")
                 await asyncio.sleep(1.0)
             counts = vault_setup.reads(fed.bao.audit_log, since_line=start)
-            return {"phase": obj["status"]["phase"], "seconds": time.monotonic() - t0, "counts": counts}
+            misses = vault_setup.reads(fed.bao.audit_log, since_line=start, missed=True)
+            return {"phase": obj["status"]["phase"], "seconds": time.monotonic() - t0, "counts": counts,
+                    "misses": misses}
 
 
 def round_reads(sites: int) -> str:
@@ -153,6 +155,9 @@ def round_reads(sites: int) -> str:
     worst = max(counts.values(), default=0)
     lines.append(f"  total {sum(counts.values())} reads of {len(counts)} (identity, secret) pairs; at most {worst} "
                  f"per secret per identity (target <= 1)")
+    misses = r["misses"]
+    lines.append(f"  lookups that found no secret yet (a site's key not published when the round began): "
+                 f"{sum(misses.values())} " + (str(dict(sorted(misses.items()))) if misses else ""))
     return "\n".join(lines)
 
 

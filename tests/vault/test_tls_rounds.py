@@ -85,7 +85,6 @@ def unregistered_supernode(address: str, ca: str, workdir: pathlib.Path) -> tupl
     return code, log.read_text(errors="replace")
 
 
-@pytest.mark.xfail(strict=False, reason="known defect (issue 9, open): after the merges one site agent reads its own SuperNode public key from Vault 4 times in one round (the target is 1 read per secret per identity); the round, TLS, node auth and attribution steps before that check pass")
 @pytest.mark.timeout(1500)
 async def test_tls_round_authenticates_supernodes_and_attributes_by_key(emulator, tmp_path, monkeypatch):
     real_config = tp.node_config
@@ -151,10 +150,14 @@ async def test_tls_round_authenticates_supernodes_and_attributes_by_key(emulator
         provenance = json.loads((model.parent / "provenance.json").read_text())
         assert "site-identities" in json.dumps(provenance), provenance
 
-        # Vault: at most one read per secret per identity during the round.
+        # Vault: at most one read per secret per identity during the round. The agents publish their
+        # keys while the round starts (their Vault role is minutes old): the hub's lookups of a key
+        # not there yet back off (1 s doubling), so they stay few.
         counts = vault_setup.reads(fed.bao.audit_log, since_line=audit_start)
         assert counts, "the audit log recorded no read"
         assert all(n <= 1 for n in counts.values()), counts
+        misses = vault_setup.reads(fed.bao.audit_log, since_line=audit_start, missed=True)
+        assert all(n <= 6 for n in misses.values()), misses
         assert any("fedcare-hub" in who and s.endswith("rouen/supernode-public") for who, s in counts)
         assert any("fedcare-site-lyon" in who and s.endswith("lyon/supernode") for who, s in counts) or \
             any(s.endswith("lyon/supernode") for _, s in counts), counts

@@ -375,11 +375,11 @@ class Reconciler:
         assert self.cfg.tls is not None
         key = self.key(body)
         sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
-        done = self.cfg.tls.registered.setdefault(key, set())
+        done = self.cfg.tls.registered.setdefault(key, {})
         self.cfg.flower.trust(key, await self.cfg.tls.ca_pem())
-        if done.issuperset(sites):
+        if set(done).issuperset(sites):
             return state            # every pass comes here: no Vault read, no CLI call once registered
-        keys, missing = await self.cfg.tls.public_keys(sites)
+        keys, missing = await self.cfg.tls.public_keys([s for s in sites if s not in done])
         if missing:
             return dataclasses.replace(state, ready=False, message=(
                 "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
@@ -388,7 +388,7 @@ class Reconciler:
             for site in sites:
                 if site not in done:
                     node = await self.cfg.flower.register(key, state.control_address, site, keys[site])
-                    done.add(site)
+                    done[site] = keys[site]
                     log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
                              f" (node {node})" if node else " (already registered)")
         except FlowerError as err:
@@ -506,9 +506,13 @@ class Reconciler:
         the ServerApp takes a reply's site from the authenticated SuperNode, not the reply."""
         assert self.cfg.tls is not None
         sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
-        keys, missing = await self.cfg.tls.public_keys(sites)
-        if missing:
-            raise FlowerError("no SuperNode public key in Vault for " + ", ".join(missing))
+        registered = self.cfg.tls.registered.get(self.key(body), {})
+        keys = {site: registered[site] for site in sites if site in registered}
+        if len(keys) < len(sites):     # a restarted hub: the keys the SuperLink has (registered again)
+            more, missing = await self.cfg.tls.public_keys([s for s in sites if s not in keys])
+            if missing:
+                raise FlowerError("no SuperNode public key in Vault for " + ", ".join(missing))
+            keys |= more
         return site_identities(keys)
 
     async def follow(self, body: dict[str, Any], spec: FederatedRoundSpec) -> None:

@@ -47,6 +47,7 @@ CERT, KEY, CA = "tls.crt", "tls.key", "ca.crt"
 SANS_ANNOTATION = "fedcare.io/ip-sans"
 MAX_TTL = 72 * 3600          # the fedcare-superlink PKI role's max_ttl (flower_credentials)
 CA_CACHE_SECONDS = 600.0
+ABSENT_FIRST_DELAY, ABSENT_MAX_DELAY = 1.0, 15.0   # pauses between lookups of a key not published yet
 
 
 def superlink_args() -> list[str]:
@@ -99,9 +100,13 @@ class SuperLinkTLS:
     def __init__(self, vault: VaultClient):
         self.vault = vault
         self._ca: tuple[str, float] | None = None
-        #: Sites whose key each SuperLink (round key) has registered, this hub process; a restarted
-        #: hub registers again and the SuperLink answers "already in use".
-        self.registered: dict[str, set[str]] = {}
+        #: {round key: {site: the public key registered with that round's SuperLink}}, this hub
+        #: process; a restarted hub registers again and the SuperLink answers "already in use".
+        #: ``site-identities`` is built from these very keys (no second read that could differ).
+        self.registered: dict[str, dict[str, str]] = {}
+        #: {site: (monotonic time before which its key is not looked up again, next delay)}: a
+        #: site whose agent has not published its key yet is not polled on every pass.
+        self._absent: dict[str, tuple[float, float]] = {}
 
     # -- CA --------------------------------------------------------------------------------
     async def ca_pem(self) -> str:
@@ -160,15 +165,24 @@ class SuperLinkTLS:
 
     # -- SuperNode keys ------------------------------------------------------------------------
     async def public_keys(self, sites: list[str]) -> tuple[dict[str, str], list[str]]:
-        """({site: OpenSSH public key}, [sites whose key is not in Vault yet]). Reads are cached
-        by the Vault client for the secret's TTL: one read per site per round."""
+        """({site: OpenSSH public key}, [sites whose key is not in Vault yet]). The caller keeps
+        what it registered (``registered``); reads are also cached by the Vault client for the
+        secret's TTL. A key not there yet is looked up again after a growing pause (1 s doubling
+        to ``ABSENT_MAX_DELAY``), not on every reconcile pass."""
         from ..integrations.vault import VaultNotFound
 
         keys, missing = {}, []
         for site in sites:
+            now = time.monotonic()
+            until, delay = self._absent.get(site, (0.0, ABSENT_FIRST_DELAY))
+            if now < until:
+                missing.append(site)
+                continue
             try:
                 keys[site] = await asyncio.to_thread(fc.supernode_public_key, self.vault, site)
+                self._absent.pop(site, None)
             except VaultNotFound:
+                self._absent[site] = (now + delay, min(ABSENT_MAX_DELAY, 2 * delay))
                 missing.append(site)
         return keys, missing
 

@@ -105,9 +105,11 @@ def _secret(path: str) -> str | None:
     return None
 
 
-def reads(audit_log: pathlib.Path, *, since_line: int = 0) -> dict[tuple[str, str], int]:
-    """{(identity, secret): reads} from the audit log's request entries after ``since_line``;
-    identity is the token's display name (``token-fedcare-hub``, ``jwt-…fedcare-site-<site>…``)."""
+def reads(audit_log: pathlib.Path, *, since_line: int = 0, missed: bool = False) -> dict[tuple[str, str], int]:
+    """{(identity, secret): reads that delivered it} from the audit log's response entries after
+    ``since_line``; with ``missed``, the lookups that found nothing instead (a key not published
+    yet: Vault answered 404 and delivered no secret). identity is the token's display name
+    (``token-fedcare-hub``, ``jwt-…fedcare-site-<site>…``)."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     if not audit_log.is_file():
         return {}
@@ -120,12 +122,14 @@ def reads(audit_log: pathlib.Path, *, since_line: int = 0) -> dict[tuple[str, st
             except ValueError:
                 continue
             req = entry.get("request") or {}
-            if entry.get("type") != "request" or req.get("operation") != "read":
+            if entry.get("type") != "response" or req.get("operation") != "read":
                 continue
             secret = _secret(req.get("path") or "")
             auth = entry.get("auth") or {}
             if secret is None or "root" in (auth.get("policies") or []):
                 continue            # the administrator (bootstrap, a test looking), not fedcare
+            if bool((entry.get("response") or {}).get("data")) == missed:
+                continue
             who = auth.get("display_name") or "unauthenticated"
             counts[(who, secret)] += 1
     return dict(counts)

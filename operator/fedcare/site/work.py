@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 from ..api import conditions as c
@@ -72,6 +73,7 @@ class SiteWork:
         self.lock = lock or asyncio.Lock()     # shared with the answers: one writer of phases at a time
         self.wake = asyncio.Event()
         self.passes = 0
+        self._key_retry_at, self._key_delay = 0.0, KEY_RETRY_FIRST
         #: The nearest deadline of an active assignment (the loop wakes then to enforce it).
         self.soonest: dt.datetime | None = None
         if insecure:
@@ -87,11 +89,7 @@ class SiteWork:
             while not stop.is_set():
                 self.wake.clear()       # before the pass: a wake-up during it triggers the next one
                 if self.credentials is not None and not self.credentials.key_ready:
-                    try:    # the hub registers the public key before dispatching: publish it at start
-                        await self.credentials.ensure_key()
-                    except VaultError as err:
-                        log.warning("Site %s: cannot publish its SuperNode key yet (Vault: %s); retrying",
-                                    self.site, err)
+                    await self._publish_key()
                 try:
                     await self.reconcile()
                 except KubeError as err:
@@ -104,6 +102,8 @@ class SiteWork:
                 timeout = self.interval
                 if self.soonest is not None:
                     timeout = min(timeout, max(0.05, (self.soonest - _now()).total_seconds()))
+                if self.credentials is not None and not self.credentials.key_ready:
+                    timeout = min(timeout, max(0.05, self._key_retry_at - time.monotonic()))
                 waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
@@ -111,6 +111,23 @@ class SiteWork:
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _publish_key(self) -> None:
+        """The hub registers the public key before dispatching: publish it at start. While Vault
+        refuses (the site's role not made yet, Vault down), retry with a doubling pause, not on
+        every pass (pod events wake the loop often)."""
+        assert self.credentials is not None
+        now = time.monotonic()
+        if now < self._key_retry_at:
+            return
+        try:
+            await self.credentials.ensure_key()
+            self._key_delay = KEY_RETRY_FIRST
+        except VaultError as err:
+            self._key_retry_at = now + self._key_delay
+            log.warning("Site %s: cannot publish its SuperNode key yet (Vault: %s); retrying in %.0fs",
+                        self.site, err, self._key_delay)
+            self._key_delay = min(KEY_RETRY_MAX, 2 * self._key_delay)
 
     async def watch_pods(self, stop: asyncio.Event) -> None:
         """Wake the loop on every change of this site's training pods, so a pod that starts,
@@ -303,6 +320,7 @@ async def _create_or_ensure(kube: Kube, plural: str, manifest: dict[str, Any]) -
 #: ClientApp's error reply (the ServerApp then books the refusal on the site, by name, instead of
 #: seeing its node vanish). Its assignment is Failed meanwhile: it reserves no GPU.
 REFUSAL_DRAIN_SECONDS = 20.0
+KEY_RETRY_FIRST, KEY_RETRY_MAX = 1.0, 60.0   # pauses between attempts to publish the SuperNode key
 
 
 def draining(ra: dict[str, Any], now: dt.datetime | None = None) -> bool:

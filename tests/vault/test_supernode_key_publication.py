@@ -1,0 +1,60 @@
+"""The site agent publishes its SuperNode key at start; while Vault refuses (the hub has not made
+the site's Vault role yet) it retries with a doubling pause, not on every wake-up of its loop,
+and publishes as soon as the role exists. Real OpenBao (JWT auth as the site's ServiceAccount)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fedcare.hub import vault_footprint as fp
+from fedcare.integrations import flower_credentials as fc
+from fedcare.integrations.kube import Kube
+from fedcare.sandbox import vault_setup
+from fedcare.site.work import KEY_RETRY_FIRST, SiteWork
+from tests.integration.conftest import FAST
+from tests.support.harness import eventually
+
+SITE = "rouen"
+
+
+async def test_key_publication_backs_off_until_the_role_exists_then_publishes(emulator, tmp_path):
+    bao = await asyncio.to_thread(vault_setup.start, tmp_path / "bao")
+    try:
+        api = Kube.from_url(str(emulator.url), policy=FAST)
+        work = SiteWork(api, api, SITE, f"{SITE}/agent-0", namespace="fedcare-training",
+                        vault=bao.site_client(SITE), interval=3600.0)
+        assert work.credentials is not None
+        tries: list[float] = []
+        real = work.credentials.ensure_key
+
+        async def counted() -> None:
+            tries.append(time.monotonic())
+            await real()
+
+        work.credentials.ensure_key = counted        # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(work.run(stop))
+        try:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 3.2:      # pod events and the like wake the loop often
+                work.wake.set()
+                await asyncio.sleep(0.05)
+            assert not work.credentials.key_ready
+            # at 0, ~1 s and ~3 s (1 s doubling), not once per wake-up (~60 of them)
+            assert 2 <= len(tries) <= 3, tries
+            assert all(b - a >= KEY_RETRY_FIRST * 0.9 for a, b in zip(tries, tries[1:])), tries
+
+            # The hub makes the site's footprint (policy and JWT role): the key is published at the
+            # next attempt, without waking the loop.
+            res = await asyncio.to_thread(fp.ensure, bao.hub, fp.site_vault(
+                {"metadata": {"name": SITE}, "spec": {}}, "fedcare"), bao.footprint)
+            assert res.ok, res
+            await eventually(lambda: asyncio.sleep(0, work.credentials.key_ready or None), timeout=15)
+            public = await asyncio.to_thread(fc.supernode_public_key, bao.hub, SITE)
+            assert public.startswith("ecdsa-sha2-nistp384 ")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    finally:
+        bao.stop()
