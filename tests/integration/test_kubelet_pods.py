@@ -104,10 +104,31 @@ async def test_volumes_map_to_folders_and_paths_are_translated(apiserver, api, k
     done = await wait_pod(api, "vols", lambda p: phase(p) in ("Succeeded", "Failed"))
     assert phase(done) == "Succeeded", (done["status"], log_text(kubelet, "vols"))
     lines = log_text(kubelet, "vols").splitlines()
-    claim = kubelet.dir / "volumes" / "pvc" / "default" / "data"
+    uid = (await api.get(Ref("v1", "persistentvolumeclaims", "default", "data")))["metadata"]["uid"]
+    claim = kubelet.dir / "volumes" / "pvc" / "default" / f"data-{uid[:8]}"
     assert lines == ["x = 1", "PRIVATE", "from the host", "0o444", f"--out={claim}/model"]
     assert (claim / "out.txt").read_text() == "kept"    # a claim's folder outlives the pod
     assert log_text(kubelet, "vols", "second").strip() == "between containers"
+
+
+async def test_a_claim_made_again_under_the_same_name_is_a_new_empty_volume(api, kubelet):
+    """As with a dynamically provisioned volume: a resumed round's SuperLink must not find the
+    previous attempt's state in a claim deleted and created again with the same name."""
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "state", "namespace": "default"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    code = ("import os\nprint(sorted(os.listdir('/state')))\nopen('/state/db', 'w').write('attempt')\n")
+    spec = {"name": "main", "image": IMAGE, "command": ["python", "-c", code],
+            "volumeMounts": [{"name": "state", "mountPath": "/state"}]}
+    volumes = [{"name": "state", "persistentVolumeClaim": {"claimName": "state"}}]
+    for attempt in (1, 2):
+        await create(api, json.loads(json.dumps(claim)))
+        name = f"attempt{attempt}"
+        await create(api, pod(name, containers=[dict(spec)], node=NODE, volumes=volumes))
+        done = await wait_pod(api, name, lambda p: phase(p) in ("Succeeded", "Failed"))
+        assert phase(done) == "Succeeded", (done["status"], log_text(kubelet, name))
+        assert log_text(kubelet, name).strip() == "[]", f"attempt {attempt} found the previous claim's files"
+        await api.delete(Ref("v1", "pods", "default", name))
+        await api.delete(Ref("v1", "persistentvolumeclaims", "default", "state"))
 
 
 @pytest.mark.tiers

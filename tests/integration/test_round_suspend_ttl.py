@@ -35,9 +35,10 @@ def phase_is(api, name, *phases):
 
 @pytest.mark.timeout(1200)
 async def test_suspend_stops_everything_resume_starts_a_new_attempt_and_ttl_deletes(emulator, tmp_path):
-    # Plaintext: suspend/resume is transport-independent. Resuming a TLS round once failed under heavy
-    # load (attempt 2's SuperNodes exited 1 three times); that is tracked on the Vault issue.
-    async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40, tls=False) as fed:
+    # With TLS and SuperNode auth (the default): attempt 2 gets a new SuperLink with fresh state, its
+    # keys registered again. (A reused state volume once kept attempt 1's nodes "online", and
+    # attempt 2's SuperNodes were refused activation: Flower 2004, exit 1 three times.)
+    async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=40) as fed:
         api = fed.api
         await api.create(ROUNDS, round_manifest("s1", sites=2, rounds=2, ttlSecondsAfterFinished=5))
         running = await eventually(phase_is(api, "s1", "Running", "Failed"), timeout=300, interval=0.5)

@@ -264,7 +264,10 @@ async def _token(kube: Kube, pod: dict[str, Any], spec: dict[str, Any], volume: 
 
 async def _claim_path(kube: Kube, ns: str, claim: str, volume: str, kubelet_dir: pathlib.Path) -> pathlib.Path:
     """A PVC bound to a hostPath/local PersistentVolume is that folder; any other PVC is the
-    kubelet's folder ``DIR/volumes/pvc/<namespace>/<claim>`` (it outlives the pod, as a PVC does)."""
+    kubelet's folder ``DIR/volumes/pvc/<namespace>/<claim>-<uid8>``: it outlives the pod, as a
+    PVC does, and a claim deleted and made again under the same name is a new, empty volume, as
+    a dynamically provisioned one is (a reused folder once handed a resumed round its previous
+    attempt's SuperLink state)."""
     try:
         pvc = await kube.get(Ref("v1", "persistentvolumeclaims", ns, claim))
     except NotFound:
@@ -276,7 +279,8 @@ async def _claim_path(kube: Kube, ns: str, claim: str, volume: str, kubelet_dir:
         local = (source.get("hostPath") or source.get("local") or {}).get("path")
         if local:
             return pathlib.Path(local)
-    path = kubelet_dir / "volumes" / "pvc" / ns / claim
+    uid = str(pvc["metadata"].get("uid") or "")[:8]
+    path = kubelet_dir / "volumes" / "pvc" / ns / (f"{claim}-{uid}" if uid else claim)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
