@@ -41,12 +41,13 @@ async def test_key_publication_backs_off_until_the_role_exists_then_publishes(em
                 work.wake.set()
                 await asyncio.sleep(0.05)
             assert not work.credentials.key_ready
-            # at 0, ~1 s and ~3 s (1 s doubling), not once per wake-up (~60 of them)
-            assert 2 <= len(tries) <= 3, tries
+            # at 0, ~1 s and ~3 s (1 s doubling), not once per wake-up (~60 of them); a loaded
+            # machine may get fewer in, never more. (That it does retry shows below.)
+            assert 1 <= len(tries) <= 3, tries
             assert all(b - a >= KEY_RETRY_FIRST * 0.9 for a, b in zip(tries, tries[1:])), tries
 
-            # The hub makes the site's footprint (policy and JWT role): the key is published at the
-            # next attempt, without waking the loop.
+            # The hub makes the site's footprint (policy and JWT role): the key is published at a
+            # later attempt, without waking the loop.
             res = await asyncio.to_thread(fp.ensure, bao.hub, fp.site_vault(
                 {"metadata": {"name": SITE}, "spec": {}}, "fedcare"), bao.footprint)
             assert res.ok, res
