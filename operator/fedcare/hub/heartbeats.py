@@ -80,7 +80,8 @@ class HeartbeatTracker:
         sig = self.signal(site)
         if not sig.is_set():
             try:
-                await asyncio.wait_for(sig.wait(), timeout=max(0.0, timeout))
+                async with asyncio.timeout(max(0.0, timeout)):   # (not wait_for: it can swallow a stop)
+                    await sig.wait()
             except asyncio.TimeoutError:
                 return False
         sig.clear()

@@ -162,8 +162,9 @@ class PodWorker:
                 except Exception:   # a bug must not leave a pod unattended: log it, retry
                     log.exception("Pod %s/%s: unexpected error; retrying", self.namespace, self.name)
                     delay = 5.0
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):   # (not wait_for: it can swallow a stop on 3.11)
+                        await self.wake.wait()
         except asyncio.CancelledError:
             await self._kill_all(0)
             raise
