@@ -132,6 +132,7 @@ class AggregatorState:
     service: str
     address: str = ""          # Fleet address given to the sites
     control_address: str = ""  # where the hub reaches the Control API (pod IP)
+    pod_uid: str = ""          # the SuperLink pod serving (its registrations die with it)
 
 
 def fleet_address(body: dict[str, Any], cfg: AggregatorConfig) -> str:
@@ -193,6 +194,11 @@ async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRou
             service = current
         if plural == "pods":
             pod = current
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        # A quick suspend/resume finds the last attempt's pod still stopping: never adopt it (keys
+        # registered with it would be lost with its state); the next pass creates the new one.
+        return AggregatorState(False, False, f"the previous SuperLink pod {n['pod']} is still terminating",
+                               n["pod"], n["service"])
     if tls is not None:
         waiting = await _tls_secret(kube, tls, body, cfg, service, pod)
     problem = _pod_problem(pod)
@@ -211,7 +217,7 @@ async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRou
         return AggregatorState(False, False, f"the SuperLink at {control} does not answer /health yet",
                                n["pod"], n["service"], fleet_address(body, cfg), control)
     return AggregatorState(True, False, f"SuperLink {n['pod']} is serving at {control}", n["pod"], n["service"],
-                           fleet_address(body, cfg), control)
+                           fleet_address(body, cfg), control, pod_uid=str(pod["metadata"].get("uid") or ""))
 
 
 async def _tls_secret(kube: Kube, tls: SuperLinkTLS, body: dict[str, Any], cfg: AggregatorConfig,

@@ -371,28 +371,32 @@ class Reconciler:
     async def register_supernodes(self, body: dict[str, Any], state: agg.AggregatorState) -> agg.AggregatorState:
         """Register every participant's SuperNode public key (from Vault) with the SuperLink
         before any assignment goes out; AggregatorReady waits for the keys a site has not
-        published yet."""
+        published yet. Registrations belong to one SuperLink pod (its state): a new pod (uid)
+        starts them afresh. Each key found is registered at once, so a late site costs the
+        others no second read."""
         assert self.cfg.tls is not None
         key = self.key(body)
         sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
-        done = self.cfg.tls.registered.setdefault(key, {})
         self.cfg.flower.trust(key, await self.cfg.tls.ca_pem())
+        pod_uid, done = self.cfg.tls.registered.get(key, (state.pod_uid, {}))
+        if pod_uid != state.pod_uid:
+            done = {}               # another SuperLink pod: its state has none of them
         if set(done).issuperset(sites):
             return state            # every pass comes here: no Vault read, no CLI call once registered
         keys, missing = await self.cfg.tls.public_keys([s for s in sites if s not in done])
+        try:
+            for site, public in keys.items():
+                node = await self.cfg.flower.register(key, state.control_address, site, public)
+                done[site] = public
+                self.cfg.tls.registered[key] = (state.pod_uid, done)
+                log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
+                         f" (node {node})" if node else " (already registered)")
+        except FlowerError as err:
+            return dataclasses.replace(state, ready=False, message=str(err)[:1000])
         if missing:
             return dataclasses.replace(state, ready=False, message=(
                 "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
                 "(sites/<site>/supernode-public; each site's agent creates its key pair at start)"))
-        try:
-            for site in sites:
-                if site not in done:
-                    node = await self.cfg.flower.register(key, state.control_address, site, keys[site])
-                    done[site] = keys[site]
-                    log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
-                             f" (node {node})" if node else " (already registered)")
-        except FlowerError as err:
-            return dataclasses.replace(state, ready=False, message=str(err)[:1000])
         return state
 
     def assignment_manifest(self, body: dict[str, Any], spec: FederatedRoundSpec, site: str,
@@ -506,7 +510,7 @@ class Reconciler:
         the ServerApp takes a reply's site from the authenticated SuperNode, not the reply."""
         assert self.cfg.tls is not None
         sites = [p["node"] for p in (body.get("status") or {}).get("participants") or []]
-        registered = self.cfg.tls.registered.get(self.key(body), {})
+        registered = self.cfg.tls.registered.get(self.key(body), ("", {}))[1]
         keys = {site: registered[site] for site in sites if site in registered}
         if len(keys) < len(sites):     # a restarted hub: the keys the SuperLink has (registered again)
             more, missing = await self.cfg.tls.public_keys([s for s in sites if s not in keys])

@@ -47,7 +47,7 @@ CERT, KEY, CA = "tls.crt", "tls.key", "ca.crt"
 SANS_ANNOTATION = "fedcare.io/ip-sans"
 MAX_TTL = 72 * 3600          # the fedcare-superlink PKI role's max_ttl (flower_credentials)
 CA_CACHE_SECONDS = 600.0
-ABSENT_FIRST_DELAY, ABSENT_MAX_DELAY = 1.0, 15.0   # pauses between lookups of a key not published yet
+ABSENT_FIRST_DELAY, ABSENT_MAX_DELAY = 1.0, 10.0   # pauses between lookups of a key not published yet
 
 
 def superlink_args() -> list[str]:
@@ -100,10 +100,11 @@ class SuperLinkTLS:
     def __init__(self, vault: VaultClient):
         self.vault = vault
         self._ca: tuple[str, float] | None = None
-        #: {round key: {site: the public key registered with that round's SuperLink}}, this hub
+        #: {round key: (SuperLink pod uid, {site: the public key registered with it})}, this hub
         #: process; a restarted hub registers again and the SuperLink answers "already in use".
         #: ``site-identities`` is built from these very keys (no second read that could differ).
-        self.registered: dict[str, dict[str, str]] = {}
+        #: A key a site rotates later is not picked up by a running round (its next round reads it).
+        self.registered: dict[str, tuple[str, dict[str, str]]] = {}
         #: {site: (monotonic time before which its key is not looked up again, next delay)}: a
         #: site whose agent has not published its key yet is not polled on every pass.
         self._absent: dict[str, tuple[float, float]] = {}

@@ -320,7 +320,7 @@ async def _create_or_ensure(kube: Kube, plural: str, manifest: dict[str, Any]) -
 #: ClientApp's error reply (the ServerApp then books the refusal on the site, by name, instead of
 #: seeing its node vanish). Its assignment is Failed meanwhile: it reserves no GPU.
 REFUSAL_DRAIN_SECONDS = 20.0
-KEY_RETRY_FIRST, KEY_RETRY_MAX = 1.0, 60.0   # pauses between attempts to publish the SuperNode key
+KEY_RETRY_FIRST, KEY_RETRY_MAX = 1.0, 15.0   # pauses between attempts to publish the SuperNode key
 
 
 def draining(ra: dict[str, Any], now: dt.datetime | None = None) -> bool:
