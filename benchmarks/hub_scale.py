@@ -313,7 +313,9 @@ async def main(args: argparse.Namespace) -> dict:
                 [("metrics_on", metrics_addr)]
             windows = {}
             for number, (label, metrics) in enumerate(modes):
-                if number:          # restart the hub with the other setting, let its resume pass settle
+                # With --metrics-compare both windows get a hub restarted after enrollment (the first
+                # one's enrollment work would otherwise weigh on its RSS and not on the other's).
+                if number or args.metrics_compare:   # restart with this setting, let its resume pass settle
                     hub.terminate()
                     hub.wait(30)
                     hub = start_hub(metrics, f"hub-{label}.log")
