@@ -32,6 +32,7 @@ async def write_status(
     derive: Callable[[list[Condition], dict[str, Any]], dict[str, Any]] | None = None,
     derive_conditions: Callable[[list[Condition]], list[Condition]] | None = None,
     known: dict[str, Any] | None = None,
+    defaults: Iterable[Condition] = (),
 ) -> dict[str, Any] | None:
     """Merge ``updates`` (owned types only) and ``fields`` into the status; return the object.
 
@@ -39,11 +40,14 @@ async def write_status(
     merged list, the other writer's conditions included; ``derive(conditions, status)`` may
     then compute owned fields (a phase). ``known``, a recent copy of the object (from a
     watch event), saves the first read; if it is stale the write gets 409 and re-reads.
-    Returns None when the object is gone.
+    ``defaults`` are written only where the object, as read for this very write, has no
+    condition of that type (a first value that must never replace one another writer of the
+    same side set meanwhile). Returns None when the object is gone.
     """
     owned = set(owned_types)
     updates = list(updates)
-    stray = [u.type for u in updates if u.type not in owned]
+    defaults = list(defaults)
+    stray = [u.type for u in updates + defaults if u.type not in owned]
     if stray:
         raise ValueError(f"this writer does not own condition types {stray}")
     for attempt in range(MAX_CONFLICTS):
@@ -52,7 +56,7 @@ async def write_status(
             return None
         status = obj.get("status") or {}
         current = c.parse(status.get("conditions"))
-        merged = c.merge(current, updates)
+        merged = c.merge(current, updates + [d for d in defaults if c.find(current, d.type) is None])
         if derive_conditions is not None:
             extra = derive_conditions(merged)
             stray = [u.type for u in extra if u.type not in owned]

@@ -147,3 +147,101 @@ async def test_the_per_site_role_of_earlier_versions_is_replaced(hub, api):
 async def _gone(api, ref) -> bool:
     await asyncio.sleep(0)
     return await api.get_or_none(ref) is None
+
+
+class _EchoingKube:
+    """The API client as the hub sees it under load: the watch event of each status write is
+    handed to the monitor *before* the PATCH answer returns (and GETs are counted)."""
+
+    def __init__(self, api, monitor_of):
+        self.api, self.monitor_of, self.gets = api, monitor_of, 0
+
+    def __getattr__(self, name):
+        return getattr(self.api, name)
+
+    async def get_or_none(self, ref):
+        self.gets += 1
+        return await self.api.get_or_none(ref)
+
+    async def get(self, ref):
+        self.gets += 1
+        return await self.api.get(ref)
+
+    async def patch(self, ref, body, **kw):
+        obj = await self.api.patch(ref, body, **kw)
+        if kw.get("status") and ref.plural == "hospitalnodes":
+            self.monitor_of().node_seen(copy.deepcopy(obj))      # the event, ahead of the answer
+        return obj
+
+
+def _lease(renew: str) -> dict:
+    return {"metadata": {"name": e.LEASE_NAME, "namespace": NS},
+            "spec": {"renewTime": renew, "holderIdentity": "rouen/agent"}}
+
+
+async def test_the_hubs_own_writes_are_not_repaired_when_their_event_comes_first(api):
+    """Each lastHeartbeatTime / Available write of the monitor comes back on the watch; when
+    that event overtakes the PATCH answer it is still the hub's own write: no re-read, no
+    repair, no HubStatusRepaired (at 1,000 sites these re-reads filled the transition slots)."""
+    await api.create(Ref(API_VERSION, "hospitalnodes"), {"apiVersion": API_VERSION, "kind": "HospitalNode",
+                                                         "metadata": {"name": "rouen"},
+                                                         "spec": {"gpu": {"count": 0}, "leaseDurationSeconds": 10}})
+    await resync_once(api)                                  # enrolled: Available Unknown (AgentNotConnected)
+    now = [1000.0]
+    monitor: AvailabilityMonitor | None = None
+    kube = _EchoingKube(api, lambda: monitor)
+    monitor = AvailabilityMonitor(lambda: kube, HeartbeatTracker(clock=lambda: now[0]))
+    monitor.node_seen(await api.get(NODE))
+    monitor.lease_seen(_lease("2026-12-01T10:00:00.000000Z"))      # first sight: not a renewal
+    monitor.lease_seen(_lease("2026-12-01T10:00:02.500000Z"))      # renewal: Available True + stamp
+    await eventually(lambda: condition_is(api, "Available", "True", reason="LeaseRenewed"), timeout=10)
+    stamped = (await api.get(NODE))["status"]["lastHeartbeatTime"]
+    for i in range(3):                                      # later renewals, one stamp write per duration
+        now[0] += 11
+        await asyncio.sleep(1.1)                            # a new second: a new lastHeartbeatTime value
+        monitor.lease_seen(_lease(f"2026-12-01T10:00:{5 + i}.000000Z"))
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*monitor._writes)
+    after = await api.get(NODE)
+    assert after["status"]["lastHeartbeatTime"] != stamped             # the stamps were written
+    assert kube.gets == 0, "the monitor re-read the node for its own writes"
+    assert not await _events(api, "HubStatusRepaired")
+    await monitor.close()
+
+
+async def test_enrollment_from_an_old_event_keeps_the_monitors_available(api):
+    """The HospitalNode handler may run on an event older than the monitor's last write (kopf
+    queues events while the API server is busy; at 1,000 sites enrollment outlasts a lease
+    duration). It must not write its first Available (AgentNotConnected) over the monitor's,
+    and the monitor must then find nothing to repair (they fought at scale: HubStatusRepaired)."""
+    await api.create(Ref(API_VERSION, "hospitalnodes"), {"apiVersion": API_VERSION, "kind": "HospitalNode",
+                                                         "metadata": {"name": "rouen"},
+                                                         "spec": {"gpu": {"count": 0}, "leaseDurationSeconds": 10}})
+    stale = await api.get(NODE)                             # the event a late handler run sees: no status
+    now = [1000.0]
+    monitor = AvailabilityMonitor(lambda: api, HeartbeatTracker(clock=lambda: now[0]))
+    monitor.node_seen(stale)
+    runner = asyncio.create_task(monitor.run())
+    now[0] += 11                                            # a lease duration before enrollment is done:
+    monitor._wakeup.set()                                   # no Available yet, so the monitor leaves it
+    await asyncio.sleep(0.2)
+    assert cond(await api.get(NODE), "Available") == {}
+    await resync_once(api)                                  # enrollment: Available Unknown (AgentNotConnected)
+    monitor.node_seen(await api.get(NODE))
+    monitor.lease_seen(_lease("2026-12-01T10:00:00.000000Z"))
+    monitor.lease_seen(_lease("2026-12-01T10:00:02.500000Z"))      # the agent connects: Available True
+    await eventually(lambda: condition_is(api, "Available", "True", reason="LeaseRenewed"), timeout=10)
+    from fedcare.hub import hospital_node_service as nodes
+    import logging
+
+    await nodes.reconcile(api, stale, logging.getLogger("test"))          # the handler, on the old event
+    obj = await api.get(NODE)
+    assert cond(obj, "Enrolled")["status"] == "True"
+    assert cond(obj, "Available")["reason"] == "LeaseRenewed"
+    monitor.node_seen(obj)
+    await asyncio.sleep(0.3)
+    await asyncio.gather(*monitor._writes)
+    assert not await _events(api, "HubStatusRepaired")
+    assert cond(await api.get(NODE), "Available")["reason"] == "LeaseRenewed"
+    runner.cancel()
+    await monitor.close()

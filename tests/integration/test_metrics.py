@@ -265,12 +265,25 @@ async def test_metrics_are_served_during_an_api_outage_and_count_its_errors(emul
             return sample(await scrape(hub_srv.url), "fedcare_sites", condition="Enrolled", status="True") == 1
 
         await eventually(hub_saw_enrollment, timeout=30, interval=0.5)
+        # the site connects (two renewals: the first sight of a Lease is not one), so that the
+        # hub has a transition to write when the renewals stop (a site that never connected stays
+        # AgentNotConnected: the monitor writes nothing for it)
+        lease = Ref("coordination.k8s.io/v1", "leases", site_namespace("rouen"), "fedcare-agent")
+        for renew in ("2026-12-01T10:00:00.000000Z", "2026-12-01T10:00:02.500000Z"):
+            await api.patch(lease, {"spec": {"holderIdentity": "rouen/test", "renewTime": renew}})
+            await asyncio.sleep(0.3)
+
+        async def available():
+            obj = await api.get_or_none(Ref(API_VERSION, "hospitalnodes", None, "rouen"))
+            return obj and cond(obj, "Available").get("status") == "True"
+
+        await eventually(available, timeout=15)
         status_503 = {"verb": "PATCH", "resource": "hospitalnodes/status", "code": "503"}
         before = sample(await scrape(hub_srv.url), "fedcare_kube_requests_total", **status_503) or 0.0
         outage = emulator.inject(lambda req: True, kmock.KubernetesError(503, "ServiceUnavailable", "down"),
                                  times=None)
         try:
-            # no agent: after one lease duration (10 s) the hub tries to mark rouen Unknown, and fails
+            # no more renewals: after one lease duration (10 s) the hub tries to mark rouen Unknown, and fails
             async def hub_write_failed():
                 text = await scrape(hub_srv.url)       # answered from memory during the outage
                 return text if (sample(text, "fedcare_kube_requests_total", **status_503) or 0.0) > before else None

@@ -59,6 +59,12 @@ class SiteView:
     stamp_value: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     repairing: bool = False
+    #: Available / lastHeartbeatTime of the hub's write in flight: its own watch event often
+    #: arrives before the PATCH answer, and must not look like somebody else's write
+    inflight: tuple[str, str, str] | None = None
+    inflight_stamp: str | None = None
+    #: the hub's lastHeartbeatTime before the last one: a late (stale) event, not an outside write
+    previous_stamp: str | None = None
 
 
 def _available_of(body: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -104,6 +110,7 @@ class AvailabilityMonitor:
                 self._schedule(name, duration)
             if view.written is None:            # enrollment writes the first Available (AgentNotConnected)
                 view.written = _available_of(body)
+                view.state = view.state or current_available(body)
             elif self._outside_write(view, body) and not view.repairing:
                 view.repairing = True
                 self._spawn(self._repair(view))
@@ -137,8 +144,10 @@ class AvailabilityMonitor:
             while self._heap and self._heap[0][0] <= now:
                 _, name = heapq.heappop(self._heap)
                 view = self.sites.get(name)
-                # stale heap entries (a renewal moved the deadline) are skipped here
-                if view is not None and now >= self.tracker.deadline(name, view.duration) and view.state != UNKNOWN:
+                # stale heap entries (a renewal moved the deadline) are skipped here; so is a site
+                # not enrolled yet (no Available): enrollment writes its first one (AgentNotConnected)
+                if view is not None and now >= self.tracker.deadline(name, view.duration) \
+                        and view.state not in (UNKNOWN, None):
                     seen = self.tracker.last_seen(name)
                     since = f"{now - seen:.0f}s ago" if seen is not None else "not since the hub started"
                     self._spawn(self._write(view, ConditionStatus.UNKNOWN, c.Reason.LEASE_UPDATE_STOPPED,
@@ -160,25 +169,31 @@ class AvailabilityMonitor:
     @staticmethod
     def _outside_write(view: SiteView, body: dict[str, Any]) -> bool:
         have = _available_of(body)
-        return (view.written is not None and (have is None or have[:2] != view.written[:2])) \
-            or _stamp_of(body) != view.stamp_value
+        ours = [w[:2] for w in (view.written, view.inflight) if w is not None]
+        stamp = _stamp_of(body)
+        return (view.written is not None and (have is None or have[:2] not in ours)) \
+            or stamp not in (view.stamp_value, view.inflight_stamp or view.stamp_value,
+                             view.previous_stamp or view.stamp_value)
 
     async def _repair(self, view: SiteView) -> None:
         """Write back the hub's Available and lastHeartbeatTime; re-read first, under the site's
         lock, so a late watch event or a transition in flight is never "repaired"."""
         try:
-            async with view.lock, self._slots:
+            async with view.lock:
                 kube = self.kube()
+                # the re-read takes no transition slot: a burst of stale events must not delay
+                # the transitions (p99 of missed renewal -> Unknown) behind it
                 fresh = await kube.get_or_none(node_ref(view.name))
                 if fresh is None or not self._outside_write(view, fresh) or view.written is None:
                     return
                 found = _available_of(fresh)
                 status, reason, message = view.written
                 updates = [c.make(c.ConditionType.AVAILABLE, status, reason, message, generation=view.generation)]
-                obj = await write_hub_status(kube, view.name, updates, generation=view.generation,
-                                             cordoned=bool(view.spec.get("cordoned")),
-                                             fields={"lastHeartbeatTime": view.stamp_value},
-                                             offers_gpus=offers_gpus({"spec": view.spec}), current=fresh)
+                async with self._slots:
+                    obj = await write_hub_status(kube, view.name, updates, generation=view.generation,
+                                                 cordoned=bool(view.spec.get("cordoned")),
+                                                 fields={"lastHeartbeatTime": view.stamp_value},
+                                                 offers_gpus=offers_gpus({"spec": view.spec}), current=fresh)
                 if obj is None:
                     return
                 view.body = obj
@@ -202,8 +217,10 @@ class AvailabilityMonitor:
 
     async def _write(self, view: SiteView, status: ConditionStatus | None, reason: c.Reason | None, message: str,
                      stamp: float | None) -> None:
-        slots = self._slots if status is not None else self._stamp_slots
-        async with view.lock, slots:
+        # Transitions: the site's lock, then a slot. Timestamps: a slot, then the lock, so a
+        # site's transition never waits for its own timestamp write queued behind other sites'.
+        first, second = (view.lock, self._slots) if status is not None else (self._stamp_slots, view.lock)
+        async with first, second:
             if status is not None and view.state == status.value:
                 return                            # another write got there first
             if status is ConditionStatus.UNKNOWN and self.tracker.clock() < self.tracker.deadline(view.name,
@@ -214,6 +231,8 @@ class AvailabilityMonitor:
             fields = {"lastHeartbeatTime": _utc_now()} if stamp is not None else None
             previous = c.raw_condition(view.body or {}, c.ConditionType.AVAILABLE.value) or {}
             before = (previous.get("status"), previous.get("reason"))
+            view.inflight = (status.value, reason.value, message) if status is not None else None
+            view.inflight_stamp = fields["lastHeartbeatTime"] if fields else None
             try:
                 obj = await write_hub_status(self.kube(), view.name, updates, generation=view.generation,
                                              cordoned=bool(view.spec.get("cordoned")), fields=fields,
@@ -224,13 +243,16 @@ class AvailabilityMonitor:
                     heapq.heappush(self._heap, (self.tracker.clock() + RETRY_SECONDS, view.name))
                     self._wakeup.set()
                 return
+            finally:     # no await from here on: no watch event sees the in-between state
+                view.inflight = view.inflight_stamp = None
             if obj is None:
                 self.node_gone(view.name)
                 return
             view.body = obj
             if stamp is not None:
                 view.last_stamp = stamp
-                view.stamp_value = fields["lastHeartbeatTime"] if fields else view.stamp_value
+                if fields and fields["lastHeartbeatTime"] != view.stamp_value:
+                    view.previous_stamp, view.stamp_value = view.stamp_value, fields["lastHeartbeatTime"]
             if status is not None:
                 view.state = status.value
                 view.written = (status.value, reason.value, message)

@@ -67,7 +67,8 @@ def ready_condition(conditions: list[Condition], generation: int | None, *, offe
 async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, generation: int | None,
                            cordoned: bool, fields: dict[str, Any] | None = None, recompute_ready: bool = True,
                            deleting: bool = False, spec_checked: bool = False, offers_gpus: bool = True,
-                           current: dict[str, Any] | None = None, observed: bool = False) -> dict[str, Any] | None:
+                           current: dict[str, Any] | None = None, observed: bool = False,
+                           defaults: list[Condition] | None = None) -> dict[str, Any] | None:
     """Write hub conditions in one pass; Ready is recomputed from the merged list, which
     includes the agent's GPUReady, so the two never need to coordinate.
 
@@ -89,7 +90,7 @@ async def write_hub_status(kube: Kube, name: str, updates: list[Condition], *, g
         return [ready_condition(conditions, generation, offers_gpus=offers_gpus)]
 
     return await write_status(kube, node_ref(name), owned_types=HUB_TYPES, updates=updates, fields=fields,
-                              derive=derive, derive_conditions=ready, known=current)
+                              derive=derive, derive_conditions=ready, known=current, defaults=defaults or ())
 
 
 def lease_duration(spec: dict[str, Any]) -> int:
@@ -196,13 +197,15 @@ async def reconcile(kube: Kube, body: dict[str, Any], logger: logging.Logger) ->
     ns = r.site_namespace(name)
     updates = [c.make(c.ConditionType.ENROLLED, True, c.Reason.SITE_NAMESPACE_READY,
                       f"site namespace {ns}, ServiceAccount {e.AGENT_SA} and its RBAC exist", generation=generation)]
-    if not c.find(c.parse((body.get("status") or {}).get("conditions")), c.ConditionType.AVAILABLE.value):
-        updates.append(c.make(c.ConditionType.AVAILABLE, ConditionStatus.UNKNOWN, c.Reason.AGENT_NOT_CONNECTED,
-                              f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/"
-                              f"{e.LEASE_NAME})", generation=generation))
+    # Available is the availability monitor's once set: the first value only where the node, as
+    # read for this write, has none (``body`` may be an event older than the monitor's write).
+    first = c.make(c.ConditionType.AVAILABLE, ConditionStatus.UNKNOWN, c.Reason.AGENT_NOT_CONNECTED,
+                   f"no heartbeat yet: run the site agent with --site {name} (Lease {ns}/{e.LEASE_NAME})",
+                   generation=generation)
     was_enrolled = (c.raw_condition(body, c.ConditionType.ENROLLED.value) or {}).get("status") == "True"
     obj = await write_hub_status(kube, name, updates, generation=generation, cordoned=spec.cordoned,
-                                 fields={"siteNamespace": ns}, spec_checked=True, offers_gpus=spec.gpu.count > 0)
+                                 fields={"siteNamespace": ns}, spec_checked=True, offers_gpus=spec.gpu.count > 0,
+                                 defaults=[first])
     if obj is not None and not was_enrolled:
         await events.post(kube, obj, events.NORMAL, "Enrolled",
                           f"Enrolled site {name}: namespace {ns}, ServiceAccount {e.AGENT_SA} and its RBAC are ready")
