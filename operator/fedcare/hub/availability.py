@@ -17,6 +17,7 @@ says so. A stale watch event is not mistaken for such a write: the repair re-rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import heapq
 import logging
@@ -155,10 +156,11 @@ class AvailabilityMonitor:
                                             "the site agent and its connection to the hub", None))
             timeout = self._heap[0][0] - now if self._heap else None
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives with a wake-up (frequent at scale), and a stopping hub would wait here forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     async def close(self) -> None:
         for task in list(self._writes):
