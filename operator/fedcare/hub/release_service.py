@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -31,7 +31,7 @@ from ..api import resources as r
 from ..api.base import Condition
 from ..api.model_release import ModelReleaseSpec, ModelReleaseStatus, ReleasePhase, Stage
 from ..api.validation import SpecError, parse
-from ..integrations.chain import ChainClient, ChainError, ChainSettings, RpcPolicy
+from ..integrations.chain_types import ChainError, ChainSettings, RpcPolicy
 from ..integrations.keyref import KeyRef, parse_key_ref
 from ..integrations.kube import Kube, Ref
 from ..integrations.signing import ReleaseSigner, Signature, SignerUnavailable
@@ -40,6 +40,9 @@ from ..release import manifest, merkle
 from ..release.checks import Refused, VerifiedRelease, verify
 from ..release.digest import ReleaseDigest
 from ..status_writer import write_status
+
+if TYPE_CHECKING:      # the client loads web3 (~50 MiB): only when a chain is used (client())
+    from ..integrations.chain import ChainClient
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class ReleaseConfig:
                    key_ref=parse_key_ref(key) if key else None)
 
     def client(self, chain_id: int, contract: str) -> ChainClient:
+        from ..integrations.chain import ChainClient
+
         k = (chain_id, contract.lower())
         if k not in self._clients:
             self._clients[k] = ChainClient(ChainSettings(
