@@ -178,9 +178,12 @@ async def test_rounds_that_cannot_run_say_why(emulator, tmp_path):
             obj = await get_round(api, name)
             return obj if cond(obj, ctype).get("reason") == expected else None
 
-        obj = await eventually(lambda: reason("nobody", "ParticipantsSelected", "QuorumNotMet"), timeout=30)
+        # (Ready follows once the admission handler's Valid is in too: until then it says NotStarted,
+        # "waiting for Valid", even when the scheduler has already found no quorum)
+        obj = await eventually(lambda: reason("nobody", "Ready", "QuorumNotMet"), timeout=30)
+        assert cond(obj, "ParticipantsSelected")["reason"] == "QuorumNotMet"
         assert "the selector matches no HospitalNode" in cond(obj, "ParticipantsSelected")["message"]
-        assert obj["status"]["phase"] == "Pending" and cond(obj, "Ready")["reason"] == "QuorumNotMet"
+        assert obj["status"]["phase"] == "Pending"
         obj = await eventually(lambda: reason("three", "ParticipantsSelected", "QuorumNotMet"), timeout=30)
         assert cond(obj, "ParticipantsSelected")["message"].startswith("2 of 3 required sites eligible")
         obj = await eventually(lambda: reason("gpus", "ParticipantsSelected", "QuorumNotMet"), timeout=30)
