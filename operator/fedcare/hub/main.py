@@ -32,7 +32,7 @@ def run_hub(*, liveness: str = "", kubeconfig: str | None = None, namespaces: li
     logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     scope = {"namespaces": namespaces} if namespaces else {"clusterwide": True}
     log.info("Starting the fedcare hub (liveness endpoint: %s)", liveness or "off")
-    # Everything imported so far (kopf, the Kubernetes client, web3, pydantic models: ~160,000
+    # Everything imported so far (kopf, the Kubernetes clients, hvac, pydantic models: ~160,000
     # objects) lives as long as the process: out of the collector's sight, a full collection
     # costs a few ms instead of a 0.15-0.3 s stop of the event loop every few seconds at 1,000
     # sites (measured: docs/performance.md, hub at scale). Objects made later are collected as usual.
