@@ -10,7 +10,9 @@ SuperLink's runs first and adopts the one it finds.
 Each SuperLink gets its own ``FLWR_HOME`` (a config.toml naming it), so calls for
 different rounds never share state. Under TLS (the default; plaintext only behind the hub's
 explicit development flag) the config names the round's CA (``trust``) as
-``root-certificates``, and SuperNode public keys are registered with ``register``.
+``root-certificates``, and SuperNode public keys are registered with ``register`` (one
+Control API request from the hub's process, ``hub/flower_control.py``: a CLI start per key
+cost ~2.5 s of CPU each).
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from . import flower_control as control
+
 log = logging.getLogger(__name__)
 
 FEDERATION = "round"
 FINISHED = "finished:"
 CA_FILE = "superlink-ca.pem"
-#: What the SuperLink answers for a key it has (flwr ApiErrorCode.PUBLIC_KEY_ALREADY_IN_USE = 23).
-ALREADY_REGISTERED = ("already in use", "[code: 23]")
 
 
 class FlowerError(Exception):
@@ -90,9 +92,7 @@ class FlowerCLI:
         if not path.is_file() or path.read_text() != ca_pem:
             path.write_text(ca_pem)
 
-    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True,
-                    final: tuple[str, ...] = ()) -> dict[str, Any]:
-        """``final``: error texts that no retry can change (returned at once as FlowerError)."""
+    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True) -> dict[str, Any]:
         attempts = self.attempts if retry else 1
         last = ""
         for attempt in range(attempts):
@@ -118,8 +118,6 @@ class FlowerCLI:
                     return doc
                 last = (doc or {}).get("error-message") or (err.decode(errors="replace").strip()[-400:]
                                                             or f"flwr {args[0]} exited {proc.returncode}")
-                if any(text in last for text in final):
-                    break
             if attempt + 1 < attempts:
                 delay = self.base_delay * 2 ** attempt * random.uniform(0.5, 1.0)
                 log.debug("flwr %s failed (%s); retrying in %.1fs", args[0], last, delay)
@@ -157,19 +155,20 @@ class FlowerCLI:
         await self._call(["stop", run_id, FEDERATION, "--format", "json"], env)
 
     async def register(self, key: str, address: str, name: str, public_key: str) -> str:
-        """``flwr supernode register`` of a site's public key (OpenSSH); the node id, or '' when
-        this SuperLink already has the key (a restarted hub registers again: idempotent)."""
-        env = self._config(key, address, insecure=False)
-        pub = self.home / key / f"{name}.pub"
-        pub.write_text(public_key.strip() + "\n")
+        """Register a site's public key (OpenSSH) with this SuperLink; the node id, or '' when
+        it already has the key (a restarted hub registers again: idempotent). In the hub's
+        process over the Control API (hub/flower_control.py), not a CLI start per key."""
+        ca = self.home / key / CA_FILE
+        if not ca.is_file():
+            raise FlowerError("no CA certificate for this SuperLink yet (the hub writes it from Vault "
+                              "before calling it)")
         try:
-            doc = await self._call(["supernode", "register", str(pub), FEDERATION, "--name", name,
-                                    "--format", "json"], env, final=ALREADY_REGISTERED)
-        except FlowerError as err:
-            if any(text in str(err) for text in ALREADY_REGISTERED):
-                return ""
+            return await control.register(address, ca.read_text(), public_key, name,
+                                          control.ControlPolicy(timeout=min(self.timeout, 15.0),
+                                                                attempts=self.attempts,
+                                                                base_delay=self.base_delay / 2))
+        except control.ControlError as err:
             raise FlowerError(f"registering the SuperNode key of {name}: {err}") from None
-        return str(doc.get("node-id") or "")
 
     def forget(self, key: str) -> None:
         shutil.rmtree(self.home / key, ignore_errors=True)
