@@ -140,7 +140,21 @@ def test_a_superlink_that_is_not_there_fails_after_bounded_retries(superlink):
     _, ca = superlink
     policy = control.ControlPolicy(timeout=2, attempts=3, base_delay=0.2, max_delay=0.4)
     started = time.monotonic()
-    with pytest.raises(control.ControlError, match=r"127\.0\.0\.1:\d+ did not register the key: ConnectError"):
+    with pytest.raises(control.ControlError, match=r"127\.0\.0\.1:\d+ did not answer RegisterNode: ConnectError"):
         asyncio.run(control.register(f"127.0.0.1:{_free_port()}", ca,
                                      _openssh(ec.generate_private_key(ec.SECP384R1())), "x", policy))
     assert time.monotonic() - started < 10          # 3 tries and two short pauses, not a hang
+
+
+def test_runs_are_listed_over_the_control_api_with_the_rounds_ca(superlink, tmp_path):
+    address, ca = superlink
+    cli = FlowerCLI(tmp_path, flwr="/bin/false")
+    with pytest.raises(FlowerError, match="no CA certificate"):
+        asyncio.run(cli.runs("round-b", address, insecure=False))
+    cli.trust("round-b", ca)
+    assert asyncio.run(cli.runs("round-b", address, insecure=False)) == []      # no run submitted here
+    with pytest.raises(FlowerError, match="does not know run 4242|did not answer ListRuns"):
+        asyncio.run(cli.run("round-b", address, "4242", insecure=False))
+    with pytest.raises(FlowerError, match=r"did not answer ListRuns: ConnectError"):
+        asyncio.run(FlowerCLI(tmp_path, flwr="/bin/false", attempts=2, base_delay=0.2)
+                    .runs("round-b", f"127.0.0.1:{_free_port()}", insecure=False))

@@ -52,9 +52,9 @@ TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
 #: SuperNode keys registered at once with a round's SuperLink (each one ~60 ms of Control API).
 REGISTER_CONCURRENCY = 6
-#: Seconds between `flwr ls` checks of a run whose provenance does not say it ended: each check
-#: is a Python start-up costing ~2.4 s of CPU here (benchmarks/round_overhead.py), taken from training.
-FLWR_CHECK_INTERVAL = 60.0
+#: Seconds between checks (Control API ListRuns) of a run whose provenance does not say it
+#: ended: a run that dies without writing provenance is noticed within this.
+FLWR_CHECK_INTERVAL = 10.0
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
 RESERVED_KEYS = ({"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes", "initial-model",
                   "initial-model-sha256"} | run_trust.KEYS)
@@ -143,10 +143,9 @@ class Reconciler:
         self._asked = asked if asked is not None else {}
 
     async def _run_info(self, body: dict[str, Any], control: str, run_id: str, folder: Any) -> RunInfo:
-        """The run's state. ``flwr ls`` costs a Python start-up (seconds of CPU on a small
-        machine, taken from training), so it is asked when the ServerApp's provenance says the
-        run ended, and otherwise at most every ``FLWR_CHECK_INTERVAL`` (a run that dies without
-        writing provenance is still noticed)."""
+        """The run's state: asked of the SuperLink (one ListRuns request) when the ServerApp's
+        provenance says the run ended, and otherwise at most every ``FLWR_CHECK_INTERVAL`` (a
+        run that dies without writing provenance is still noticed)."""
         key = self.key(body)
         st = body.get("status") or {}
         written = progress.provenance_status(folder)
@@ -563,8 +562,8 @@ class Reconciler:
                                                           insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
-                # Just submitted (or adopted): the run is pending; the next `flwr ls` (a Python
-                # start-up, CPU taken from the starting SuperNodes) waits FLWR_CHECK_INTERVAL.
+                # Just submitted (or adopted): the run is pending; the next check waits
+                # FLWR_CHECK_INTERVAL (the run's own provenance says sooner when it ends).
                 self._asked[self.key(body)] = time.monotonic()
                 info = RunInfo(run_id, "pending")
             else:
