@@ -158,3 +158,10 @@ def test_runs_are_listed_over_the_control_api_with_the_rounds_ca(superlink, tmp_
     with pytest.raises(FlowerError, match=r"did not answer ListRuns: ConnectError"):
         asyncio.run(FlowerCLI(tmp_path, flwr="/bin/false", attempts=2, base_delay=0.2)
                     .runs("round-b", f"127.0.0.1:{_free_port()}", insecure=False))
+
+
+def test_an_unreadable_ca_is_a_clear_error_not_a_crash(superlink):
+    address, _ = superlink
+    with pytest.raises(control.ControlError, match="RegisterNode at .*SSLError"):
+        asyncio.run(control.register(address, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+                                     _openssh(ec.generate_private_key(ec.SECP384R1())), "x"))

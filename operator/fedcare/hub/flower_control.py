@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,12 @@ class ControlPolicy:
 
 
 def _client(address: str, ca_pem: str | None, timeout: float):
-    import httpx
     from flwr.supercore.control.control_http_client import ControlHttpClient
 
-    client = ControlHttpClient.from_server_address(
-        address, insecure=ca_pem is None, root_certificates=None if ca_pem is None else ca_pem.encode(),
-        interceptors=[])
-    client._client.timeout = httpx.Timeout(timeout)     # the default is 30 s for every phase
-    return client
+    if ca_pem is None:          # plaintext: the hub's explicit development flag only
+        return ControlHttpClient(f"http://{address}", timeout=timeout)
+    return ControlHttpClient(f"https://{address}", verify=ssl.create_default_context(cadata=ca_pem),
+                             timeout=timeout)
 
 
 def _once(address: str, ca_pem: str | None, timeout: float, method: str, request_of):
@@ -84,7 +83,7 @@ def _once(address: str, ca_pem: str | None, timeout: float, method: str, request
     try:
         return getattr(client, method)(request_of())
     finally:
-        client._client.close()
+        client.close()
 
 
 def _error_code(response) -> tuple[int | None, str]:
@@ -116,6 +115,8 @@ async def _call(address: str, ca_pem: str | None, method: str, request_of, polic
                 break                       # a refusal no retry changes
         except (httpx.TransportError, TimeoutError) as err:
             last = f"{type(err).__name__}: {err or 'no answer'}"
+        except (ValueError, ssl.SSLError) as err:   # an unreadable CA or answer: no retry helps
+            raise ControlError(f"{method} at {address}: {type(err).__name__}: {err}") from None
         except ImportError as err:      # the hub's image lacks flwr: no retry changes that
             raise ControlError(f"Flower's Control API client cannot be imported ({err}); the hub "
                                "image needs flwr") from None
