@@ -125,13 +125,13 @@ def test_phase_and_ready_follow_the_conditions():
 async def test_flwr_cli_missing_or_hanging_is_a_clear_error(tmp_path):
     missing = FlowerCLI(tmp_path / "home", flwr=str(tmp_path / "no-flwr"), attempts=2, base_delay=0.01)
     with pytest.raises(FlowerError, match="cannot start the flwr CLI"):
-        await missing.runs("k", "127.0.0.1:9", insecure=True)
+        await missing.stop("k", "127.0.0.1:9", "1", insecure=True)
     slow = tmp_path / "slow-flwr"
     slow.write_text("#!/bin/sh\nsleep 30\n")
     slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
     hanging = FlowerCLI(tmp_path / "home", flwr=str(slow), timeout=0.5, attempts=2, base_delay=0.01)
     with pytest.raises(FlowerError, match="did not answer within"):
-        await hanging.runs("k", "127.0.0.1:9", insecure=True)
+        await hanging.stop("k", "127.0.0.1:9", "1", insecure=True)
     failing = tmp_path / "failing-flwr"
     failing.write_text("#!/bin/sh\necho '{\"success\": false, "
                        "\"error-message\": \"[code: 15] Invalid run configuration.\"}'\n")
