@@ -201,7 +201,11 @@ class Release:
             if err.transient:
                 raise kopf.TemporaryError(str(err), delay=self.cfg.retry_delay) from None
             raise kopf.PermanentError(str(err)) from None
-        proofs_uri = art.write_beside(uri, art.PROOFS, merkle.dumps(result.proofs))
+        try:
+            proofs_uri = await art.put_beside(uri, art.PROOFS, merkle.dumps(result.proofs), self.cfg.fetch_policy)
+        except art.ArtifactError as err:
+            await self.write(c.make(T.VERIFIED, False, err.reason, f"writing {art.PROOFS} beside the artifact: {err}"))
+            raise kopf.TemporaryError(str(err), delay=self.cfg.retry_delay) from None
         where = f"; per-site proofs in {proofs_uri}" if proofs_uri else ""
         history = self.raw.get("stageHistory") or []
         extra: dict[str, Any] = {}
@@ -247,7 +251,11 @@ class Release:
             return
         pem = await asyncio.to_thread(self.cfg.signer.public_key_pem, sig.key_id)
         doc = manifest.build(self.namespace, self.name, self.digest(), sig, pem, chain)
-        art.write_beside(self.local_uri(), art.MANIFEST, manifest.dumps(doc))
+        try:
+            await art.put_beside(self.local_uri(), art.MANIFEST, manifest.dumps(doc), self.cfg.fetch_policy)
+        except art.ArtifactError as err:     # the signature is in status; the file is written on the next pass
+            log.warning("ModelRelease %s/%s: writing %s beside the artifact: %s", self.namespace, self.name,
+                        art.MANIFEST, err)
 
     def chain_target(self) -> tuple[int, str, int] | None:
         a = self.spec.anchor
