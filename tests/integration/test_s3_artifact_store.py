@@ -34,6 +34,7 @@ from fedcare.release import artifact as art
 from fedcare.release.checks import Refused, verify
 from fedcare.api.model_release import ModelReleaseSpec
 from fedcare.sandbox.anvil import free_port
+from fedcare.sandbox.kubeconfig import write_kubeconfig
 from tests.integration.test_release_pipeline import condition, config
 from tests.support.releases import make_model
 from tests.support.s3 import BUCKET, s3  # noqa: F401
@@ -270,7 +271,7 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
 
 
 async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_verify(
-        s3, hub, api, anvil, dev_key, registry, tmp_path, capsys, monkeypatch):
+        s3, hub, api, emulator, anvil, dev_key, registry, tmp_path, capsys, monkeypatch):
     store = tmp_path / "artifacts"
     rc = round_config(store, S3ResultStore(s3.store(), BUCKET, "fedcare"))
     cfg = config(anvil, dev_key, chain_id=anvil.chain_id, contract_address=registry, confirmations=1)
@@ -299,6 +300,13 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert code == 0, out
     assert "VERIFIED" in out and "FAIL" not in out
+    # ... and `fedcare verify --release` reads the release from the cluster, the model from the bucket
+    kubeconfig = str(write_kubeconfig(emulator.url, tmp_path / "kubeconfig"))
+    code = await asyncio.to_thread(cli.main, ["verify", "--release", name, "--namespace", "default", "--kubeconfig",
+                                              kubeconfig, "--rpc", anvil.url])
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert code == 0 and "VERIFIED" in out and "FAIL" not in out, out
+    assert "no --rpc/--contract given" not in out and "confirmations" in out, out
     # a tampered object fails it
     client.put_bytes(BUCKET, uri.removeprefix(f"s3://{BUCKET}/"), b"tampered", "application/octet-stream")
     code = await asyncio.to_thread(cli.main, ["verify", uri, "--rpc", anvil.url, "--contract", registry])

@@ -252,7 +252,8 @@ async def inputs_from_release(kubeconfig: str | None, namespace: str, name: str,
     man_file = await art.read_uri(art.sibling(uri, art.MANIFEST))
     if man_file and not kw.get("public_key_pem"):
         manifest["publicKeyPem"] = json.loads(man_file).get("publicKeyPem", "")
-    kw.setdefault("contract", anchor.get("contractAddress"))
+    if not kw.get("contract"):        # the CLI passes contract=None when --contract is not given
+        kw["contract"] = anchor.get("contractAddress")
     return Inputs(path, manifest, json.loads(prov) if prov else None, json.loads(proofs) if proofs else None,
                   **kw), []
 
