@@ -63,6 +63,9 @@ def parse_uri(uri: str) -> tuple[str, str]:
     if parts.scheme.lower() != "s3":
         raise ObjectStoreError("UnsupportedURI", f"{uri[:200]!r} is not an s3://bucket/key URI")
     bucket, key = parts.netloc, urllib.parse.unquote(parts.path).lstrip("/")
+    if "@" in bucket:            # user info may be a credential: say so without echoing it
+        raise ObjectStoreError("UnsupportedURI", "an s3:// URI takes no user info (credentials come from "
+                                                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); use s3://<bucket>/<key>")
     if not bucket or not _valid_bucket(bucket):
         raise ObjectStoreError("UnsupportedURI", f"{uri[:200]!r}: {bucket!r} is not a valid bucket name (3-63 "
                                                  "lowercase letters, digits, '.' and '-'); use s3://<bucket>/<key>")
@@ -119,7 +122,9 @@ class S3Store:
         parts = urllib.parse.urlsplit(self.endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
                 or parts.username or parts.password:
-            raise ObjectStoreError("InvalidEndpoint", f"S3 endpoint {self.endpoint[:200]!r} must be http(s)://host"
+            shown = parts._replace(netloc=parts.hostname or "").geturl() if parts.username or parts.password \
+                else self.endpoint    # user info in a URL may be a credential: never echoed
+            raise ObjectStoreError("InvalidEndpoint", f"S3 endpoint {shown[:200]!r} must be http(s)://host"
                                                       "[:port] with no path and no user info (credentials come "
                                                       "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
 
@@ -208,6 +213,8 @@ class S3Store:
             return fn(*args, **kwargs)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as err:
             raise self._error(err, op, bucket, key) from None
+        except ValueError as err:     # the SDK's own argument checks (names): no credential in them
+            raise ObjectStoreError("UnsupportedURI", f"{op} {self.where(bucket, key)}: {str(err)[:200]}") from None
 
     # -- operations (blocking) ---------------------------------------------------------------
     def stat(self, bucket: str, key: str) -> Stat | None:
@@ -240,6 +247,7 @@ class S3Store:
 
     def _stream(self, op: str, bucket: str, key: str, sink: Any, limit: int | None = None) -> bool:
         """GET an object into ``sink(chunk)``; False if it does not exist."""
+        import urllib3
         try:
             resp = self._call(op, bucket, key, self.client().get_object, bucket, key)
         except ObjectStoreError as err:
@@ -254,9 +262,7 @@ class S3Store:
                     raise ObjectStoreError("ArtifactUnreadable", f"{op} {self.where(bucket, key)}: larger than "
                                                                  f"{limit} bytes")
                 sink(chunk)
-        except (OSError, Exception) as err:   # noqa: BLE001 - a broken stream mid-body (urllib3 errors)
-            if isinstance(err, ObjectStoreError):
-                raise
+        except (urllib3.exceptions.HTTPError, OSError) as err:      # the body broke off mid-stream
             raise self._error(err, op, bucket, key) from None
         finally:
             resp.close()
