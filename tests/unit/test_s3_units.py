@@ -65,3 +65,38 @@ def test_failures_back_off_up_to_a_cap():
     assert [st.failed("r") for _ in range(5)] == [5, 10, 20, 30, 30]
     assert 0 < st.wait_left("r") <= 30 and st.wait_left("other") == 0
     assert st.url == "s3://models"
+
+
+async def test_a_round_starts_from_the_claims_copy_of_an_s3_release(tmp_path):
+    import copy
+    import pathlib
+
+    import yaml
+
+    from fedcare.api.validation import parse
+    from fedcare.hub import initial_model
+    from fedcare.hub.aggregator import AggregatorConfig
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    body = yaml.safe_load((root / "examples" / "federatedround-ultrasound.yaml").read_text())
+    body["metadata"].update(namespace="default", uid="u" * 8)
+    cfg = AggregatorConfig(artifact_dir=str(tmp_path), artifact_claim="fedcare-artifacts")
+    s3 = S3ResultStore(S3Store("http://minio:9000"), "models", "fedcare/prod")
+    model = tmp_path / "default" / "r0-1a2b3c4d" / "attempt-1" / "model.safetensors"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+
+    async def start(uri: str, store=s3):
+        b = copy.deepcopy(body)
+        b["spec"]["model"]["initialModel"] = {"storageUri": uri, "digest": "sha256:" + "a" * 64}
+        return await initial_model.resolve(None, b, parse("FederatedRound", b), cfg, store)
+
+    ok = await start("s3://models/fedcare/prod/default/r0-1a2b3c4d/attempt-1/model.safetensors")
+    assert ok.problem == "" and ok.run_config["initial-model"] == str(model)
+    for uri in ("s3://other/fedcare/prod/default/r0-1a2b3c4d/attempt-1/model.safetensors",
+                "s3://models/elsewhere/default/r0-1a2b3c4d/attempt-1/model.safetensors"):
+        assert "(the hub's S3 copy)" in (await start(uri)).problem
+    assert "is not in the hub's artifact store" in \
+        (await start("s3://models/fedcare/prod/default/r0-1a2b3c4d/attempt-1/model.safetensors", None)).problem
+    gone = await start("s3://models/fedcare/prod/default/r9-1a2b3c4d/attempt-1/model.safetensors")
+    assert "does not exist in the artifact store" in gone.problem and "not S3" in gone.problem

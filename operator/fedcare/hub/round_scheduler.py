@@ -301,7 +301,8 @@ class Reconciler:
                          suspended=True, runId="", runStatus="", aggregator=None)
 
     async def initial_model_problem(self, body: dict[str, Any], spec: FederatedRoundSpec) -> str:
-        return (await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)).problem
+        return (await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator,
+                                            s3=self.cfg.s3)).problem
 
     async def select(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
         nodes = await self.kube.list(Ref(r.API_VERSION, r.HOSPITAL_NODES.plural))
@@ -545,7 +546,8 @@ class Reconciler:
                         config["site-identities"] = await self.identities(body)
                     body = await self.write(body, [], runSubmitting=True) or body
                     folder.mkdir(parents=True, exist_ok=True)
-                    start = await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)
+                    start = await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator,
+                                                        s3=self.cfg.s3)
                     if start.problem:       # the release went away (or was revoked) since selection
                         await self.fail(body, c.Reason.INVALID_SPEC, start.problem)
                         return
