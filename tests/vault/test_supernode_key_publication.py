@@ -59,3 +59,47 @@ async def test_key_publication_backs_off_until_the_role_exists_then_publishes(em
             await asyncio.wait_for(task, 10)
     finally:
         bao.stop()
+
+
+async def test_the_credentials_secret_is_created_from_the_pass_listing_without_a_read(emulator, tmp_path):
+    """A work pass lists the site's credentials Secrets anyway (its sweep): a pod's Secret is
+    created or left alone from that listing, with no GET per pod and pass; without a listing
+    it reads; one created meanwhile (409) is left alone."""
+    from fedcare.integrations.kube import Ref
+    from fedcare.site import supernode_credentials as creds
+
+    bao = await asyncio.to_thread(vault_setup.start, tmp_path / "bao")
+    try:
+        res = await asyncio.to_thread(fp.ensure, bao.hub, fp.site_vault(
+            {"metadata": {"name": SITE}, "spec": {}}, "fedcare"), bao.footprint)
+        assert res.ok, res
+        api = Kube.from_url(str(emulator.url), policy=FAST)
+        await api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
+                                                    "metadata": {"name": "fedcare-training"}})
+        pod = await api.create(Ref("v1", "pods", "fedcare-training"), {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "labels": {"fedcare.io/site": SITE}},
+            "spec": {"containers": [{"name": "c", "image": "fedcare:dev"}]}})
+        reads: list[str] = []
+        real_get = api.get_or_none
+
+        async def counted(ref):
+            reads.append(ref.name)
+            return await real_get(ref)
+
+        api.get_or_none = counted      # type: ignore[method-assign]
+        credentials = creds.SupernodeCredentials(bao.site_client(SITE), SITE)
+        assert await credentials.ensure_secret(api, pod, exists=False) is True
+        assert reads == []
+        secret = await real_get(Ref("v1", "secrets", "fedcare-training", creds.secret_name("p1")))
+        assert secret is not None and secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+        gone, kept = await creds.sweep(api, "fedcare-training", SITE, {"p1"})
+        assert gone == [] and kept == {creds.secret_name("p1")}
+        assert await credentials.ensure_secret(api, pod, exists=True) is False
+        assert await credentials.ensure_secret(api, pod, exists=False) is False      # 409: already there
+        assert reads == []
+        assert await credentials.ensure_secret(api, pod) is False                     # no listing: it reads
+        assert reads == [creds.secret_name("p1")]
+        gone, kept = await creds.sweep(api, "fedcare-training", SITE, set())           # its pod is gone
+        assert gone == [creds.secret_name("p1")] and kept == set()
+    finally:
+        bao.stop()

@@ -48,6 +48,7 @@ class HubContext:
     _monitor: asyncio.Task | None = field(default=None, init=False)
     _resync: asyncio.Task | None = field(default=None, init=False)
     _leases: asyncio.Task | None = field(default=None, init=False)
+    _preload: asyncio.Task | None = field(default=None, init=False)
     _flwr_asked: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,12 @@ class HubContext:
         if self.kube is None:
             self.kube = await Kube.from_kubeconfig(self.kubeconfig)
         if self._monitor is None:
+            if self.round_config is not None and self.round_config.tls is not None:
+                # TLS rounds register SuperNode keys over Flower's Control API client: import it
+                # now, off the loop, not in a round's start (hub/flower_control.py).
+                from . import flower_control
+                self._preload = asyncio.create_task(asyncio.to_thread(flower_control.preload),
+                                                    name="flower-control-import")
             self._monitor = asyncio.create_task(self.availability.run(), name="availability")
             self._leases = asyncio.create_task(watch_leases(lambda: self.api, self.availability.lease_seen),
                                                name="lease-watch")
@@ -92,12 +99,12 @@ class HubContext:
                                                                self.availability.node_seen), name="resync")
 
     async def close(self) -> None:
-        for task in (self._resync, self._leases, self._monitor):
+        for task in (self._resync, self._leases, self._monitor, self._preload):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._monitor = self._leases = self._resync = None
+        self._monitor = self._leases = self._resync = self._preload = None
         await self.availability.close()
         await self.release.close()
         if self.kube is not None:

@@ -1,16 +1,18 @@
-"""Submit, follow and stop Flower runs on a round's SuperLink with the flwr CLI.
+"""Submit, follow and stop Flower runs on a round's SuperLink.
 
-The hub talks to the SuperLink's Control API only through ``flwr`` (``run``, ``ls``,
-``stop`` with ``--format json``): it is Flower's supported client, and its JSON output is
-stable where the protobuf-over-HTTP Control API is internal (shared/FLOWER.md §3). Each
-call runs as a subprocess with a timeout and a bounded retry with backoff; ``flwr run``
-is never retried blindly (a retry could submit a second run): the caller lists the
-SuperLink's runs first and adopts the one it finds.
+Submitting (``flwr run``: it packages the app into a FAB) and stopping (``flwr stop``) use
+the flwr CLI with ``--format json``, Flower's supported client. Each call runs as a
+subprocess with a timeout and a bounded retry with backoff; ``flwr run`` is never retried
+blindly (a retry could submit a second run): the caller lists the SuperLink's runs first and
+adopts the one it finds. Listing runs (what ``flwr ls`` asks) and registering SuperNode keys
+are single Control API requests sent from the hub's process through Flower's own client
+(``hub/flower_control.py``): a CLI start costs ~2.5 s of CPU each, which made the hub's
+end-of-run check and an 18-site registration the slowest steps of a round's start and end.
 
 Each SuperLink gets its own ``FLWR_HOME`` (a config.toml naming it), so calls for
 different rounds never share state. Under TLS (the default; plaintext only behind the hub's
 explicit development flag) the config names the round's CA (``trust``) as
-``root-certificates``, and SuperNode public keys are registered with ``register``.
+``root-certificates``; the Control API calls verify against the same file.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from . import flower_control as control
+
 log = logging.getLogger(__name__)
 
 FEDERATION = "round"
 FINISHED = "finished:"
 CA_FILE = "superlink-ca.pem"
-#: What the SuperLink answers for a key it has (flwr ApiErrorCode.PUBLIC_KEY_ALREADY_IN_USE = 23).
-ALREADY_REGISTERED = ("already in use", "[code: 23]")
 
 
 class FlowerError(Exception):
@@ -90,9 +92,7 @@ class FlowerCLI:
         if not path.is_file() or path.read_text() != ca_pem:
             path.write_text(ca_pem)
 
-    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True,
-                    final: tuple[str, ...] = ()) -> dict[str, Any]:
-        """``final``: error texts that no retry can change (returned at once as FlowerError)."""
+    async def _call(self, args: list[str], env: dict[str, str], *, retry: bool = True) -> dict[str, Any]:
         attempts = self.attempts if retry else 1
         last = ""
         for attempt in range(attempts):
@@ -118,8 +118,6 @@ class FlowerCLI:
                     return doc
                 last = (doc or {}).get("error-message") or (err.decode(errors="replace").strip()[-400:]
                                                             or f"flwr {args[0]} exited {proc.returncode}")
-                if any(text in last for text in final):
-                    break
             if attempt + 1 < attempts:
                 delay = self.base_delay * 2 ** attempt * random.uniform(0.5, 1.0)
                 log.debug("flwr %s failed (%s); retrying in %.1fs", args[0], last, delay)
@@ -139,37 +137,48 @@ class FlowerCLI:
             raise FlowerError(f"flwr run answered no run id: {str(doc)[:300]}")
         return run_id
 
+    def _policy(self) -> control.ControlPolicy:
+        return control.ControlPolicy(timeout=min(self.timeout, 15.0), attempts=self.attempts,
+                                     base_delay=self.base_delay / 2)
+
+    def _ca(self, key: str, insecure: bool) -> str | None:
+        if insecure:
+            return None
+        ca = self.home / key / CA_FILE
+        if not ca.is_file():
+            raise FlowerError("no CA certificate for this SuperLink yet (the hub writes it from Vault "
+                              "before calling it)")
+        return ca.read_text()
+
     async def runs(self, key: str, address: str, *, insecure: bool) -> list[RunInfo]:
-        env = self._config(key, address, insecure=insecure)
-        doc = await self._call(["ls", FEDERATION, "--format", "json"], env)
-        return [_info(r) for r in doc.get("runs") or []]
+        """The SuperLink's runs (``ListRuns`` over the Control API, what ``flwr ls`` asks)."""
+        try:
+            found = await control.list_runs(address, self._ca(key, insecure), policy=self._policy())
+        except control.ControlError as err:
+            raise FlowerError(str(err)) from None
+        return [RunInfo(*run) for run in found]
 
     async def run(self, key: str, address: str, run_id: str, *, insecure: bool) -> RunInfo:
-        env = self._config(key, address, insecure=insecure)
-        doc = await self._call(["ls", FEDERATION, "--run-id", run_id, "--format", "json"], env)
-        runs = [_info(r) for r in doc.get("runs") or []]
-        if not runs:
+        try:
+            found = await control.list_runs(address, self._ca(key, insecure), run_id, policy=self._policy())
+        except control.ControlError as err:
+            raise FlowerError(str(err)) from None
+        if not found:
             raise FlowerError(f"the SuperLink does not know run {run_id}")
-        return runs[0]
+        return RunInfo(*found[0])
 
     async def stop(self, key: str, address: str, run_id: str, *, insecure: bool) -> None:
         env = self._config(key, address, insecure=insecure)
         await self._call(["stop", run_id, FEDERATION, "--format", "json"], env)
 
     async def register(self, key: str, address: str, name: str, public_key: str) -> str:
-        """``flwr supernode register`` of a site's public key (OpenSSH); the node id, or '' when
-        this SuperLink already has the key (a restarted hub registers again: idempotent)."""
-        env = self._config(key, address, insecure=False)
-        pub = self.home / key / f"{name}.pub"
-        pub.write_text(public_key.strip() + "\n")
+        """Register a site's public key (OpenSSH) with this SuperLink; the node id, or '' when
+        it already has the key (a restarted hub registers again: idempotent). In the hub's
+        process over the Control API (hub/flower_control.py), not a CLI start per key."""
         try:
-            doc = await self._call(["supernode", "register", str(pub), FEDERATION, "--name", name,
-                                    "--format", "json"], env, final=ALREADY_REGISTERED)
-        except FlowerError as err:
-            if any(text in str(err) for text in ALREADY_REGISTERED):
-                return ""
+            return await control.register(address, self._ca(key, False) or "", public_key, name, self._policy())
+        except control.ControlError as err:
             raise FlowerError(f"registering the SuperNode key of {name}: {err}") from None
-        return str(doc.get("node-id") or "")
 
     def forget(self, key: str) -> None:
         shutil.rmtree(self.home / key, ignore_errors=True)

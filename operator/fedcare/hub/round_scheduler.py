@@ -52,9 +52,11 @@ HUB_TYPES = c.owned(KIND, c.Writer.HUB)
 T = c.ConditionType
 TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
-#: Seconds between `flwr ls` checks of a run whose provenance does not say it ended: each check
-#: is a Python start-up costing ~2.4 s of CPU here (benchmarks/round_overhead.py), taken from training.
-FLWR_CHECK_INTERVAL = 60.0
+#: SuperNode keys registered at once with a round's SuperLink (each one ~60 ms of Control API).
+REGISTER_CONCURRENCY = 6
+#: Seconds between checks (Control API ListRuns) of a run whose provenance does not say it
+#: ended: a run that dies without writing provenance is noticed within this.
+FLWR_CHECK_INTERVAL = 10.0
 #: Run-config keys of workloads/ a spec may not override through strategy.config (the hub sets them).
 RESERVED_KEYS = ({"out-dir", "num-server-rounds", "min-train-nodes", "min-available-nodes", "initial-model",
                   "initial-model-sha256"} | run_trust.KEYS)
@@ -145,10 +147,9 @@ class Reconciler:
         self._asked = asked if asked is not None else {}
 
     async def _run_info(self, body: dict[str, Any], control: str, run_id: str, folder: Any) -> RunInfo:
-        """The run's state. ``flwr ls`` costs a Python start-up (seconds of CPU on a small
-        machine, taken from training), so it is asked when the ServerApp's provenance says the
-        run ended, and otherwise at most every ``FLWR_CHECK_INTERVAL`` (a run that dies without
-        writing provenance is still noticed)."""
+        """The run's state: asked of the SuperLink (one ListRuns request) when the ServerApp's
+        provenance says the run ended, and otherwise at most every ``FLWR_CHECK_INTERVAL`` (a
+        run that dies without writing provenance is still noticed)."""
         key = self.key(body)
         st = body.get("status") or {}
         written = progress.provenance_status(folder)
@@ -389,15 +390,24 @@ class Reconciler:
         if set(done).issuperset(sites):
             return state            # every pass comes here: no Vault read, no CLI call once registered
         keys, missing = await self.cfg.tls.public_keys([s for s in sites if s not in done])
-        try:
-            for site, public in keys.items():
+        bound = asyncio.Semaphore(REGISTER_CONCURRENCY)
+
+        async def register(site: str, public: str) -> None:
+            async with bound:
                 node = await self.cfg.flower.register(key, state.control_address, site, public)
-                done[site] = public
-                self.cfg.tls.registered[key] = (state.pod_uid, done)
-                log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
-                         f" (node {node})" if node else " (already registered)")
-        except FlowerError as err:
-            return dataclasses.replace(state, ready=False, message=str(err)[:1000])
+            done[site] = public
+            self.cfg.tls.registered[key] = (state.pod_uid, done)
+            log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
+                     f" (node {node})" if node else " (already registered)")
+
+        results = await asyncio.gather(*(register(site, public) for site, public in keys.items()),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, FlowerError):
+                raise result
+        failed = [str(result) for result in results if isinstance(result, FlowerError)]
+        if failed:
+            return dataclasses.replace(state, ready=False, message="; ".join(failed)[:1000])
         if missing:
             return dataclasses.replace(state, ready=False, message=(
                 "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
@@ -558,8 +568,8 @@ class Reconciler:
                                                           insecure=insecure)
                     log.info("Round %s: submitted Flower run %s", md["name"], run_id)
                 body = await self.write(body, [], runId=run_id, runStatus="pending") or body
-                # Just submitted (or adopted): the run is pending; the next `flwr ls` (a Python
-                # start-up, CPU taken from the starting SuperNodes) waits FLWR_CHECK_INTERVAL.
+                # Just submitted (or adopted): the run is pending; the next check waits
+                # FLWR_CHECK_INTERVAL (the run's own provenance says sooner when it ends).
                 self._asked[self.key(body)] = time.monotonic()
                 info = RunInfo(run_id, "pending")
             elif st.get("runStatus") == "finished:completed":

@@ -77,6 +77,8 @@ class RealisticEmulator(StateEmulator):
     bookmark_interval: float = 5.0
     _results: dict[Any, Any] = attrs.field(factory=dict, init=False)
     _inflight: set[Any] = attrs.field(factory=set, init=False)
+    #: Requests received so far (benchmarks count an operation's API calls with it).
+    received: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         install_parser_fixes()
@@ -120,6 +122,7 @@ class RealisticEmulator(StateEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         # NB: no `await` before this point: the request was just appended to the log.
         self._inflight.add(request)
+        self.received += 1
         if self.max_history is not None:
             trim_history(self, self.max_history, self._inflight)
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..api import resources as r
 from ..integrations import flower_credentials as fc
-from ..integrations.kube import Kube, Ref
+from ..integrations.kube import Conflict, Kube, Ref
 from ..integrations.vault import VaultClient
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,15 @@ class SupernodeCredentials:
         data = await asyncio.to_thread(self.vault.read, f"sites/{self.site}/supernode")
         return data["private_key"]
 
-    async def ensure_secret(self, kube: Kube, pod: dict[str, Any]) -> bool:
-        """Create the pod's credentials Secret if missing; True when it was created now."""
+    async def ensure_secret(self, kube: Kube, pod: dict[str, Any], *, exists: bool | None = None) -> bool:
+        """Create the pod's credentials Secret if missing; True when it was created now.
+        ``exists``: what a fresh list of the site's credentials Secrets says (saves the GET);
+        None: read it."""
         md = pod["metadata"]
         name = secret_name(md["name"])
-        if await kube.get_or_none(Ref("v1", "secrets", md["namespace"], name)) is not None:
+        if exists is None:
+            exists = await kube.get_or_none(Ref("v1", "secrets", md["namespace"], name)) is not None
+        if exists:
             return False
         await self.ensure_key()
         data = {CA: await self._ca_pem(), KEY: await self._private_key()}
@@ -91,7 +95,10 @@ class SupernodeCredentials:
                                               "uid": md["uid"], "blockOwnerDeletion": True}]},
             # data, not stringData: the emulator stores what it is given (no conversion)
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
-        await kube.create(Ref("v1", "secrets", md["namespace"]), manifest)
+        try:
+            await kube.create(Ref("v1", "secrets", md["namespace"]), manifest)
+        except Conflict:        # created meanwhile (the list was older): it is there, which is the point
+            return False
         log.info("Site %s: SuperNode credentials (CA bundle, authentication key from Vault) in Secret %s/%s",
                  self.site, md["namespace"], name)
         return True
@@ -101,12 +108,15 @@ async def delete_secret(kube: Kube, namespace: str, pod_name: str) -> bool:
     return await kube.delete(Ref("v1", "secrets", namespace, secret_name(pod_name)))
 
 
-async def sweep(kube: Kube, namespace: str, site: str, pods: set[str]) -> list[str]:
-    """Delete this site's credentials Secrets whose pod is gone (an agent stopped in between)."""
-    gone = []
+async def sweep(kube: Kube, namespace: str, site: str, pods: set[str]) -> tuple[list[str], set[str]]:
+    """Delete this site's credentials Secrets whose pod is gone (an agent stopped in between).
+    Returns (deleted, kept): the names of the Secrets deleted and of those left in place."""
+    gone, kept = [], set()
     for s in await kube.list(Ref("v1", "secrets", namespace),
                              label_selector=f"{r.SITE_LABEL}={site},{CREDENTIALS_LABEL}=supernode"):
         name = s["metadata"]["name"]
         if name.removesuffix("-flower") not in pods and await kube.delete(Ref("v1", "secrets", namespace, name)):
             gone.append(name)
-    return gone
+        else:
+            kept.add(name)
+    return gone, kept

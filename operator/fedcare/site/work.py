@@ -76,6 +76,8 @@ class SiteWork:
         self._key_retry_at, self._key_delay = 0.0, KEY_RETRY_FIRST
         #: The nearest deadline of an active assignment (the loop wakes then to enforce it).
         self.soonest: dt.datetime | None = None
+        #: The pods' credentials Secrets this pass's list found (None: not listed; ensure_secret reads).
+        self._secrets: set[str] | None = None
         if insecure:
             log.warning("DEVELOPMENT MODE: site %s accepts plaintext Flower (--insecure-flower): no TLS, no "
                         "SuperNode authentication. Never use this with real patient data.", site)
@@ -166,9 +168,11 @@ class SiteWork:
         pods = await self.site_kube.list(Ref("v1", "pods", self.namespace),
                                          label_selector=f"{r.SITE_LABEL}={self.site},"
                                                         f"{r.MANAGED_BY_LABEL}={r.MANAGED_BY}")
+        self._secrets = None
         if self.credentials is not None:
-            for name in await creds.sweep(self.site_kube, self.namespace, self.site,
-                                          {p["metadata"]["name"] for p in pods}):
+            gone, self._secrets = await creds.sweep(self.site_kube, self.namespace, self.site,
+                                                    {p["metadata"]["name"] for p in pods})
+            for name in gone:
                 log.info("Site %s: deleted SuperNode credentials Secret %s (its pod is gone)", self.site, name)
         by_assignment: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
@@ -241,7 +245,10 @@ class SiteWork:
             await ensure(self.site_kube, "networkpolicies", policy)
         if not plaintext and self.credentials is not None and not pod["metadata"].get("deletionTimestamp"):
             try:   # after the pod (the Secret is owned by it); the pod waits for it to mount
-                await self.credentials.ensure_secret(self.site_kube, pod)
+                listed = self._secrets
+                await self.credentials.ensure_secret(
+                    self.site_kube, pod,
+                    exists=None if listed is None else creds.secret_name(pod["metadata"]["name"]) in listed)
             except VaultError as err:
                 log.warning("Site %s: no SuperNode credentials for pod %s yet: %s", self.site, name, err)
         restarts, why = tp.container_state(pod)
