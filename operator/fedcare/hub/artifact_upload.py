@@ -26,13 +26,14 @@ its ``activeDeadlineSeconds``. The model stays on the PVC throughout.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import pathlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..integrations.s3 import ObjectStoreError, S3Store, join, parse_uri
+from ..integrations.s3 import MISSING_CLIENT, ObjectStoreError, S3Store, join, parse_uri
 from . import round_progress as progress
 
 MODEL = "model.safetensors"
@@ -66,6 +67,8 @@ class S3ResultStore:
             bucket, prefix = parse_uri(url)
         except ObjectStoreError as err:
             raise ValueError(f"FEDCARE_ARTIFACT_S3_URL (Helm artifactStore.s3.url): {err}") from None
+        if importlib.util.find_spec("minio") is None:
+            raise ValueError(f"FEDCARE_ARTIFACT_S3_URL is set but the S3 client is missing: {MISSING_CLIENT}")
         store = S3Store.from_env(e, endpoint_var="FEDCARE_ARTIFACT_S3_ENDPOINT",
                                  region_var="FEDCARE_ARTIFACT_S3_REGION")
         return cls(store, bucket, prefix)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CREDENTIAL_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (Helm: artifactStore.s3.credentialsSecret, "
                    "a Secret with those two keys)")
 _CHUNK = 1 << 20
+MISSING_CLIENT = "pip install 'fedcare[s3]' (the minio package; the fedcare image has it)"
 
 
 class ObjectStoreError(Exception):
@@ -140,7 +141,10 @@ class S3Store:
         if self._client is None:
             import certifi
             import urllib3
-            from minio import Minio
+            try:
+                from minio import Minio
+            except ImportError:
+                raise ObjectStoreError("ClientMissing", f"the S3 client is not installed ({MISSING_CLIENT})") from None
             from minio.credentials import EnvAWSProvider, StaticProvider
 
             p = self.policy
