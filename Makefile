@@ -62,6 +62,9 @@ S3PROXY_JAR := .tools/s3proxy-$(S3PROXY_VERSION).jar
 M2_S3PROXY := $(HOME)/.m2/repository/org/gaul/s3proxy/$(S3PROXY_VERSION)/s3proxy-$(S3PROXY_VERSION)-jar-with-dependencies.jar
 
 s3proxy: $(S3PROXY_JAR)
+	@command -v java >/dev/null || { echo "Installing Java 17 (runs S3Proxy)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
 	@echo "s3proxy: $(S3PROXY_JAR) ($$(java -version 2>&1 | head -1))"
 
 $(S3PROXY_JAR):
