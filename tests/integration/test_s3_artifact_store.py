@@ -312,3 +312,11 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
     code = await asyncio.to_thread(cli.main, ["verify", uri, "--rpc", anvil.url, "--contract", registry])
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert code == 1 and "VERIFICATION FAILED" in out, out
+
+
+async def test_an_https_endpoint_that_speaks_plain_http_says_tls_failed(s3, tmp_path):
+    tls = S3Store(s3.endpoint.replace("http://", "https://"), policy=QUICK, access_key=s3.access_key,
+                  secret_key=s3.secret_key)
+    with pytest.raises(ObjectStoreError) as err:
+        await asyncio.to_thread(tls.stat, BUCKET, "x")
+    assert "TLS handshake failed" in str(err.value) and "SSL_CERT_FILE" in str(err.value), str(err.value)

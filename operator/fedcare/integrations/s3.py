@@ -201,6 +201,11 @@ class S3Store:
         cause = err
         while getattr(cause, "reason", None) is not None and isinstance(cause.reason, BaseException):
             cause = cause.reason        # urllib3 MaxRetryError → the connection/timeout error under it
+        if "SSL" in type(cause).__name__:
+            return ObjectStoreError("ObjectStoreUnreachable",
+                                    f"{op} {where}: the TLS handshake failed ({type(cause).__name__}); if the "
+                                    "endpoint uses a private CA, point SSL_CERT_FILE at its CA bundle",
+                                    transient=True)
         return ObjectStoreError("ObjectStoreUnreachable",
                                 f"{op} {where}: unreachable after {self.policy.attempts} tries "
                                 f"({type(cause).__name__}); check the endpoint URL, that the server runs and that "
