@@ -36,6 +36,7 @@ from fedcare.api.model_release import ModelReleaseSpec
 from fedcare.sandbox.anvil import free_port
 from fedcare.sandbox.kubeconfig import write_kubeconfig
 from tests.integration.test_release_pipeline import condition, config
+from tests.support.harness import eventually
 from tests.support.releases import make_model
 from tests.support.s3 import BUCKET, s3  # noqa: F401
 
@@ -284,6 +285,12 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
         assert uri.startswith(f"s3://{BUCKET}/fedcare/default/s3rel-") and rnd["status"]["phase"] == "Succeeded"
         name = rnd["status"]["result"]["modelReleaseRef"]
         obj = await condition(api, name, "Anchored", timeout=60)
+        # release.json lost from the bucket (say the PUT failed after anchoring): the next pass writes it again
+        manifest_key = uri.removeprefix(f"s3://{BUCKET}/").rsplit("/", 1)[0] + f"/{art.MANIFEST}"
+        s3.store().client().remove_object(BUCKET, manifest_key)
+        await api.patch(Ref(API_VERSION, "modelreleases", "default", name), {"spec": {"stage": "Staging"}})
+        await eventually(lambda: asyncio.to_thread(s3.store().stat, BUCKET, manifest_key), timeout=30, interval=0.3,
+                         message="release.json written again")
     assert obj["spec"]["artifact"] == {"storageUri": uri, "digest": digest}
     assert cond(obj, "Verified")["status"] == "True" and f"s3://{BUCKET}/" in cond(obj, "Verified")["message"]
     # the pipeline wrote its files beside the artifact, in the bucket

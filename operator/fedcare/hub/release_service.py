@@ -257,6 +257,21 @@ class Release:
             log.warning("ModelRelease %s/%s: writing %s beside the artifact: %s", self.namespace, self.name,
                         art.MANIFEST, err)
 
+    async def _manifest_in_bucket(self, sig: Signature, chain: dict[str, Any]) -> None:
+        """An s3:// release anchored while the bucket refused release.json: written on a later pass
+        (a local folder's write does not fail that way; http(s) stores are read-only to us)."""
+        uri = self.local_uri()
+        if not uri.startswith("s3:"):
+            return
+        try:
+            if await art.read_uri(art.sibling(uri, art.MANIFEST), self.cfg.fetch_policy) is not None:
+                return
+        except art.ArtifactError as err:
+            log.warning("ModelRelease %s/%s: %s not readable beside the artifact: %s", self.namespace, self.name,
+                        art.MANIFEST, err)
+            return
+        await self.write_manifest(sig, chain)
+
     def chain_target(self) -> tuple[int, str, int] | None:
         a = self.spec.anchor
         if a is not None:
@@ -284,6 +299,8 @@ class Release:
         client, chain_id, contract, need = await self._client(T.ANCHORED)
         rec = self.status.anchor
         if rec is not None and rec.tx_hash and rec.confirmations >= max(need, 1):
+            await self._manifest_in_bucket(sig, {"chainId": chain_id, "contract": contract, "txHash": rec.tx_hash,
+                                                 "blockNumber": rec.block_number})
             return
         base = {"chainId": chain_id, "contractAddress": contract}
 
