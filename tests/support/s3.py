@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fedcare.sandbox.s3_setup import INSTALL_HINT, S3Server, missing, s3_server
+from fedcare.sandbox.s3_setup import S3Server, missing, s3_server
 
 BUCKET = "fedcare"
 
@@ -22,7 +22,7 @@ def need_s3proxy() -> None:
     if why:
         if os.environ.get("FEDCARE_REQUIRE_S3PROXY"):
             pytest.fail(f"S3Proxy is required under make test but missing: {why}", pytrace=False)
-        pytest.skip(f"{why} (install: {INSTALL_HINT})")
+        pytest.skip(why)                     # it names the install command
 
 
 @pytest.fixture(scope="module")
