@@ -1,6 +1,7 @@
 # fedcare operator image: `fedcare hub` and `fedcare agent` (the chart picks one by mode).
 # Build: docker build -t fedcare:dev .
-# Only the operator: no train/test extras, so no torch. Training runs in its own image.
+# Only the operator (+ the S3 client of the artifact store): no train/test extras, so no torch.
+# Training runs in its own image.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
@@ -12,7 +13,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY operator ./operator
 # Not editable: the final image carries the installed package, not /src. pip compiles the
 # bytecode here, because the running container's root filesystem is read-only.
-RUN /opt/fedcare/bin/pip install -c constraints.txt . \
+RUN /opt/fedcare/bin/pip install -c constraints.txt ".[s3]" \
     && /opt/fedcare/bin/fedcare --version
 
 FROM ${PYTHON_IMAGE}

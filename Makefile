@@ -12,7 +12,7 @@ PYTEST_FLAGS ?=
 KUBE_SRC := $(wildcard tools/kube/*.go) tools/kube/go.mod tools/kube/go.sum scripts/build-kube.sh
 PROMETHEUS := /usr/bin/prometheus
 
-.PHONY: help venv tools kube cluster prometheus contracts-deps contracts contracts-check test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
+.PHONY: help venv tools kube cluster prometheus s3proxy contracts-deps contracts contracts-check test test-unit test-integration test-e2e chart-check crds crds-check demo bench clean
 
 help:
 	@echo "make demo   - run the hub and site agents on the built-in sandbox (emulated Kubernetes)"
@@ -55,6 +55,27 @@ $(PROMETHEUS):
 	@# the package may start a system service where an init system runs; the tests start their own
 	-$(if $(filter 0,$(shell id -u)),,sudo) service prometheus stop >/dev/null 2>&1
 
+# S3Proxy (a real S3 API server, jclouds filesystem backend) for the artifact store's S3 tests:
+# the jar from Maven Central (mvn, the ordinary client) copied to .tools/; Java 17+ runs it.
+S3PROXY_VERSION := 2.7.0
+S3PROXY_JAR := .tools/s3proxy-$(S3PROXY_VERSION).jar
+M2_S3PROXY := $(HOME)/.m2/repository/org/gaul/s3proxy/$(S3PROXY_VERSION)/s3proxy-$(S3PROXY_VERSION)-jar-with-dependencies.jar
+
+s3proxy: $(S3PROXY_JAR)
+	@command -v java >/dev/null || { echo "Installing Java 17 (runs S3Proxy)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; }
+	@echo "s3proxy: $(S3PROXY_JAR) ($$(java -version 2>&1 | head -1))"
+
+$(S3PROXY_JAR):
+	@echo "Installing S3Proxy $(S3PROXY_VERSION) (a real S3 server for the artifact store tests) from Maven Central"
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q --no-install-recommends openjdk-17-jre-headless maven; }
+	test -f $(M2_S3PROXY) || mvn -q dependency:get -Dartifact=org.gaul:s3proxy:$(S3PROXY_VERSION):jar:jar-with-dependencies -Dtransitive=false
+	mkdir -p $(dir $@)
+	cp $(M2_S3PROXY) $@.tmp && mv $@.tmp $@
+
 crds: $(STAMP)
 	$(BIN)/fedcare crds generate
 
@@ -79,13 +100,13 @@ contracts-check: contracts-deps
 chart-check: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit/test_chart.py
 
-test: $(STAMP) tools kube prometheus crds-check contracts-check
-	FEDCARE_REQUIRE_ANVIL=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests workloads/tests
+test: $(STAMP) tools kube prometheus s3proxy crds-check contracts-check
+	FEDCARE_REQUIRE_ANVIL=1 FEDCARE_REQUIRE_S3PROXY=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests workloads/tests
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/unit
 
-test-integration: $(STAMP) prometheus
+test-integration: $(STAMP) prometheus s3proxy
 	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests/integration
 
 test-e2e: $(STAMP) tools

@@ -10,6 +10,7 @@ The full forms (the numbers in docs/performance.md) take longer:
     python benchmarks/kubelet_pods.py         # sandbox process kubelet: pod vs direct process, ~1 min
     python benchmarks/round_overhead.py       # a round through fedcare vs bare Flower, 3 sites x 3 rounds, ~10 min
     python benchmarks/round_pods.py           # FederatedRound created -> 18 SuperNode pods created, ~5 min
+    python benchmarks/s3_publish.py           # a round result copied to S3 (S3Proxy) vs hash + local copy, ~1 min
 """
 
 import pathlib
@@ -19,7 +20,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 QUICK = [["hub_scale.py", "--quick"], ["metrics_scrape.py", "--quick"], ["aggregation.py", "--quick"],
          ["train_throughput.py", "--quick"], ["anchoring.py", "--quick"], ["vault.py", "--quick"],
-         ["kubelet_pods.py", "--quick"], ["round_overhead.py", "--quick"]]
+         ["kubelet_pods.py", "--quick"], ["round_overhead.py", "--quick"], ["s3_publish.py", "--quick"]]
 
 if __name__ == "__main__":
     failed = 0

@@ -119,6 +119,15 @@ def _verify(args: argparse.Namespace) -> int:
                                                          public_key_pem=pem, **common))
     elif args.artifact:
         opt = lambda x: pathlib.Path(x) if x else None  # noqa: E731
+        if args.artifact.startswith("s3://"):      # downloaded with its siblings (AWS_* variables)
+            import tempfile
+            from .release.artifact import ArtifactError
+            try:
+                args.artifact, sha = asyncio.run(v.fetch_s3(args.artifact, pathlib.Path(
+                    tempfile.mkdtemp(prefix="fedcare-verify-"))))
+            except ArtifactError as err:
+                print(f"fedcare verify: {err}", file=sys.stderr)
+                return 1
         inputs, rows = v.inputs_from_files(pathlib.Path(args.artifact), manifest=opt(args.manifest),
                                            provenance=opt(args.provenance), proofs=opt(args.proofs),
                                            public_key=opt(args.public_key), sha256=sha, **common)
@@ -250,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                           with_dir=False)
     sandbox.set_defaults(func=_sandbox)
     verify = sub.add_parser("verify", help="prove a released model: hash, signature, chain record, site proofs")
-    verify.add_argument("artifact", nargs="?", help="the model file (release.json, provenance.json and "
+    verify.add_argument("artifact", nargs="?", help="the model file or s3://bucket/key (endpoint and credentials: "
+                        "AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) (release.json, provenance.json and "
                                                     "provenance-proofs.json are read from beside it)")
     verify.add_argument("--release", help="verify a ModelRelease by name instead (needs a kubeconfig)")
     verify.add_argument("--namespace", default="default", help="namespace of --release")

@@ -121,7 +121,7 @@ async def test_digest_mismatch_is_never_anchored(hub, api, anvil, dev_key, regis
 
 @pytest.mark.parametrize("uri, reason", [("file:///nonexistent/model.safetensors", "ArtifactNotFound"),
                                          ("file:///tmp/../etc/passwd", "UnsupportedURI"),
-                                         ("s3://bucket/model", "UnsupportedURI")])
+                                         ("gs://bucket/model", "UnsupportedURI")])
 async def test_artifact_uri_that_does_not_resolve(hub, api, anvil, dev_key, registry, tmp_path, uri, reason):
     path, digest = make_model(tmp_path / "m")
     body = release("nores", path, digest, anchor=(31337, registry, 1))

@@ -118,6 +118,7 @@ class Reason(str, enum.Enum):
     TRAINING = "Training"
     RUN_SUCCEEDED = "RunSucceeded"
     RUN_FAILED = "RunFailed"
+    ARTIFACT_UPLOAD_FAILED = "ArtifactUploadFailed"
     SUSPENDED = "Suspended"
     NOT_STARTED = "NotStarted"
     # RoundAssignment execution (agent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..integrations.kube import Kube
@@ -65,6 +66,9 @@ class HubContext:
         agg = self.round_config.aggregator
         # A round-created ModelRelease names its model pvc://<artifact claim>/…: the same folder here.
         self.release.pvc_mounts.setdefault(agg.artifact_claim, agg.artifact_dir)
+        if self.round_config.s3 is not None and self.release.fetch_policy.s3 is None:
+            # A round-created ModelRelease names its model s3://…: read it with the same endpoint.
+            self.release.fetch_policy = dataclasses.replace(self.release.fetch_policy, s3=self.round_config.s3.store)
         self.lifecycle = Lifecycle(lambda: self.api, lambda: self.round_config.aggregator.artifact_dir
                                    if self.round_config else None)
         if self.vault is not None and self.round_config.tls is None:

@@ -2,7 +2,8 @@
 
 A round starts from a released model (``modelReleaseRef``) or a digest-pinned artifact
 (``storageUri`` + ``digest``). Either way the file must be in the hub's artifact store
-(``pvc://<artifact claim>/<path>``), which the SuperLink pod mounts at the same path as the
+(``pvc://<artifact claim>/<path>``; an ``s3://`` URI of the store's S3 copy names the same file
+on the claim, hub/artifact_upload.py), which the SuperLink pod mounts at the same path as the
 hub: the ServerApp reads it there, checks its sha256 against the pin before parsing it, and
 refuses another architecture (workloads' ``initial_model.py``). The result is two run-config
 entries, ``initial-model`` (the path in the SuperLink) and ``initial-model-sha256``.
@@ -19,7 +20,9 @@ from urllib.parse import urlsplit
 from ..api import resources as r
 from ..api.federated_round import FederatedRoundSpec
 from ..integrations.kube import Kube, Ref
+from ..integrations.s3 import ObjectStoreError, parse_uri
 from .aggregator import AggregatorConfig
+from .artifact_upload import S3ResultStore
 
 FIELD = "spec.model.initialModel"
 
@@ -37,19 +40,37 @@ def _revoked(release: dict[str, Any]) -> bool:
                for c in (release.get("status") or {}).get("conditions") or [])
 
 
-def store_path(uri: str, cfg: AggregatorConfig, where: str) -> tuple[str, str]:
+def s3_to_store(uri: str, cfg: AggregatorConfig, s3: S3ResultStore | None) -> str:
+    """An ``s3://`` URI of the hub's S3 copy (artifact store's S3 option) → the same file's
+    ``pvc://`` URI: the copy keeps the store's relative paths under its prefix, and the
+    SuperLink reads the claim. Any other URI unchanged."""
+    if s3 is None or urlsplit(uri).scheme != "s3":
+        return uri
+    try:
+        bucket, key = parse_uri(uri)
+    except ObjectStoreError:
+        return uri
+    prefix = s3.prefix.strip("/")
+    if bucket != s3.bucket or (prefix and not key.startswith(prefix + "/")):
+        return uri
+    return f"pvc://{cfg.artifact_claim}/{key[len(prefix) + 1:] if prefix else key}"
+
+
+def store_path(uri: str, cfg: AggregatorConfig, where: str, s3: S3ResultStore | None = None) -> tuple[str, str]:
     """(path in the SuperLink, problem) for an artifact URI in the hub's artifact store."""
-    parts = urlsplit(uri)
+    parts = urlsplit(s3_to_store(uri, cfg, s3))
     if parts.scheme != "pvc" or parts.netloc != cfg.artifact_claim:
+        also = f" or {s3.url}/<path> (the hub's S3 copy)" if s3 is not None else ""
         return "", (f"{where}: {uri!r} is not in the hub's artifact store: a round can only start from "
-                    f"pvc://{cfg.artifact_claim}/<path> (where finished rounds store their models)")
+                    f"pvc://{cfg.artifact_claim}/<path>{also} (where finished rounds store their models)")
     rel = parts.path.lstrip("/")
     if not rel or any(seg in ("", ".", "..") for seg in rel.split("/")):
         return "", f"{where}: {uri!r} must name a file inside the artifact store, without '.' or '..' segments"
     return posixpath.join(cfg.artifact_dir, rel), ""
 
 
-async def resolve(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorConfig) -> Initial:
+async def resolve(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec, cfg: AggregatorConfig,
+                  s3: S3ResultStore | None = None) -> Initial:
     initial = spec.model.initial_model
     if initial is None:
         return Initial()
@@ -67,11 +88,13 @@ async def resolve(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec, cf
         where = f"{where} (ModelRelease {name} spec.artifact.storageUri)"
     else:
         uri, digest, where = initial.storage_uri or "", initial.digest or "", f"{FIELD}.storageUri"
-    path, problem = store_path(uri, cfg, where)
+    path, problem = store_path(uri, cfg, where, s3)
     if problem:
         return Initial(problem)
     # The hub mounts the store at the same path as the SuperLink: when it is mounted here, a
     # missing file is said now rather than after the SuperLink has started.
     if pathlib.Path(cfg.artifact_dir).is_dir() and not pathlib.Path(path).is_file():
-        return Initial(f"{where}: {uri} does not exist in the artifact store")
+        return Initial(f"{where}: {uri} does not exist in the artifact store"
+                       + (f" (looked for the claim's copy at {path}; the SuperLink reads the claim, not S3)"
+                          if uri.startswith("s3:") else ""))
     return Initial(run_config={"initial-model": path, "initial-model-sha256": digest.removeprefix("sha256:")})

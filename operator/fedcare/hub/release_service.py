@@ -201,7 +201,11 @@ class Release:
             if err.transient:
                 raise kopf.TemporaryError(str(err), delay=self.cfg.retry_delay) from None
             raise kopf.PermanentError(str(err)) from None
-        proofs_uri = art.write_beside(uri, art.PROOFS, merkle.dumps(result.proofs))
+        try:
+            proofs_uri = await art.put_beside(uri, art.PROOFS, merkle.dumps(result.proofs), self.cfg.fetch_policy)
+        except art.ArtifactError as err:
+            await self.write(c.make(T.VERIFIED, False, err.reason, f"writing {art.PROOFS} beside the artifact: {err}"))
+            raise kopf.TemporaryError(str(err), delay=self.cfg.retry_delay) from None
         where = f"; per-site proofs in {proofs_uri}" if proofs_uri else ""
         history = self.raw.get("stageHistory") or []
         extra: dict[str, Any] = {}
@@ -247,7 +251,26 @@ class Release:
             return
         pem = await asyncio.to_thread(self.cfg.signer.public_key_pem, sig.key_id)
         doc = manifest.build(self.namespace, self.name, self.digest(), sig, pem, chain)
-        art.write_beside(self.local_uri(), art.MANIFEST, manifest.dumps(doc))
+        try:
+            await art.put_beside(self.local_uri(), art.MANIFEST, manifest.dumps(doc), self.cfg.fetch_policy)
+        except art.ArtifactError as err:     # the signature is in status; the file is written on the next pass
+            log.warning("ModelRelease %s/%s: writing %s beside the artifact: %s", self.namespace, self.name,
+                        art.MANIFEST, err)
+
+    async def _manifest_in_bucket(self, sig: Signature, chain: dict[str, Any]) -> None:
+        """An s3:// release anchored while the bucket refused release.json: written on a later pass
+        (a local folder's write does not fail that way; http(s) stores are read-only to us)."""
+        uri = self.local_uri()
+        if not uri.startswith("s3:"):
+            return
+        try:
+            if await art.read_uri(art.sibling(uri, art.MANIFEST), self.cfg.fetch_policy) is not None:
+                return
+        except art.ArtifactError as err:
+            log.warning("ModelRelease %s/%s: %s not readable beside the artifact: %s", self.namespace, self.name,
+                        art.MANIFEST, err)
+            return
+        await self.write_manifest(sig, chain)
 
     def chain_target(self) -> tuple[int, str, int] | None:
         a = self.spec.anchor
@@ -276,6 +299,8 @@ class Release:
         client, chain_id, contract, need = await self._client(T.ANCHORED)
         rec = self.status.anchor
         if rec is not None and rec.tx_hash and rec.confirmations >= max(need, 1):
+            await self._manifest_in_bucket(sig, {"chainId": chain_id, "contract": contract, "txHash": rec.tx_hash,
+                                                 "blockNumber": rec.block_number})
             return
         base = {"chainId": chain_id, "contractAddress": contract}
 

@@ -33,12 +33,14 @@ from ..api.base import Condition
 from ..api.federated_round import ARCHITECTURES, FederatedRoundSpec, RoundPhase
 from ..api.validation import SpecError, parse
 from ..integrations.kube import Conflict, Kube, Ref, ensure
+from ..integrations.s3 import ObjectStoreError
 from ..integrations.vault import VaultError
 from ..status_writer import write_status
 from . import aggregator as agg
 from . import initial_model
 from . import round_progress as progress
 from . import run_trust
+from .artifact_upload import S3ResultStore
 from .flower_runs import FlowerCLI, FlowerError, RunInfo
 from .selection import eligible_sites
 from .superlink_tls import SuperLinkTLS, site_identities
@@ -71,6 +73,8 @@ class RoundConfig:
     #: TLS and SuperNode authentication from Vault (hub/superlink_tls.py); set from
     #: HubContext.vault. None and not ``aggregator.insecure``: the hub refuses to run Flower.
     tls: SuperLinkTLS | None = None
+    #: The artifact store's S3-compatible option (hub/artifact_upload.py); None: the PVC folder only.
+    s3: S3ResultStore | None = None
 
 
 def _now() -> dt.datetime:
@@ -298,7 +302,8 @@ class Reconciler:
                          suspended=True, runId="", runStatus="", aggregator=None)
 
     async def initial_model_problem(self, body: dict[str, Any], spec: FederatedRoundSpec) -> str:
-        return (await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)).problem
+        return (await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator,
+                                            s3=self.cfg.s3)).problem
 
     async def select(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
         nodes = await self.kube.list(Ref(r.API_VERSION, r.HOSPITAL_NODES.plural))
@@ -551,7 +556,8 @@ class Reconciler:
                         config["site-identities"] = await self.identities(body)
                     body = await self.write(body, [], runSubmitting=True) or body
                     folder.mkdir(parents=True, exist_ok=True)
-                    start = await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator)
+                    start = await initial_model.resolve(self.kube, body, spec, self.cfg.aggregator,
+                                                        s3=self.cfg.s3)
                     if start.problem:       # the release went away (or was revoked) since selection
                         await self.fail(body, c.Reason.INVALID_SPEC, start.problem)
                         return
@@ -566,6 +572,8 @@ class Reconciler:
                 # FLWR_CHECK_INTERVAL (the run's own provenance says sooner when it ends).
                 self._asked[self.key(body)] = time.monotonic()
                 info = RunInfo(run_id, "pending")
+            elif st.get("runStatus") == "finished:completed":
+                info = RunInfo(run_id, "finished:completed")   # recorded (an S3 upload still to finish)
             else:
                 info = await self._run_info(body, control, run_id, folder)
         except (FlowerError, VaultError) as err:
@@ -615,6 +623,11 @@ class Reconciler:
             body = await self.write(body, [], **fields) or body
             await self.fail(body, c.Reason.AGGREGATOR_FAILED, str(err))
             return
+        if self.cfg.s3 is not None:
+            stored = await self.upload(body, folder, result, fields)
+            if stored is None:
+                return
+            result = stored
         release_name = ""
         if spec.release.create:
             release_name = await self.release(body, spec, result, fields)
@@ -634,6 +647,32 @@ class Reconciler:
                                  "provenanceDigest": result.provenance_digest, "modelReleaseRef": release_name})
         log.info("Round %s succeeded: %s", body["metadata"]["name"], message)
         await self.cleanup(body)
+
+    async def upload(self, body: dict[str, Any], folder: Any, result: progress.Result,
+                     fields: dict[str, Any]) -> progress.Result | None:
+        """The result copied to the S3 store (hub/artifact_upload.py); None while it cannot be:
+        the round stays Running with Complete=False/ArtifactUploadFailed and tries again later."""
+        s3 = self.cfg.s3
+        assert s3 is not None
+        key = self.key(body)
+        if s3.wait_left(key) > 0:
+            return None
+        relative = folder.relative_to(self.cfg.aggregator.artifact_dir).as_posix()
+        try:
+            stored, sent = await s3.publish(folder, relative, result, key)
+        except (ObjectStoreError, OSError) as err:
+            delay = s3.failed(key)
+            why = str(err) if isinstance(err, ObjectStoreError) else f"reading the result folder: {err}"
+            message = (f"the run succeeded and its model {result.digest} is in {result.storage_uri}, but copying "
+                       f"it to the S3 artifact store {s3.url} failed: {why}. Trying again in {delay:g}s; the "
+                       "round fails at activeDeadlineSeconds if it never succeeds")[:4000]
+            log.warning("Round %s: %s", body["metadata"]["name"], message)
+            await self.write(body, [self.cond(body, T.COMPLETE, False, c.Reason.ARTIFACT_UPLOAD_FAILED, message)],
+                             **fields)
+            return None
+        log.info("Round %s: result in %s (%d object(s) uploaded now)", body["metadata"]["name"],
+                 stored.storage_uri, sent)
+        return stored
 
     async def release(self, body: dict[str, Any], spec: FederatedRoundSpec, result: progress.Result,
                       fields: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@
 | Fleet address given to sites (separate site clusters) | --fleet-address | FEDCARE_FLEET_ADDRESS | the Service DNS name |
 | plaintext Flower (development only) | --insecure-flower | FEDCARE_INSECURE_FLOWER=1 | off |
 | seconds between two passes over a running round | — | FEDCARE_ROUND_POLL | 2 |
+| S3-compatible copy of each result (hub/artifact_upload.py) | — | FEDCARE_ARTIFACT_S3_URL (+ _ENDPOINT, _REGION, AWS_* credentials) | off |
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import pathlib
 
 from .aggregator import AggregatorConfig
+from .artifact_upload import S3ResultStore
 from .flower_runs import FlowerCLI
 from .round_scheduler import RoundConfig
 
@@ -52,4 +54,5 @@ def round_config(*, artifact_dir: str | None = None, artifact_claim: str | None 
             artifact_dir=artifact_dir,
             artifact_claim=artifact_claim or env.get("FEDCARE_ARTIFACT_CLAIM") or "fedcare-artifacts",
             insecure=insecure, external_address=fleet_address or env.get("FEDCARE_FLEET_ADDRESS", "")),
-        poll_interval=poll_interval or float(env.get("FEDCARE_ROUND_POLL") or 2.0))
+        poll_interval=poll_interval or float(env.get("FEDCARE_ROUND_POLL") or 2.0),
+        s3=S3ResultStore.from_env(env))

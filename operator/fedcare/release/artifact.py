@@ -1,7 +1,9 @@
 """Fetch a release artifact (and the files beside it) and hash it.
 
-Supported URIs: ``file:///absolute/path`` (no ``..`` segments) and ``http(s)://`` (a GET with a
-bounded timeout and a bounded, jittered retry on connection errors and 5xx/429). The hub also
+Supported URIs: ``file:///absolute/path`` (no ``..`` segments), ``http(s)://`` (a GET with a
+bounded timeout and a bounded, jittered retry on connection errors and 5xx/429) and
+``s3://bucket/key`` (an S3-compatible store, integrations/s3.py: the store in
+``FetchPolicy.s3``, else the AWS_* environment; the hub writes the siblings there too). The hub also
 takes ``pvc://<claim>/<path>`` (what a round records for its model) for a claim it mounts:
 :func:`resolve_pvc` turns it into the ``file://`` URI inside that mount, refusing escapes. The files the
 pipeline reads or writes beside the artifact (provenance.json, provenance-proofs.json,
@@ -15,7 +17,9 @@ import hashlib
 import pathlib
 import random
 import urllib.parse
-from dataclasses import dataclass
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
 
 PROVENANCE = "provenance.json"
 PROOFS = "provenance-proofs.json"
@@ -40,6 +44,8 @@ class FetchPolicy:
     attempts: int = 4
     base_delay: float = 0.5
     max_delay: float = 5.0
+    #: The S3 store (integrations/s3.S3Store) for s3:// URIs; None: one from the AWS_* environment.
+    s3: Any = field(default=None, compare=False)
 
 
 def _scheme(uri: str) -> str:
@@ -93,13 +99,40 @@ def check_uri(uri: str) -> None:
     scheme = _scheme(uri)
     if scheme == "file":
         local_path(uri)
+    elif scheme == "s3":
+        _s3_parts(uri)
     elif scheme not in ("http", "https"):
         raise ArtifactError("UnsupportedURI", f"artifact URI scheme {scheme or '(none)'!r} is not supported: "
-                                              "use file:///absolute/path or http(s)://")
+                                              "use file:///absolute/path, http(s):// or s3://bucket/key")
+
+
+def _s3_parts(uri: str) -> tuple[str, str]:
+    from ..integrations.s3 import ObjectStoreError, parse_uri
+    try:
+        bucket, key = parse_uri(uri)
+    except ObjectStoreError as err:
+        raise ArtifactError(err.reason, str(err)) from None
+    if not key or key.endswith("/"):
+        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} names no object: use s3://<bucket>/<key of the file>")
+    return bucket, key
+
+
+async def _s3_call(policy: FetchPolicy, fn: str, uri: str, *args: Any) -> Any:
+    """Run an S3Store method on a thread; its errors become ArtifactErrors (same reasons)."""
+    from ..integrations.s3 import ObjectStoreError, store_from_env
+    bucket, key = _s3_parts(uri)
+    store = policy.s3 or store_from_env()
+    try:
+        return await asyncio.to_thread(getattr(store, fn), bucket, key, *args)
+    except ObjectStoreError as err:
+        raise ArtifactError(err.reason, str(err), transient=err.transient) from None
 
 
 def sibling(uri: str, name: str) -> str:
     check_uri(uri)
+    if _scheme(uri) == "s3":
+        bucket, key = _s3_parts(uri)
+        return f"s3://{bucket}/{posixpath.join(posixpath.dirname(key), name)}"
     return urllib.parse.urljoin(uri, name)
 
 
@@ -171,6 +204,11 @@ async def sha256_uri(uri: str, policy: FetchPolicy = FetchPolicy()) -> str:
     check_uri(uri)
     if _scheme(uri) == "file":
         return await asyncio.to_thread(sha256_file, local_path(uri))
+    if _scheme(uri) == "s3":
+        found = await _s3_call(policy, "sha256", uri)
+        if found is None:
+            raise ArtifactError("ArtifactNotFound", f"{uri[:200]} does not exist in its bucket")
+        return found
     hasher = _Hasher()
     await _get(uri, policy, hasher)
     return hasher.h.hexdigest()
@@ -187,6 +225,8 @@ async def read_uri(uri: str, policy: FetchPolicy = FetchPolicy(), limit: int = M
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             return None
+    if _scheme(uri) == "s3":
+        return await _s3_call(policy, "read", uri, limit)
     buf = _Buffer(limit)
     try:
         await _get(uri, policy, buf)
@@ -197,8 +237,25 @@ async def read_uri(uri: str, policy: FetchPolicy = FetchPolicy(), limit: int = M
     return bytes(buf.data)
 
 
+async def download_s3(uri: str, path: pathlib.Path, policy: FetchPolicy = FetchPolicy()) -> str:
+    """Stream an s3:// object into ``path`` (no whole-file buffer); its sha256."""
+    found = await _s3_call(policy, "download", uri, path)
+    if found is None:
+        raise ArtifactError("ArtifactNotFound", f"{uri[:200]} does not exist in its bucket")
+    return found
+
+
+async def put_beside(uri: str, name: str, data: bytes, policy: FetchPolicy = FetchPolicy()) -> str | None:
+    """Write a file beside a file:// or s3:// artifact; None for http(s) (read-only to us)."""
+    if _scheme(uri) == "s3":
+        target = sibling(uri, name)
+        await _s3_call(policy, "put_bytes", target, data)
+        return target
+    return await asyncio.to_thread(write_beside, uri, name, data)
+
+
 def write_beside(uri: str, name: str, data: bytes) -> str | None:
-    """Write a file beside a file:// artifact (atomically); None for remote stores (read-only to us)."""
+    """Write a file beside a file:// artifact (atomically); None for remote stores (see put_beside)."""
     if _scheme(uri) != "file":
         return None
     target = local_path(uri).parent / name

@@ -233,6 +233,9 @@ async def inputs_from_release(kubeconfig: str | None, namespace: str, name: str,
     uri = spec["artifact"]["storageUri"]
     if uri.startswith("file:"):
         path = art.local_path(uri)
+    elif uri.startswith("s3:"):         # streamed to a file (endpoint and credentials: AWS_* variables)
+        path = pathlib.Path(tempfile.mkdtemp(prefix="fedcare-verify-")) / "model.safetensors"
+        kw.setdefault("sha256", await art.download_s3(uri, path))
     else:
         data = await art.read_uri(uri, limit=1 << 40)
         with tempfile.NamedTemporaryFile(suffix=".artifact", delete=False) as fh:
@@ -249,9 +252,24 @@ async def inputs_from_release(kubeconfig: str | None, namespace: str, name: str,
     man_file = await art.read_uri(art.sibling(uri, art.MANIFEST))
     if man_file and not kw.get("public_key_pem"):
         manifest["publicKeyPem"] = json.loads(man_file).get("publicKeyPem", "")
-    kw.setdefault("contract", anchor.get("contractAddress"))
+    if not kw.get("contract"):        # the CLI passes contract=None when --contract is not given
+        kw["contract"] = anchor.get("contractAddress")
     return Inputs(path, manifest, json.loads(prov) if prov else None, json.loads(proofs) if proofs else None,
                   **kw), []
+
+
+async def fetch_s3(uri: str, folder: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """``fedcare verify s3://bucket/key``: the artifact and the files beside it (release.json,
+    provenance.json, provenance-proofs.json) downloaded into ``folder``; (artifact path, sha256).
+    Endpoint and credentials: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_REGION."""
+    path = folder / (uri.rstrip("/").rsplit("/", 1)[-1] or "model.safetensors")
+    sha = await art.download_s3(uri, path)
+    for name in (art.MANIFEST, art.PROVENANCE, art.PROOFS):
+        data = await art.read_uri(art.sibling(uri, name))
+        if data is not None:
+            (folder / name).write_bytes(data)
+    return path, sha
 
 
 def render(rows: list[Row], console: Any = None) -> int:
