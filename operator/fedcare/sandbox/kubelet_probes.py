@@ -66,13 +66,22 @@ async def run_probe(probe: dict[str, Any], container: dict[str, Any], ip: str, e
     return False, "the probe has no exec, tcpSocket, httpGet or grpc handler"
 
 
+def _no_verify() -> ssl.SSLContext:
+    # A kubelet does not verify a probe's certificate. One context for every probe: building
+    # one per probe with create_default_context() loaded the system CA bundle each time
+    # (~0.1 s of CPU per HTTPS probe, 12% of the sandbox's CPU during a demo round).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+_NO_VERIFY = _no_verify()
+
+
 async def _http(spec: dict[str, Any], container: dict[str, Any], ip: str, timeout: float) -> tuple[bool, str]:
     port = _port(spec.get("port"), container)
     host = spec.get("host") or ip
-    context = None
-    if spec.get("scheme", "HTTP").upper() == "HTTPS":   # a kubelet does not verify the certificate
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context = _NO_VERIFY if spec.get("scheme", "HTTP").upper() == "HTTPS" else None
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), timeout)
     try:
         headers = "".join(f"{h['name']}: {h['value']}\r\n" for h in spec.get("httpHeaders") or [])
