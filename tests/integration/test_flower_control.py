@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from fedcare.hub import flower_control as control
-from fedcare.hub.flower_runs import FlowerCLI, FlowerError
+from fedcare.hub.flower_runs import FlowerCLI, FlowerError, RunUnknown
 
 pytestmark = pytest.mark.slow
 BIN = pathlib.Path(sys.executable).parent
@@ -131,7 +131,8 @@ def test_a_certificate_from_another_ca_is_refused_after_bounded_tries(superlink,
     address, _ = superlink
     other_ca = _ca_and_server(tmp_path)[0].read_text()
     policy = control.ControlPolicy(timeout=5, attempts=2, base_delay=0.1)
-    with pytest.raises(control.ControlError, match=f"SuperLink at {address}.*(CERTIFICATE_VERIFY_FAILED|certificate)"):
+    with pytest.raises(control.ControlError, match=f"SuperLink at {address} did not answer RegisterNode: "
+                                                   "ConnectError: .*CERTIFICATE_VERIFY_FAILED"):
         asyncio.run(control.register(address, other_ca, _openssh(ec.generate_private_key(ec.SECP384R1())), "x",
                                      policy))
 
@@ -153,7 +154,7 @@ def test_runs_are_listed_over_the_control_api_with_the_rounds_ca(superlink, tmp_
         asyncio.run(cli.runs("round-b", address, insecure=False))
     cli.trust("round-b", ca)
     assert asyncio.run(cli.runs("round-b", address, insecure=False)) == []      # no run submitted here
-    with pytest.raises(FlowerError, match="does not know run 4242|did not answer ListRuns"):
+    with pytest.raises(RunUnknown, match="does not know run 4242"):     # HTTP 404 "Run ID not found"
         asyncio.run(cli.run("round-b", address, "4242", insecure=False))
     with pytest.raises(FlowerError, match=r"did not answer ListRuns: ConnectError"):
         asyncio.run(FlowerCLI(tmp_path, flwr="/bin/false", attempts=2, base_delay=0.2)
@@ -165,3 +166,19 @@ def test_an_unreadable_ca_is_a_clear_error_not_a_crash(superlink):
     with pytest.raises(control.ControlError, match="RegisterNode at .*SSLError"):
         asyncio.run(control.register(address, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
                                      _openssh(ec.generate_private_key(ec.SECP384R1())), "x"))
+
+
+def test_a_refusal_is_not_retried_and_says_refused(superlink, tmp_path):
+    address, ca = superlink
+    started = time.monotonic()
+    with pytest.raises(control.ControlError, match=r"refused ListRuns: HTTP 404") as err:
+        asyncio.run(control._call(address, ca, "ListRuns", lambda: __import__(
+            "flwr.proto.control_pb2", fromlist=["ListRunsRequest"]).ListRunsRequest(run_id=99),
+            control.ControlPolicy(attempts=3, base_delay=2.0)))
+    assert err.value.status == 404 and time.monotonic() - started < 2.0     # no backoff: one answer
+
+
+def test_an_error_body_that_is_not_an_object_is_read_as_text():
+    import httpx
+    assert control._error_code(httpx.Response(502, text='["bad gateway"]')) == (None, '["bad gateway"]')
+    assert control._error_code(httpx.Response(412, json={"code": 23, "detail": "in use"})) == (23, "in use")

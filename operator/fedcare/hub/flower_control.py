@@ -19,6 +19,8 @@ error 23) is success (a restarted hub registers again).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json
 import logging
 import random
@@ -32,7 +34,18 @@ ALREADY_IN_USE = 23
 
 
 class ControlError(Exception):
-    """The SuperLink refused or did not answer (after the retries)."""
+    """The SuperLink refused or did not answer (after the retries). ``status``: the HTTP status
+    of a refusal (0 when there was no answer)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+#: Control API calls run in their own threads (Flower's client is synchronous): the default
+#: executor is shared with Vault reads and may be busy; a call's timeout must not be spent
+#: waiting for a thread. More than the scheduler's registration concurrency (6) plus a listing.
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="flower-control")
 
 
 def public_key_pem(openssh: str) -> bytes:
@@ -56,7 +69,7 @@ def preload() -> None:
     try:
         import flwr.proto.control_pb2  # noqa: F401  pylint: disable=no-name-in-module,unused-import
         import flwr.supercore.control.control_http_client  # noqa: F401  pylint: disable=unused-import
-    except ImportError as err:      # the first call says it again, where a round can report it
+    except Exception as err:        # ImportError or a broken install: the first call says it again
         log.warning("Flower's Control API client cannot be imported (%s); TLS rounds will fail to "
                     "register SuperNode keys", err)
 
@@ -91,6 +104,8 @@ def _error_code(response) -> tuple[int | None, str]:
         doc = json.loads(response.text)
     except ValueError:
         return None, response.text[:300]
+    if not isinstance(doc, dict):       # e.g. a proxy in front of the SuperLink
+        return None, response.text[:300]
     return doc.get("code"), str(doc.get("detail") or "")[:300]
 
 
@@ -102,19 +117,23 @@ async def _call(address: str, ca_pem: str | None, method: str, request_of, polic
     import httpx
 
     last = ""
+    loop = asyncio.get_running_loop()
     for attempt in range(policy.attempts):
         try:
             async with asyncio.timeout(policy.timeout + 5):   # the thread's own timeout bounds it too
-                return await asyncio.to_thread(_once, address, ca_pem, policy.timeout, method, request_of)
+                return await loop.run_in_executor(
+                    _POOL, functools.partial(_once, address, ca_pem, policy.timeout, method, request_of))
         except httpx.HTTPStatusError as err:
             code, detail = _error_code(err.response)
             if code in accept:
                 return None
-            last = f"HTTP {err.response.status_code}: {detail or 'no detail'}"
-            if err.response.status_code < 500:
-                break                       # a refusal no retry changes
+            status = err.response.status_code
+            if status < 500:                # a refusal no retry changes
+                raise ControlError(f"the SuperLink at {address} refused {method}: HTTP {status}: "
+                                   f"{detail or 'no detail'}", status) from None
+            last = f"HTTP {status}: {detail or 'no detail'}"
         except (httpx.TransportError, TimeoutError) as err:
-            last = f"{type(err).__name__}: {err or 'no answer'}"
+            last = f"{type(err).__name__}: {str(err) or 'no answer within the timeout'}"
         except (ValueError, ssl.SSLError) as err:   # an unreadable CA or answer: no retry helps
             raise ControlError(f"{method} at {address}: {type(err).__name__}: {err}") from None
         except ImportError as err:      # the hub's image lacks flwr: no retry changes that
@@ -149,7 +168,12 @@ async def list_runs(address: str, ca_pem: str | None, run_id: str = "",
         from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=no-name-in-module
         return ListRunsRequest(run_id=int(run_id)) if run_id else ListRunsRequest()
 
-    response = await _call(address, ca_pem, "ListRuns", request, policy)
+    try:
+        response = await _call(address, ca_pem, "ListRuns", request, policy)
+    except ControlError as err:
+        if run_id and err.status == 404:        # "Run ID not found": an answer, not a failure
+            return []
+        raise
     runs = []
     for run in response.run_dict.values():
         st = run.status

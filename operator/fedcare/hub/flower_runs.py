@@ -41,6 +41,10 @@ class FlowerError(Exception):
     """A flwr call failed (after its retries) or answered something we cannot use."""
 
 
+class RunUnknown(FlowerError):
+    """The SuperLink answers but does not know the run (its state was lost)."""
+
+
 @dataclass(frozen=True)
 class RunInfo:
     run_id: str
@@ -164,7 +168,8 @@ class FlowerCLI:
         except control.ControlError as err:
             raise FlowerError(str(err)) from None
         if not found:
-            raise FlowerError(f"the SuperLink does not know run {run_id}")
+            raise RunUnknown(f"the SuperLink does not know run {run_id} (its state was lost: a new or emptied "
+                             "state volume)")
         return RunInfo(*found[0])
 
     async def stop(self, key: str, address: str, run_id: str, *, insecure: bool) -> None:
@@ -182,10 +187,6 @@ class FlowerCLI:
 
     def forget(self, key: str) -> None:
         shutil.rmtree(self.home / key, ignore_errors=True)
-
-
-def _info(raw: dict[str, Any]) -> RunInfo:
-    return RunInfo(str(raw.get("run-id", "")), str(raw.get("status", "")), str(raw.get("status-details", "")))
 
 
 def _toml(value: Any) -> str:

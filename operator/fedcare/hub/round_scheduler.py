@@ -41,7 +41,7 @@ from . import initial_model
 from . import round_progress as progress
 from . import run_trust
 from .artifact_upload import S3ResultStore
-from .flower_runs import FlowerCLI, FlowerError, RunInfo
+from .flower_runs import FlowerCLI, FlowerError, RunInfo, RunUnknown
 from .selection import eligible_sites
 from .superlink_tls import SuperLinkTLS, site_identities
 
@@ -388,7 +388,7 @@ class Reconciler:
         if pod_uid != state.pod_uid:
             done = {}               # another SuperLink pod: its state has none of them
         if set(done).issuperset(sites):
-            return state            # every pass comes here: no Vault read, no CLI call once registered
+            return state            # every pass comes here: no Vault read, no Control API call once registered
         keys, missing = await self.cfg.tls.public_keys([s for s in sites if s not in done])
         bound = asyncio.Semaphore(REGISTER_CONCURRENCY)
 
@@ -578,6 +578,9 @@ class Reconciler:
                 info = await self._run_info(body, control, run_id, folder)
         except (FlowerError, VaultError) as err:
             message = f"the SuperLink's Control API at {control}: {err}"
+            if isinstance(err, RunUnknown):     # no pass can bring the run back: say so now, not at the deadline
+                await self.fail(body, c.Reason.AGGREGATOR_FAILED, message[:1000])
+                return
             if "Invalid run configuration" in str(err):
                 await self.fail(body, c.Reason.INVALID_SPEC, f"Flower refused the run configuration (check "
                                                              f"spec.strategy.config keys): {err}")

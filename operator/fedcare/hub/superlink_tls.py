@@ -13,7 +13,8 @@ development flag (``--insecure-flower``):
    mounted into the SuperLink pod; nothing sensitive is in a pod spec or logged.
 2. **SuperNode keys**: each participant's public key, read from ``<kv>/sites/<site>/supernode-public``
    (the site created the pair with its own identity; the hub's policy denies the private key),
-   registered with ``flwr supernode register`` (Control API) before any assignment is dispatched,
+   registered over the SuperLink's Control API (``hub/flower_control.py``, the request ``flwr supernode
+   register`` sends) before any assignment is dispatched,
    so a SuperNode is never refused for a registration race.
 3. **Site identities** for the ServerApp: ``site-identities`` = ``<site>=key:<sha256 of the
    registered public key>`` (workloads/trust.py): a reply's site is the one whose key the
