@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import pathlib
@@ -35,12 +36,44 @@ from round_overhead import _watch  # noqa: E402
 NAMES = [f"site{i:02d}" for i in range(100)]
 
 
-async def measure(sites: int, poll: float, inventory_poll: float = 15.0) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def api_server(tmp: pathlib.Path, own_process: bool):
+    """(URL, request counter or None). In this process by default; with ``own_process`` the same
+    emulator runs as ``python -m fedcare.sandbox.server`` (an API server beside the operator, as
+    on a cluster: on 2 cores it then gets a core of its own instead of sharing the operator's
+    event loop)."""
+    if not own_process:
+        async with fedcare_emulator(max_history=5000) as k:
+            yield str(k.url), (lambda: k.received)
+        return
+    kubeconfig = tmp / "api.kubeconfig"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "workloads")])}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "fedcare.sandbox.server", "--kubeconfig",
+                                                str(kubeconfig), env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if kubeconfig.is_file() and "server:" in kubeconfig.read_text():
+                break
+            if proc.returncode is not None:
+                raise RuntimeError(f"the sandbox API server exited ({proc.returncode})")
+            await asyncio.sleep(0.1)
+        url = next(line.split("server:", 1)[1].strip() for line in kubeconfig.read_text().splitlines()
+                   if "server:" in line)
+        yield url, None
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+
+
+async def measure(sites: int, poll: float, inventory_poll: float = 15.0,
+                  api_process: bool = False) -> dict[str, float]:
     """Timestamps from watches (the first time each state is seen), not from polling: a poll
     loop would load the in-process emulator that the operator under test shares."""
     with tempfile.TemporaryDirectory() as tmp:
-        async with fedcare_emulator(max_history=5000) as k:
-            async with federation(str(k.url), pathlib.Path(tmp), NAMES[:sites], images=20, poll=poll,
+        async with api_server(pathlib.Path(tmp), api_process) as (url, received):
+            async with federation(url, pathlib.Path(tmp), NAMES[:sites], images=20, poll=poll,
                                   site_kubelets=False, inventory_poll=inventory_poll) as fed:
                 api = fed.api
                 marks: dict[str, float] = {}
@@ -88,7 +121,7 @@ async def measure(sites: int, poll: float, inventory_poll: float = 15.0) -> dict
                     if any(c["type"] == "AggregatorReady" and c["status"] == "True"
                            for c in (obj.get("status") or {}).get("conditions") or []):
                         mark("aggregator")
-                        counts.setdefault("aggregator", k.received)
+                        counts.setdefault("aggregator", received() if received else 0)
 
                 stop = asyncio.Event()
                 watches = [asyncio.create_task(_watch(api, Ref("v1", "pods"), on_pod, stop)),
@@ -101,7 +134,7 @@ async def measure(sites: int, poll: float, inventory_poll: float = 15.0) -> dict
                 try:
                     await asyncio.wait_for(done.wait(), 600)
                     cpu = time.process_time() - cpu0
-                    counts["pods"] = k.received
+                    counts["pods"] = received() if received else 0
                 finally:
                     stop.set()
                     for task in watches + pollers:
@@ -109,7 +142,7 @@ async def measure(sites: int, poll: float, inventory_poll: float = 15.0) -> dict
                     await asyncio.gather(*watches, *pollers, return_exceptions=True)
                 if "superlink_health" not in marks:     # AggregatorReady needs /health: the probe was late
                     marks["superlink_health"] = min(marks["aggregator"], marks["pods"])
-                requests = counts["pods"] - counts["aggregator"]
+                requests = counts["pods"] - counts["aggregator"] if received else 0
                 get_ms, patch_ms = await round_trip(api)
                 return {"total": marks["pods"], "cpu": cpu, "scheduling": marks["superlink_pod"],
                         "requests": requests, "get_ms": get_ms, "patch_ms": patch_ms,
@@ -142,12 +175,16 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=0.2, help="hub round pass / agent work poll interval (s)")
     parser.add_argument("--inventory-poll", type=float, default=15.0,
                         help="the agents' inventory poll (s): an agent's default, 15 s; the sandbox's tests use 1 s")
+    parser.add_argument("--api-process", action="store_true",
+                        help="run the emulator as its own process (python -m fedcare.sandbox.server)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    r = asyncio.run(measure(args.sites, args.poll, args.inventory_poll))
-    print(f"sites={args.sites} poll={args.poll}s inventory poll={args.inventory_poll}s")
+    r = asyncio.run(measure(args.sites, args.poll, args.inventory_poll, args.api_process))
+    print(f"sites={args.sites} poll={args.poll}s inventory poll={args.inventory_poll}s "
+          f"API server: {'its own process' if args.api_process else 'in this process'}")
     print(f"round created -> {args.sites} SuperNode pods created: {r['total']:.2f} s")
-    print(f"  CPU time of this process (emulator, hub, {args.sites} agents) meanwhile: {r['cpu']:.2f} s; "
+    who = f"hub, {args.sites} agents" + ("" if args.api_process else ", emulator")
+    print(f"  CPU time of this process ({who}) meanwhile: {r['cpu']:.2f} s; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"  create -> SuperLink pod created (hub): {r['scheduling']:.2f} s")
     print(f"  SuperLink pod created -> it answers /health (kubelet start, Flower's start-up; excluded): "
@@ -158,12 +195,13 @@ def main() -> int:
           f"{r['dispatch']:.2f} s")
     print(f"  operator's share (total minus the SuperLink's start): {r['operator']:.2f} s "
           f"(target <= 1 s; ratio to target {r['operator']:.2f}x)")
-    floor = r["requests"] * (r["get_ms"] + r["patch_ms"]) / 2 / 1000
-    print(f"  API requests the emulator served from AggregatorReady to the last pod: {r['requests']} "
-          f"({r['requests'] / args.sites:.1f} per site, idle traffic included)")
     print(f"  baseline, same run: one sequential call to this emulator takes {r['get_ms']:.1f} ms (GET) / "
-          f"{r['patch_ms']:.1f} ms (PATCH); those {r['requests']} calls one after another: {floor:.2f} s; "
-          f"dispatch / that = {r['dispatch'] / floor:.2f}x")
+          f"{r['patch_ms']:.1f} ms (PATCH)")
+    if r["requests"]:
+        floor = r["requests"] * (r["get_ms"] + r["patch_ms"]) / 2 / 1000
+        print(f"  API requests the emulator served from AggregatorReady to the last pod: {r['requests']} "
+              f"({r['requests'] / args.sites:.1f} per site, idle traffic included); one after another: "
+              f"{floor:.2f} s; dispatch / that = {r['dispatch'] / floor:.2f}x")
     return 0
 
 
