@@ -9,7 +9,6 @@ import datetime as dt
 import ipaddress
 import os
 import pathlib
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from fedcare.hub import flower_control as control
 from fedcare.hub.flower_runs import FlowerCLI, FlowerError, RunUnknown
+from fedcare.sandbox.openbao import free_port
 
 pytestmark = pytest.mark.slow
 BIN = pathlib.Path(sys.executable).parent
@@ -55,12 +55,6 @@ def _ca_and_server(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pa
     return paths
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _openssh(key) -> str:
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH).decode()
@@ -70,7 +64,7 @@ def _openssh(key) -> str:
 def superlink(tmp_path_factory):
     folder = tmp_path_factory.mktemp("superlink")
     ca, cert, key = _ca_and_server(folder)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(folder / "home")}
     with open(folder / "superlink.log", "w") as log:
         proc = subprocess.Popen([str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
@@ -142,7 +136,7 @@ def test_a_superlink_that_is_not_there_fails_after_bounded_retries(superlink):
     policy = control.ControlPolicy(timeout=2, attempts=3, base_delay=0.2, max_delay=0.4)
     started = time.monotonic()
     with pytest.raises(control.ControlError, match=r"127\.0\.0\.1:\d+ did not answer RegisterNode: ConnectError"):
-        asyncio.run(control.register(f"127.0.0.1:{_free_port()}", ca,
+        asyncio.run(control.register(f"127.0.0.1:{free_port()}", ca,
                                      _openssh(ec.generate_private_key(ec.SECP384R1())), "x", policy))
     assert time.monotonic() - started < 10          # 3 tries and two short pauses, not a hang
 
@@ -158,7 +152,7 @@ def test_runs_are_listed_over_the_control_api_with_the_rounds_ca(superlink, tmp_
         asyncio.run(cli.run("round-b", address, "4242", insecure=False))
     with pytest.raises(FlowerError, match=r"did not answer ListRuns: ConnectError"):
         asyncio.run(FlowerCLI(tmp_path, flwr="/bin/false", attempts=2, base_delay=0.2)
-                    .runs("round-b", f"127.0.0.1:{_free_port()}", insecure=False))
+                    .runs("round-b", f"127.0.0.1:{free_port()}", insecure=False))
 
 
 def test_an_unreadable_ca_is_a_clear_error_not_a_crash(superlink):
