@@ -27,7 +27,8 @@ from fedcare.hub import round_progress as progress
 from fedcare.hub.aggregator import AggregatorConfig
 from fedcare.hub.artifact_upload import S3ResultStore
 from fedcare.hub.flower_runs import FlowerCLI
-from fedcare.hub.round_scheduler import Reconciler, RoundConfig
+from fedcare.hub.round_scheduler import ROUND_UID_LABEL, Reconciler, RoundConfig
+from fedcare.api.resources import site_namespace
 from fedcare.integrations.kube import Ref
 from fedcare.integrations.s3 import ObjectStoreError, S3Policy, S3Store
 from fedcare.release import artifact as art
@@ -161,12 +162,18 @@ def test_settings_from_the_environment_and_bad_urls():
     assert (st.bucket, st.prefix, st.store.endpoint, st.store.region) == ("models", "fedcare/prod",
                                                                           "http://minio:9000", "eu-west-3")
     assert S3ResultStore.from_env({}) is None
-    for url, why in (("s3://Bad_Bucket/x", "not a valid bucket name"), ("s3://b/../x", "invalid"),
+    for url, why in (("s3://Bad_Bucket/x", "not a valid bucket name"), ("s3://models/../x", "contains '..'"),
                      ("https://bucket/x", "not an s3://bucket/key URI")):
         with pytest.raises(ValueError) as err:
             S3ResultStore.from_env({"FEDCARE_ARTIFACT_S3_URL": url})
         assert "FEDCARE_ARTIFACT_S3_URL" in str(err.value)
-        assert why in str(err.value) or why == "invalid", str(err.value)
+        assert why in str(err.value), str(err.value)
+    # a bad endpoint: one clear error naming the variable and the Helm value, not a traceback
+    with pytest.raises(ValueError) as err:
+        S3ResultStore.from_env({"FEDCARE_ARTIFACT_S3_URL": "s3://models/p",
+                                "FEDCARE_ARTIFACT_S3_ENDPOINT": "minio:9000?X-Amz-Security-Token=tok3n"})
+    assert "FEDCARE_ARTIFACT_S3_ENDPOINT" in str(err.value) and "artifactStore.s3.endpoint" in str(err.value)
+    assert "tok3n" not in str(err.value)
     with pytest.raises(ObjectStoreError, match="no user info"):
         S3Store("http://user:pw@minio:9000")
     with pytest.raises(art.ArtifactError, match="names no object"):
@@ -221,7 +228,17 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     bad = S3ResultStore(s3.store(secret_key=wrong, policy=QUICK), BUCKET, "rounds", retry_base=0.1)
     body, folder, digest, fields = await finished_run(api, store)
     spec = parse("FederatedRound", body)
+    # a site's assignment of the round (its training pod): the run is over, so it goes even if the upload fails
+    ra = Ref(API_VERSION, "roundassignments", site_namespace("rouen"), "s3r-rouen")
+    await api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": site_namespace("rouen")}})
+    await api.create(Ref(API_VERSION, "roundassignments", site_namespace("rouen")), {
+        "apiVersion": API_VERSION, "kind": "RoundAssignment",
+        "metadata": {"name": "s3r-rouen", "labels": {ROUND_UID_LABEL: body["metadata"]["uid"]}},
+        "spec": {"roundRef": {"namespace": "default", "name": "s3r"}, "nodeName": "rouen",
+                 "training": {"image": ROUND["spec"]["training"]["image"], "gpusPerSite": 1}}})
     await Reconciler(api, round_config(store, bad)).complete(body, spec, folder, fields)
+    assert await api.get_or_none(ra) is None, "a failed upload must not keep the sites' training pods"
     held = await api.get(ref)
     st = held["status"]
     assert st.get("phase") != "Succeeded" and "result" not in st, st
@@ -230,6 +247,18 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     assert f"s3://{BUCKET}/rounds" in c["message"] and s3.endpoint in c["message"], c["message"]
     assert "credentials were refused" in c["message"] and "AWS_SECRET_ACCESS_KEY" in c["message"]
     assert cond(held, "Ready")["reason"] == "ArtifactUploadFailed"
+    # not transient: says what to fix, and is not retried at the short backoff
+    assert "will not fix itself" in c["message"] and "artifactStore.s3.credentialsSecret" in c["message"]
+    assert "restart the hub" in c["message"] and bad.wait_left(Reconciler(api, round_config(store, bad)).key(body)) > 60
+    # while it waits, a pass neither hashes the model nor calls S3
+    calls = []
+    real = progress.read_result
+    progress.read_result = lambda *a: calls.append(a) or real(*a)
+    try:
+        await Reconciler(api, round_config(store, bad)).complete(await api.get(ref), spec, folder, fields)
+    finally:
+        progress.read_result = real
+    assert calls == []
     everything = json.dumps(held) + caplog.text
     for secret in secrets_of(s3, wrong):
         assert secret not in everything
@@ -240,6 +269,7 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     await Reconciler(api, round_config(store, down)).complete(body, spec, folder, fields)
     c = cond(await api.get(ref), "Complete")
     assert c["reason"] == "ArtifactUploadFailed" and "unreachable after 3 tries" in c["message"], c
+    assert "Trying again in 0.1s" in c["message"] and "will not fix itself" not in c["message"], c
     # 3. the store works: every result file under the round's fixed keys, read back, status names S3
     good = S3ResultStore(s3.store(), BUCKET, "rounds")
     body = await api.get(ref)
