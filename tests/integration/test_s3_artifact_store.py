@@ -333,9 +333,13 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    scratch = tmp_path / "scratch"        # where `fedcare verify` downloads to: emptied again afterwards
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
     code = await asyncio.to_thread(cli.main, ["verify", uri, "--rpc", anvil.url, "--contract", registry])
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert code == 0, out
+    assert list(scratch.iterdir()) == [], "fedcare verify left its download behind"
     assert "VERIFIED" in out and "FAIL" not in out
     # ... and `fedcare verify --release` reads the release from the cluster, the model from the bucket
     kubeconfig = str(write_kubeconfig(emulator.url, tmp_path / "kubeconfig"))
@@ -344,6 +348,7 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert code == 0 and "VERIFIED" in out and "FAIL" not in out, out
     assert "no --rpc/--contract given" not in out and "confirmations" in out, out
+    assert list(scratch.iterdir()) == [], "fedcare verify --release left its download behind"
     # a tampered object fails it
     client.put_bytes(BUCKET, uri.removeprefix(f"s3://{BUCKET}/"), b"tampered", "application/octet-stream")
     code = await asyncio.to_thread(cli.main, ["verify", uri, "--rpc", anvil.url, "--contract", registry])
@@ -357,3 +362,27 @@ async def test_an_https_endpoint_that_speaks_plain_http_says_tls_failed(s3, tmp_
     with pytest.raises(ObjectStoreError) as err:
         await asyncio.to_thread(tls.stat, BUCKET, "x")
     assert "TLS handshake failed" in str(err.value) and "SSL_CERT_FILE" in str(err.value), str(err.value)
+
+
+async def test_s3_calls_do_not_wait_for_the_default_executor(s3, tmp_path):
+    """A publish runs on the S3 store's own threads: the loop's default executor (Vault reads,
+    Flower Control API calls) all busy does not hold it, and it does not occupy that executor."""
+    import concurrent.futures
+    import threading
+
+    folder = tmp_path / "res"
+    path, digest = make_model(folder)
+    (folder / "model-card.json").write_text("{}")
+    loop = asyncio.get_running_loop()
+    busy = concurrent.futures.ThreadPoolExecutor(1)
+    release = threading.Event()
+    loop.set_default_executor(busy)
+    blocker = loop.run_in_executor(None, release.wait, 60)        # the default executor's only worker, taken
+    try:
+        st = S3ResultStore(s3.store(), BUCKET, "pool")
+        result = progress.Result("pvc://c/x", digest, "")
+        stored, sent = await asyncio.wait_for(st.publish(folder, "r", result, "k"), 30)
+        assert sent == 3 and stored.storage_uri == f"s3://{BUCKET}/pool/r/model.safetensors"
+    finally:
+        release.set()
+        await blocker

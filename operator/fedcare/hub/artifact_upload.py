@@ -137,7 +137,7 @@ class S3ResultStore:
         sent = 0
         limit = self.publish_budget if budget is None else max(0.0, min(self.publish_budget, budget))
         end = time.monotonic() + limit
-        files = await asyncio.to_thread(result_files, folder)
+        files = await self._run(result_files, folder)
         for path in files:
             if time.monotonic() >= end:
                 raise ObjectStoreError("UploadTimedOut", f"copying {folder.name} to {redact(self.url)} took longer "
@@ -148,7 +148,7 @@ class S3ResultStore:
             if rel == MODEL:
                 sha = result.digest.removeprefix("sha256:")      # what read_result verified
             else:
-                sha = await asyncio.to_thread(progress.sha256_file, path)
+                sha = await self._run(progress.sha256_file, path)
             if await self._run(self.store.ensure_file, path, self.bucket, join(self.prefix, relative, rel), sha):
                 sent += 1
         if key:
