@@ -20,9 +20,9 @@ fix itself (access denied, no credentials, a missing bucket, a local file error)
 setup is not hammered). The round fails at its ``activeDeadlineSeconds`` if no try succeeds.
 The model stays on the PVC throughout.
 
-The blocking S3 calls run on this store's own pool of ``WORKERS`` threads (never the loop's
-default executor, shared with Vault and the Flower Control API calls). A publish has a total
-budget, ``publish_budget`` capped by the round's remaining deadline, checked between files.
+The blocking S3 calls (and the hashing for them) run on the S3 client's own pool of
+``integrations.s3.WORKERS`` threads, never the loop's default executor (shared with Vault and
+the Flower Control API calls). A publish has a total budget, ``publish_budget`` capped by the round's remaining deadline, checked between files.
 
 | Setting | Environment | Default |
 |---|---|---|
@@ -34,9 +34,6 @@ budget, ``publish_budget`` capped by the round's remaining deadline, checked bet
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
 import importlib.util
 import os
 import pathlib
@@ -44,11 +41,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..integrations.s3 import MISSING_CLIENT, ObjectStoreError, S3Store, join, parse_uri, redact
+from ..integrations.s3 import MISSING_CLIENT, ObjectStoreError, S3Store, join, parse_uri, redact, run_blocking
 from . import round_progress as progress
 
 MODEL = "model.safetensors"
-WORKERS = 2
 #: a backoff entry whose next try is this long past belongs to a round no longer tried (failed, deleted)
 _STALE = 3600.0
 
@@ -74,7 +70,6 @@ class S3ResultStore:
     _backoff: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
     #: round key -> the Result read_result verified (the model is not hashed again at every retry)
     verified: dict[str, progress.Result] = field(default_factory=dict, repr=False)
-    _pool: concurrent.futures.ThreadPoolExecutor | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3ResultStore | None:
@@ -122,11 +117,7 @@ class S3ResultStore:
         self.verified.pop(key, None)
 
     async def _run(self, fn, *args):    # noqa: ANN001, ANN202
-        """A blocking S3 call on this store's own threads: a long upload never starves the loop's
-        default executor; the SDK's timeouts run inside the call, so they measure it, not a queue."""
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="fedcare-s3")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+        return await run_blocking(fn, *args)     # the S3 threads (integrations/s3.py), not the default executor
 
     async def publish(self, folder: pathlib.Path, relative: str, result: progress.Result,
                       key: str = "", budget: float | None = None) -> tuple[progress.Result, int]:

@@ -7,8 +7,8 @@ S3-compatible server (AWS S3, MinIO, Ceph RGW, S3Proxy, ...).
 
 Every call has a connect and a read timeout and a bounded retry with exponential backoff
 (urllib3 ``Retry`` on the SDK's pool: connection errors, read timeouts, 5xx and 429). The
-calls are blocking; async code runs them on the S3 store's own small thread pool
-(hub/artifact_upload.py), never the event loop's default executor. Errors are
+calls are blocking; async code runs them with :func:`run_blocking` on a small pool of their own,
+never the event loop's default executor. Errors are
 :class:`ObjectStoreError`: what was asked (``s3://bucket/key`` at the endpoint), why, and what to
 do; never a credential (the SDK's own messages, which may quote the access key id, are not
 echoed), and a URI or endpoint is shown through :func:`redact` (no query, fragment or user info:
@@ -26,6 +26,9 @@ they are held by the SDK's provider only, never in these settings. No other cred
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -356,6 +359,21 @@ class S3Store:
                                                      f"{got or 'nothing'}, the file to {sha256}; the upload is "
                                                      "not trusted and will be repeated", transient=True)
         return True
+
+
+#: S3 calls' own threads: a long upload never starves the event loop's default executor (6
+#: workers on a small host, shared with Vault reads and the Flower Control API calls); the SDK's
+#: timeouts run inside the call, so they measure the call, not the wait for a thread.
+WORKERS = 2
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def run_blocking(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` (a blocking S3 call, or hashing for one) on the S3 threads."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="fedcare-s3")
+    return await asyncio.get_running_loop().run_in_executor(_POOL, functools.partial(fn, *args))
 
 
 _ENV_STORES: dict[tuple[str, str], S3Store] = {}

@@ -120,12 +120,12 @@ def _s3_parts(uri: str) -> tuple[str, str]:
 
 
 async def _s3_call(policy: FetchPolicy, fn: str, uri: str, *args: Any) -> Any:
-    """Run an S3Store method on a thread; its errors become ArtifactErrors (same reasons)."""
-    from ..integrations.s3 import ObjectStoreError, store_from_env
+    """Run an S3Store method on the S3 threads; its errors become ArtifactErrors (same reasons)."""
+    from ..integrations.s3 import ObjectStoreError, run_blocking, store_from_env
     bucket, key = _s3_parts(uri)
     store = policy.s3 or store_from_env()
     try:
-        return await asyncio.to_thread(getattr(store, fn), bucket, key, *args)
+        return await run_blocking(getattr(store, fn), bucket, key, *args)
     except ObjectStoreError as err:
         raise ArtifactError(err.reason, str(err), transient=err.transient) from None
 
