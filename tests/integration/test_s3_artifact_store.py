@@ -259,6 +259,16 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     finally:
         progress.read_result = real
     assert calls == []
+    # the hub's next pass of the round goes straight to the pending upload: no new SuperLink, no
+    # assignments again, and the round is not failed for want of a SuperLink (this test's hub has no Vault)
+    await api.patch(ref, {"status": {"aggregator": {"controlAddress": "127.0.0.1:9"}, "participants": [
+        {"node": "rouen", "assignment": "s3r-rouen", "state": "Running", "reason": "", "lastRound": 1}]}},
+                    status=True)
+    await Reconciler(api, round_config(store, bad)).reconcile(await api.get(ref))
+    after = await api.get(ref)
+    assert after["status"].get("phase") not in ("Failed", "Succeeded"), after["status"]
+    assert cond(after, "Complete")["reason"] == "ArtifactUploadFailed" and await api.get_or_none(ra) is None
+    assert calls == [] and [p["metadata"]["name"] for p in await api.list(Ref("v1", "pods", "default"))] == []
     everything = json.dumps(held) + caplog.text
     for secret in secrets_of(s3, wrong):
         assert secret not in everything
@@ -386,3 +396,16 @@ async def test_s3_calls_do_not_wait_for_the_default_executor(s3, tmp_path):
     finally:
         release.set()
         await blocker
+
+
+async def test_a_full_local_disk_is_not_blamed_on_the_endpoint(s3):
+    import errno
+    store = s3.store()
+    store.put_bytes(BUCKET, "disk/model.safetensors", b"w" * 1000, "application/octet-stream")
+
+    def full_disk(chunk: bytes) -> None:      # what writing to a full disk raises
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(ObjectStoreError) as err:
+        await asyncio.to_thread(store._stream, "GET", BUCKET, "disk/model.safetensors", full_disk)
+    assert err.value.reason == "LocalFileError" and not err.value.transient
+    assert "No space left on device" in str(err.value) and "endpoint URL" not in str(err.value)

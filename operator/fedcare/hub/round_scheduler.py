@@ -264,6 +264,9 @@ class Reconciler:
                             f"activeDeadlineSeconds ({spec.active_deadline_seconds}s) passed"
                             + (f" while {waiting.message}" if waiting and waiting.message else ""))
             return
+        if st.get("runStatus") == "finished:completed" and self.cfg.s3 is not None:
+            await self.follow(body, spec)   # only its S3 upload is pending: no SuperLink or pods again
+            return
         if not st.get("participants"):
             problem = await self.initial_model_problem(body, spec)
             if problem:
@@ -272,9 +275,6 @@ class Reconciler:
             body = await self.select(body, spec)
             if body is None:
                 return
-        if st.get("runStatus") == "finished:completed" and self.cfg.s3 is not None:
-            await self.follow(body, spec)   # only its S3 upload is pending: no SuperLink or pods again
-            return
         body = await self.run_aggregator(body, spec)
         if body is None:
             return
