@@ -100,6 +100,11 @@ async def test_a_round_starts_from_the_claims_copy_of_an_s3_release(tmp_path):
         (await start("s3://models/fedcare/prod/default/r0-1a2b3c4d/attempt-1/model.safetensors", None)).problem
     gone = await start("s3://models/fedcare/prod/default/r9-1a2b3c4d/attempt-1/model.safetensors")
     assert "does not exist in the artifact store" in gone.problem and "not S3" in gone.problem
+    # a presigned URL as the initial model: refused without its signature or key id in the round's status
+    signed = await start("https://models.s3.amazonaws.com/m.safetensors?X-Amz-Credential=AKIAEXAMPLEKEY"
+                         "&X-Amz-Signature=deadbeefsig")
+    assert "is not in the hub's artifact store" in signed.problem
+    assert "deadbeefsig" not in signed.problem and "AKIAEXAMPLEKEY" not in signed.problem
 
 
 def test_a_failure_that_cannot_fix_itself_waits_long_and_stale_entries_go(monkeypatch):
