@@ -249,7 +249,7 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     assert cond(held, "Ready")["reason"] == "ArtifactUploadFailed"
     # not transient: says what to fix, and is not retried at the short backoff
     assert "will not fix itself" in c["message"] and "artifactStore.s3.credentialsSecret" in c["message"]
-    assert "restart the hub" in c["message"] and bad.wait_left(Reconciler(api, round_config(store, bad)).key(body)) > 60
+    assert "restart the hub" in c["message"] and bad.wait_left(Reconciler(api, round_config(store, bad)).upload_key(body)) > 60
     # while it waits, a pass neither hashes the model nor calls S3
     calls = []
     real = progress.read_result

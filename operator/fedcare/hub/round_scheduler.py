@@ -631,7 +631,7 @@ class Reconciler:
 
     async def complete(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: Any,
                        fields: dict[str, Any]) -> None:
-        s3, key = self.cfg.s3, self.key(body)
+        s3, key = self.cfg.s3, self.upload_key(body)
         if s3 is not None and s3.wait_left(key) > 0:
             return          # an S3 upload waits for its next try: nothing to hash or ask before then
         result = s3.verified.get(key) if s3 is not None else None
@@ -672,13 +672,17 @@ class Reconciler:
         log.info("Round %s succeeded: %s", body["metadata"]["name"], message)
         await self.cleanup(body)
 
+    def upload_key(self, body: dict[str, Any]) -> str:
+        """The S3 store's key of a round's upload (backoff, verified result): per attempt."""
+        return f"{self.key(body)}.a{int((body.get('status') or {}).get('attempt') or 1)}"
+
     async def upload(self, body: dict[str, Any], folder: Any, result: progress.Result,
                      fields: dict[str, Any]) -> progress.Result | None:
         """The result copied to the S3 store (hub/artifact_upload.py); None while it cannot be:
         the round stays Running with Complete=False/ArtifactUploadFailed and tries again later."""
         s3 = self.cfg.s3
         assert s3 is not None
-        key = self.key(body)
+        key = self.upload_key(body)
         relative = folder.relative_to(self.cfg.aggregator.artifact_dir).as_posix()
         deadline = _time((body.get("status") or {}).get("deadline"))
         budget = (deadline - _now()).total_seconds() if deadline is not None else None
