@@ -115,7 +115,7 @@ test-e2e: $(STAMP) tools
 demo: $(STAMP)
 	$(BIN)/fedcare sandbox demo
 
-bench: $(STAMP)
+bench: $(STAMP) s3proxy
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -95,6 +95,18 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    # an s3:// artifact (or --release of one) is downloaded here; removed whatever happens
+    work = tempfile.mkdtemp(prefix="fedcare-verify-")
+    try:
+        return _verify_in(args, pathlib.Path(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _verify_in(args: argparse.Namespace, work: pathlib.Path) -> int:
     import asyncio
     import concurrent.futures
     import hashlib
@@ -116,15 +128,13 @@ def _verify(args: argparse.Namespace) -> int:
     if args.release:
         pem = pathlib.Path(args.public_key).read_text() if args.public_key else None
         inputs, rows = asyncio.run(v.inputs_from_release(args.kubeconfig, args.namespace, args.release,
-                                                         public_key_pem=pem, **common))
+                                                         public_key_pem=pem, workdir=work, **common))
     elif args.artifact:
         opt = lambda x: pathlib.Path(x) if x else None  # noqa: E731
         if args.artifact.startswith("s3://"):      # downloaded with its siblings (AWS_* variables)
-            import tempfile
             from .release.artifact import ArtifactError
             try:
-                args.artifact, sha = asyncio.run(v.fetch_s3(args.artifact, pathlib.Path(
-                    tempfile.mkdtemp(prefix="fedcare-verify-"))))
+                args.artifact, sha = asyncio.run(v.fetch_s3(args.artifact, work))
             except ArtifactError as err:
                 print(f"fedcare verify: {err}", file=sys.stderr)
                 return 1

@@ -27,7 +27,8 @@ from fedcare.hub import round_progress as progress
 from fedcare.hub.aggregator import AggregatorConfig
 from fedcare.hub.artifact_upload import S3ResultStore
 from fedcare.hub.flower_runs import FlowerCLI
-from fedcare.hub.round_scheduler import Reconciler, RoundConfig
+from fedcare.hub.round_scheduler import ROUND_UID_LABEL, Reconciler, RoundConfig
+from fedcare.api.resources import site_namespace
 from fedcare.integrations.kube import Ref
 from fedcare.integrations.s3 import ObjectStoreError, S3Policy, S3Store
 from fedcare.release import artifact as art
@@ -161,12 +162,18 @@ def test_settings_from_the_environment_and_bad_urls():
     assert (st.bucket, st.prefix, st.store.endpoint, st.store.region) == ("models", "fedcare/prod",
                                                                           "http://minio:9000", "eu-west-3")
     assert S3ResultStore.from_env({}) is None
-    for url, why in (("s3://Bad_Bucket/x", "not a valid bucket name"), ("s3://b/../x", "invalid"),
+    for url, why in (("s3://Bad_Bucket/x", "not a valid bucket name"), ("s3://models/../x", "contains '..'"),
                      ("https://bucket/x", "not an s3://bucket/key URI")):
         with pytest.raises(ValueError) as err:
             S3ResultStore.from_env({"FEDCARE_ARTIFACT_S3_URL": url})
         assert "FEDCARE_ARTIFACT_S3_URL" in str(err.value)
-        assert why in str(err.value) or why == "invalid", str(err.value)
+        assert why in str(err.value), str(err.value)
+    # a bad endpoint: one clear error naming the variable and the Helm value, not a traceback
+    with pytest.raises(ValueError) as err:
+        S3ResultStore.from_env({"FEDCARE_ARTIFACT_S3_URL": "s3://models/p",
+                                "FEDCARE_ARTIFACT_S3_ENDPOINT": "minio:9000?X-Amz-Security-Token=tok3n"})
+    assert "FEDCARE_ARTIFACT_S3_ENDPOINT" in str(err.value) and "artifactStore.s3.endpoint" in str(err.value)
+    assert "tok3n" not in str(err.value)
     with pytest.raises(ObjectStoreError, match="no user info"):
         S3Store("http://user:pw@minio:9000")
     with pytest.raises(art.ArtifactError, match="names no object"):
@@ -221,7 +228,17 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     bad = S3ResultStore(s3.store(secret_key=wrong, policy=QUICK), BUCKET, "rounds", retry_base=0.1)
     body, folder, digest, fields = await finished_run(api, store)
     spec = parse("FederatedRound", body)
+    # a site's assignment of the round (its training pod): the run is over, so it goes even if the upload fails
+    ra = Ref(API_VERSION, "roundassignments", site_namespace("rouen"), "s3r-rouen")
+    await api.create(Ref("v1", "namespaces"), {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": site_namespace("rouen")}})
+    await api.create(Ref(API_VERSION, "roundassignments", site_namespace("rouen")), {
+        "apiVersion": API_VERSION, "kind": "RoundAssignment",
+        "metadata": {"name": "s3r-rouen", "labels": {ROUND_UID_LABEL: body["metadata"]["uid"]}},
+        "spec": {"roundRef": {"namespace": "default", "name": "s3r"}, "nodeName": "rouen",
+                 "training": {"image": ROUND["spec"]["training"]["image"], "gpusPerSite": 1}}})
     await Reconciler(api, round_config(store, bad)).complete(body, spec, folder, fields)
+    assert await api.get_or_none(ra) is None, "a failed upload must not keep the sites' training pods"
     held = await api.get(ref)
     st = held["status"]
     assert st.get("phase") != "Succeeded" and "result" not in st, st
@@ -230,6 +247,28 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     assert f"s3://{BUCKET}/rounds" in c["message"] and s3.endpoint in c["message"], c["message"]
     assert "credentials were refused" in c["message"] and "AWS_SECRET_ACCESS_KEY" in c["message"]
     assert cond(held, "Ready")["reason"] == "ArtifactUploadFailed"
+    # not transient: says what to fix, and is not retried at the short backoff
+    assert "will not fix itself" in c["message"] and "artifactStore.s3.credentialsSecret" in c["message"]
+    assert "restart the hub" in c["message"] and bad.wait_left(Reconciler(api, round_config(store, bad)).upload_key(body)) > 60
+    # while it waits, a pass neither hashes the model nor calls S3
+    calls = []
+    real = progress.read_result
+    progress.read_result = lambda *a: calls.append(a) or real(*a)
+    try:
+        await Reconciler(api, round_config(store, bad)).complete(await api.get(ref), spec, folder, fields)
+    finally:
+        progress.read_result = real
+    assert calls == []
+    # the hub's next pass of the round goes straight to the pending upload: no new SuperLink, no
+    # assignments again, and the round is not failed for want of a SuperLink (this test's hub has no Vault)
+    await api.patch(ref, {"status": {"aggregator": {"controlAddress": "127.0.0.1:9"}, "participants": [
+        {"node": "rouen", "assignment": "s3r-rouen", "state": "Running", "reason": "", "lastRound": 1}]}},
+                    status=True)
+    await Reconciler(api, round_config(store, bad)).reconcile(await api.get(ref))
+    after = await api.get(ref)
+    assert after["status"].get("phase") not in ("Failed", "Succeeded"), after["status"]
+    assert cond(after, "Complete")["reason"] == "ArtifactUploadFailed" and await api.get_or_none(ra) is None
+    assert calls == [] and [p["metadata"]["name"] for p in await api.list(Ref("v1", "pods", "default"))] == []
     everything = json.dumps(held) + caplog.text
     for secret in secrets_of(s3, wrong):
         assert secret not in everything
@@ -240,6 +279,7 @@ async def test_a_round_result_is_copied_once_and_s3_failures_hold_the_round(s3, 
     await Reconciler(api, round_config(store, down)).complete(body, spec, folder, fields)
     c = cond(await api.get(ref), "Complete")
     assert c["reason"] == "ArtifactUploadFailed" and "unreachable after 3 tries" in c["message"], c
+    assert "Trying again in 0.1s" in c["message"] and "will not fix itself" not in c["message"], c
     # 3. the store works: every result file under the round's fixed keys, read back, status names S3
     good = S3ResultStore(s3.store(), BUCKET, "rounds")
     body = await api.get(ref)
@@ -303,9 +343,13 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    scratch = tmp_path / "scratch"        # where `fedcare verify` downloads to: emptied again afterwards
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
     code = await asyncio.to_thread(cli.main, ["verify", uri, "--rpc", anvil.url, "--contract", registry])
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert code == 0, out
+    assert list(scratch.iterdir()) == [], "fedcare verify left its download behind"
     assert "VERIFIED" in out and "FAIL" not in out
     # ... and `fedcare verify --release` reads the release from the cluster, the model from the bucket
     kubeconfig = str(write_kubeconfig(emulator.url, tmp_path / "kubeconfig"))
@@ -314,6 +358,7 @@ async def test_round_release_from_s3_is_verified_anchored_and_passes_fedcare_ver
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert code == 0 and "VERIFIED" in out and "FAIL" not in out, out
     assert "no --rpc/--contract given" not in out and "confirmations" in out, out
+    assert list(scratch.iterdir()) == [], "fedcare verify --release left its download behind"
     # a tampered object fails it
     client.put_bytes(BUCKET, uri.removeprefix(f"s3://{BUCKET}/"), b"tampered", "application/octet-stream")
     code = await asyncio.to_thread(cli.main, ["verify", uri, "--rpc", anvil.url, "--contract", registry])
@@ -327,3 +372,40 @@ async def test_an_https_endpoint_that_speaks_plain_http_says_tls_failed(s3, tmp_
     with pytest.raises(ObjectStoreError) as err:
         await asyncio.to_thread(tls.stat, BUCKET, "x")
     assert "TLS handshake failed" in str(err.value) and "SSL_CERT_FILE" in str(err.value), str(err.value)
+
+
+async def test_s3_calls_do_not_wait_for_the_default_executor(s3, tmp_path):
+    """A publish runs on the S3 store's own threads: the loop's default executor (Vault reads,
+    Flower Control API calls) all busy does not hold it, and it does not occupy that executor."""
+    import concurrent.futures
+    import threading
+
+    folder = tmp_path / "res"
+    path, digest = make_model(folder)
+    (folder / "model-card.json").write_text("{}")
+    loop = asyncio.get_running_loop()
+    busy = concurrent.futures.ThreadPoolExecutor(1)
+    release = threading.Event()
+    loop.set_default_executor(busy)
+    blocker = loop.run_in_executor(None, release.wait, 60)        # the default executor's only worker, taken
+    try:
+        st = S3ResultStore(s3.store(), BUCKET, "pool")
+        result = progress.Result("pvc://c/x", digest, "")
+        stored, sent = await asyncio.wait_for(st.publish(folder, "r", result, "k"), 30)
+        assert sent == 3 and stored.storage_uri == f"s3://{BUCKET}/pool/r/model.safetensors"
+    finally:
+        release.set()
+        await blocker
+
+
+async def test_a_full_local_disk_is_not_blamed_on_the_endpoint(s3):
+    import errno
+    store = s3.store()
+    store.put_bytes(BUCKET, "disk/model.safetensors", b"w" * 1000, "application/octet-stream")
+
+    def full_disk(chunk: bytes) -> None:      # what writing to a full disk raises
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(ObjectStoreError) as err:
+        await asyncio.to_thread(store._stream, "GET", BUCKET, "disk/model.safetensors", full_disk)
+    assert err.value.reason == "LocalFileError" and not err.value.transient
+    assert "No space left on device" in str(err.value) and "endpoint URL" not in str(err.value)

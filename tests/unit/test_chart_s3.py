@@ -23,6 +23,9 @@ def test_s3_values_reach_the_hub_with_credentials_from_the_secret(helm):
         assert "value" not in env[key]
         assert env[key]["valueFrom"] == {"secretKeyRef": {"name": "fedcare-s3", "key": key}}
     assert env["FEDCARE_ARTIFACT_CLAIM"]["value"] == "fedcare-artifacts"     # the claim stays the first store
+    # temporary keys: the session token the S3 client reads, from the same Secret when it has one
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "fedcare-s3", "key": "AWS_SESSION_TOKEN",
+                                                                      "optional": True}}
 
 
 def test_without_s3_nothing_changes(helm):

@@ -100,3 +100,65 @@ async def test_a_round_starts_from_the_claims_copy_of_an_s3_release(tmp_path):
         (await start("s3://models/fedcare/prod/default/r0-1a2b3c4d/attempt-1/model.safetensors", None)).problem
     gone = await start("s3://models/fedcare/prod/default/r9-1a2b3c4d/attempt-1/model.safetensors")
     assert "does not exist in the artifact store" in gone.problem and "not S3" in gone.problem
+    # a presigned URL as the initial model: refused without its signature or key id in the round's status
+    signed = await start("https://models.s3.amazonaws.com/m.safetensors?X-Amz-Credential=AKIAEXAMPLEKEY"
+                         "&X-Amz-Signature=deadbeefsig")
+    assert "is not in the hub's artifact store" in signed.problem
+    assert "deadbeefsig" not in signed.problem and "AKIAEXAMPLEKEY" not in signed.problem
+
+
+def test_a_failure_that_cannot_fix_itself_waits_long_and_stale_entries_go(monkeypatch):
+    import time as _time
+    st = S3ResultStore(S3Store("http://minio:9000"), "models", retry_base=5, retry_max=30, retry_fatal=600)
+    assert st.failed("r", transient=False) == 600 and st.wait_left("r") > 500
+    assert st.failed("t") == 5
+    st.verified["t"] = "a verified result"
+    now = _time.monotonic()
+    monkeypatch.setattr("fedcare.hub.artifact_upload.time.monotonic", lambda: now + 4 * 3600)
+    st.failed("new")            # entries whose next try passed an hour ago (a round gone) are dropped
+    assert set(st._backoff) == {"new"} and st.verified == {}
+
+
+def test_redact_drops_query_fragment_and_user_info():
+    from fedcare.integrations.s3 import redact
+    url = ("https://user:pa55@bucket.s3.amazonaws.com/m/model.safetensors?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+           "&X-Amz-Credential=AKIAEXAMPLEKEY%2F20260101&X-Amz-Signature=deadbeefsig#frag")
+    assert redact(url) == "https://bucket.s3.amazonaws.com/m/model.safetensors"
+    for bad in (url.replace("https", "s3"), "s3://models/x?X-Amz-Signature=deadbeefsig"):
+        with pytest.raises(ObjectStoreError) as err:
+            parse_uri(bad)
+        assert "deadbeefsig" not in str(err.value) and "AKIAEXAMPLEKEY" not in str(err.value)
+        assert "pa55" not in str(err.value)
+    with pytest.raises(ObjectStoreError) as err:
+        S3Store("http://minio:9000/?X-Amz-Security-Token=tok3n")
+    assert "tok3n" not in str(err.value) and err.value.reason == "InvalidEndpoint"
+
+
+async def test_a_presigned_http_url_never_reaches_an_error():
+    from fedcare.sandbox.anvil import free_port
+    url = (f"http://127.0.0.1:{free_port()}/m/model.safetensors?X-Amz-Credential=AKIAEXAMPLEKEY"
+           "&X-Amz-Signature=deadbeefsig")
+    with pytest.raises(art.ArtifactError) as err:
+        await art.read_uri(url, art.FetchPolicy(timeout=1, connect_timeout=0.5, attempts=2, base_delay=0.01))
+    assert "127.0.0.1" in str(err.value)
+    assert "deadbeefsig" not in str(err.value) and "AKIAEXAMPLEKEY" not in str(err.value)
+
+
+def test_local_file_errors_are_not_blamed_on_the_endpoint(tmp_path):
+    store = S3Store("http://127.0.0.1:9", access_key="k", secret_key="s")
+    with pytest.raises(ObjectStoreError) as err:
+        store.ensure_file(tmp_path / "missing.safetensors", "models", "k", "0" * 64)
+    assert err.value.reason == "LocalFileError" and "endpoint URL" not in str(err.value)
+    assert "missing.safetensors" in str(err.value) and not err.value.transient
+    with pytest.raises(ObjectStoreError) as err:
+        store.download("models", "k", tmp_path / "no-such-dir" / "model.safetensors")
+    assert err.value.reason == "LocalFileError" and "endpoint URL" not in str(err.value)
+
+
+async def test_a_publish_stops_at_its_budget(tmp_path):
+    from fedcare.hub import round_progress as progress
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    st = S3ResultStore(S3Store("http://127.0.0.1:9", access_key="k", secret_key="s"), "models")
+    with pytest.raises(ObjectStoreError) as err:      # the round's deadline passed: no S3 call at all
+        await st.publish(tmp_path, "r", progress.Result("file:///x", "sha256:" + "0" * 64, ""), "r", budget=-5)
+    assert err.value.reason == "UploadTimedOut" and err.value.transient and "0 of 1" in str(err.value)

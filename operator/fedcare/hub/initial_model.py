@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from ..api import resources as r
 from ..api.federated_round import FederatedRoundSpec
 from ..integrations.kube import Kube, Ref
-from ..integrations.s3 import ObjectStoreError, parse_uri
+from ..integrations.s3 import ObjectStoreError, parse_uri, redact
 from .aggregator import AggregatorConfig
 from .artifact_upload import S3ResultStore
 
@@ -61,11 +61,11 @@ def store_path(uri: str, cfg: AggregatorConfig, where: str, s3: S3ResultStore | 
     parts = urlsplit(s3_to_store(uri, cfg, s3))
     if parts.scheme != "pvc" or parts.netloc != cfg.artifact_claim:
         also = f" or {s3.url}/<path> (the hub's S3 copy)" if s3 is not None else ""
-        return "", (f"{where}: {uri!r} is not in the hub's artifact store: a round can only start from "
+        return "", (f"{where}: {redact(uri)!r} is not in the hub's artifact store: a round can only start from "
                     f"pvc://{cfg.artifact_claim}/<path>{also} (where finished rounds store their models)")
     rel = parts.path.lstrip("/")
     if not rel or any(seg in ("", ".", "..") for seg in rel.split("/")):
-        return "", f"{where}: {uri!r} must name a file inside the artifact store, without '.' or '..' segments"
+        return "", f"{where}: {redact(uri)!r} must name a file inside the artifact store, without '.' or '..' segments"
     return posixpath.join(cfg.artifact_dir, rel), ""
 
 
@@ -94,7 +94,7 @@ async def resolve(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec, cf
     # The hub mounts the store at the same path as the SuperLink: when it is mounted here, a
     # missing file is said now rather than after the SuperLink has started.
     if pathlib.Path(cfg.artifact_dir).is_dir() and not pathlib.Path(path).is_file():
-        return Initial(f"{where}: {uri} does not exist in the artifact store"
+        return Initial(f"{where}: {redact(uri)} does not exist in the artifact store"
                        + (f" (looked for the claim's copy at {path}; the SuperLink reads the claim, not S3)"
                           if uri.startswith("s3:") else ""))
     return Initial(run_config={"initial-model": path, "initial-model-sha256": digest.removeprefix("sha256:")})

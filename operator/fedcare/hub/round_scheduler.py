@@ -140,6 +140,17 @@ def derive_ready(conds: list[Condition]) -> list[Condition]:
     return [c.make(T.READY, False, c.Reason.TRAINING, "training", generation=gen)]
 
 
+#: what to do about an S3 upload failure that cannot fix itself (ObjectStoreError.reason → hint)
+_UPLOAD_FIX = {
+    "AccessDenied": "fix the credentials in the Secret named in artifactStore.s3.credentialsSecret (keys "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, with read and write on the bucket), then restart "
+                    "the hub (it reads them at start)",
+    "BucketNotFound": "create the bucket, or fix the bucket in artifactStore.s3.url",
+    "LocalFileError": "check the hub's artifact store volume (the result folder on the PVC)",
+    "": "fix artifactStore.s3 (url, endpoint, region) as the error says, then restart the hub",
+}
+
+
 class Reconciler:
     def __init__(self, kube: Kube, cfg: RoundConfig, asked: dict[str, float] | None = None):
         self.kube, self.cfg = kube, cfg
@@ -252,6 +263,9 @@ class Reconciler:
             await self.fail(body, c.Reason.DEADLINE_EXCEEDED,
                             f"activeDeadlineSeconds ({spec.active_deadline_seconds}s) passed"
                             + (f" while {waiting.message}" if waiting and waiting.message else ""))
+            return
+        if st.get("runStatus") == "finished:completed" and self.cfg.s3 is not None:
+            await self.follow(body, spec)   # only its S3 upload is pending: no SuperLink or pods again
             return
         if not st.get("participants"):
             problem = await self.initial_model_problem(body, spec)
@@ -620,15 +634,25 @@ class Reconciler:
 
     async def complete(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: Any,
                        fields: dict[str, Any]) -> None:
-        try:
-            result = progress.read_result(folder, self.cfg.aggregator.artifact_claim, self.cfg.aggregator.artifact_dir)
-        except progress.ArtifactError as err:
-            body = await self.write(body, [], **fields) or body
-            await self.fail(body, c.Reason.AGGREGATOR_FAILED, str(err))
-            return
-        if self.cfg.s3 is not None:
+        s3, key = self.cfg.s3, self.upload_key(body)
+        if s3 is not None and s3.wait_left(key) > 0:
+            return          # an S3 upload waits for its next try: nothing to hash or ask before then
+        result = s3.verified.get(key) if s3 is not None else None
+        if result is None:
+            try:            # hashes the model: off the event loop
+                result = await asyncio.to_thread(progress.read_result, folder, self.cfg.aggregator.artifact_claim,
+                                                 self.cfg.aggregator.artifact_dir)
+            except progress.ArtifactError as err:
+                body = await self.write(body, [], **fields) or body
+                await self.fail(body, c.Reason.AGGREGATOR_FAILED, str(err))
+                return
+        if s3 is not None:
+            s3.verified[key] = result
             stored = await self.upload(body, folder, result, fields)
             if stored is None:
+                # The run is over and its model verified on the PVC: the SuperLink and the sites'
+                # training pods go now, as on success; only the upload stays pending.
+                await self.cleanup(body)
                 return
             result = stored
         release_name = ""
@@ -651,24 +675,33 @@ class Reconciler:
         log.info("Round %s succeeded: %s", body["metadata"]["name"], message)
         await self.cleanup(body)
 
+    def upload_key(self, body: dict[str, Any]) -> str:
+        """The S3 store's key of a round's upload (backoff, verified result): per attempt."""
+        return f"{self.key(body)}.a{int((body.get('status') or {}).get('attempt') or 1)}"
+
     async def upload(self, body: dict[str, Any], folder: Any, result: progress.Result,
                      fields: dict[str, Any]) -> progress.Result | None:
         """The result copied to the S3 store (hub/artifact_upload.py); None while it cannot be:
         the round stays Running with Complete=False/ArtifactUploadFailed and tries again later."""
         s3 = self.cfg.s3
         assert s3 is not None
-        key = self.key(body)
-        if s3.wait_left(key) > 0:
-            return None
+        key = self.upload_key(body)
         relative = folder.relative_to(self.cfg.aggregator.artifact_dir).as_posix()
+        deadline = _time((body.get("status") or {}).get("deadline"))
+        budget = (deadline - _now()).total_seconds() if deadline is not None else None
         try:
-            stored, sent = await s3.publish(folder, relative, result, key)
+            stored, sent = await s3.publish(folder, relative, result, key, budget)
         except (ObjectStoreError, OSError) as err:
-            delay = s3.failed(key)
+            transient = isinstance(err, ObjectStoreError) and err.transient
+            delay = s3.failed(key, transient)
             why = str(err) if isinstance(err, ObjectStoreError) else f"reading the result folder: {err}"
-            message = (f"the run succeeded and its model {result.digest} is in {result.storage_uri}, but copying "
-                       f"it to the S3 artifact store {s3.url} failed: {why}. Trying again in {delay:g}s; the "
-                       "round fails at activeDeadlineSeconds if it never succeeds")[:4000]
+            reason = err.reason if isinstance(err, ObjectStoreError) else "LocalFileError"
+            todo = (f"Trying again in {delay:g}s" if transient else
+                    "This will not fix itself: " + _UPLOAD_FIX.get(reason, _UPLOAD_FIX[""])
+                    + f". Trying again in {delay:g}s")
+            message = (f"the run succeeded and its model {result.digest} is in {result.storage_uri} (its SuperLink "
+                       f"and training pods are stopped), but copying it to the S3 artifact store {s3.url} failed: "
+                       f"{why}. {todo}; the round fails at activeDeadlineSeconds if it never succeeds")[:4000]
             log.warning("Round %s: %s", body["metadata"]["name"], message)
             await self.write(body, [self.cond(body, T.COMPLETE, False, c.Reason.ARTIFACT_UPLOAD_FAILED, message)],
                              **fields)

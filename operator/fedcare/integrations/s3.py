@@ -7,12 +7,16 @@ S3-compatible server (AWS S3, MinIO, Ceph RGW, S3Proxy, ...).
 
 Every call has a connect and a read timeout and a bounded retry with exponential backoff
 (urllib3 ``Retry`` on the SDK's pool: connection errors, read timeouts, 5xx and 429). The
-calls are blocking; async code runs them with ``asyncio.to_thread``. Errors are
+calls are blocking; async code runs them with :func:`run_blocking` on a small pool of their own,
+never the event loop's default executor. Errors are
 :class:`ObjectStoreError`: what was asked (``s3://bucket/key`` at the endpoint), why, and what to
 do; never a credential (the SDK's own messages, which may quote the access key id, are not
-echoed). Credentials come from the standard variables ``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``) unless given explicitly; they are held by
-the SDK's provider only, never in these settings.
+echoed), and a URI or endpoint is shown through :func:`redact` (no query, fragment or user info:
+a presigned URL's signature never reaches a message). Credentials come from the standard
+variables ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN`` when the
+keys are temporary; the chart passes it when its Secret has that key) unless given explicitly;
+they are held by the SDK's provider only, never in these settings. No other credential source
+(web identity, instance metadata) is read.
 
 | Setting | Environment (the hub's artifact store) | Fallback (any command) | Default |
 |---|---|---|---|
@@ -22,6 +26,9 @@ the SDK's provider only, never in these settings.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import hashlib
 import logging
 import os
@@ -49,6 +56,17 @@ class ObjectStoreError(Exception):
         self.transient = transient
 
 
+#: OSErrors of a local file (fput_object's open, a download's write), never of the connection.
+_LOCAL_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _local_error(err: OSError, op: str, where: str) -> ObjectStoreError:
+    """A local file/disk failure: its own reason and a message about the file, not the endpoint."""
+    what = f"{err.strerror or type(err).__name__}" + (f": {err.filename}" if err.filename else "")
+    return ObjectStoreError("LocalFileError", f"{op} {where}: the local file failed ({what}); check the file "
+                                              "and the free space of its disk (not the S3 endpoint)")
+
+
 @dataclass(frozen=True)
 class S3Policy:
     connect_timeout: float = 5.0
@@ -58,22 +76,33 @@ class S3Policy:
     max_backoff: float = 8.0
 
 
+def redact(uri: str) -> str:
+    """A URI fit for a message: no query, fragment or user info (a presigned URL's
+    ``X-Amz-Credential``/``X-Amz-Signature``, a token, a password), at most 200 characters."""
+    try:
+        parts = urllib.parse.urlsplit(str(uri))
+        netloc = parts.netloc.rpartition("@")[2]
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))[:200]
+    except ValueError:
+        return "<an unparsable URI>"
+
+
 def parse_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` → (bucket, key); the key may be empty (a prefix). Refuses '..' segments."""
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme.lower() != "s3":
-        raise ObjectStoreError("UnsupportedURI", f"{uri[:200]!r} is not an s3://bucket/key URI")
+        raise ObjectStoreError("UnsupportedURI", f"{redact(uri)!r} is not an s3://bucket/key URI")
     bucket, key = parts.netloc, urllib.parse.unquote(parts.path).lstrip("/")
     if "@" in bucket:            # user info may be a credential: say so without echoing it
         raise ObjectStoreError("UnsupportedURI", "an s3:// URI takes no user info (credentials come from "
                                                  "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); use s3://<bucket>/<key>")
     if not bucket or not _valid_bucket(bucket):
-        raise ObjectStoreError("UnsupportedURI", f"{uri[:200]!r}: {bucket!r} is not a valid bucket name (3-63 "
+        raise ObjectStoreError("UnsupportedURI", f"{redact(uri)!r}: {bucket!r} is not a valid bucket name (3-63 "
                                                  "lowercase letters, digits, '.' and '-'); use s3://<bucket>/<key>")
     if parts.query or parts.fragment:
-        raise ObjectStoreError("UnsupportedURI", f"{uri[:200]!r}: an s3:// URI takes no query or fragment")
+        raise ObjectStoreError("UnsupportedURI", f"{redact(uri)!r}: an s3:// URI takes no query or fragment")
     if ".." in pathlib.PurePosixPath(key).parts:
-        raise ObjectStoreError("UnsupportedURI", f"{uri[:200]!r} contains '..'; give the object's real key")
+        raise ObjectStoreError("UnsupportedURI", f"{redact(uri)!r} contains '..'; give the object's real key")
     return bucket, key
 
 
@@ -122,11 +151,9 @@ class S3Store:
     def __post_init__(self) -> None:
         parts = urllib.parse.urlsplit(self.endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
-                or parts.username or parts.password:
-            shown = parts._replace(netloc=parts.hostname or "").geturl() if parts.username or parts.password \
-                else self.endpoint    # user info in a URL may be a credential: never echoed
-            raise ObjectStoreError("InvalidEndpoint", f"S3 endpoint {shown[:200]!r} must be http(s)://host"
-                                                      "[:port] with no path and no user info (credentials come "
+                or parts.username or parts.password or parts.query or parts.fragment:
+            raise ObjectStoreError("InvalidEndpoint", f"S3 endpoint {redact(self.endpoint)!r} must be http(s)://host"
+                                                      "[:port] with no path or query and no user info (credentials come "
                                                       "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
 
     @classmethod
@@ -220,6 +247,8 @@ class S3Store:
                                                    f"{CREDENTIAL_HINT}")
         try:
             return fn(*args, **kwargs)
+        except _LOCAL_ERRORS as err:      # this machine's file, not the server (fput_object opens it)
+            raise _local_error(err, op, self.where(bucket, key)) from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as err:
             raise self._error(err, op, bucket, key) from None
         except ValueError as err:     # the SDK's own argument checks (names): no credential in them
@@ -270,7 +299,10 @@ class S3Store:
                 if limit is not None and seen > limit:
                     raise ObjectStoreError("ArtifactUnreadable", f"{op} {self.where(bucket, key)}: larger than "
                                                                  f"{limit} bytes")
-                sink(chunk)
+                try:
+                    sink(chunk)
+                except OSError as err:      # the local file (a full disk): not the server's fault
+                    raise _local_error(err, op, self.where(bucket, key)) from None
         except (urllib3.exceptions.HTTPError, OSError) as err:      # the body broke off mid-stream
             raise self._error(err, op, bucket, key) from None
         finally:
@@ -291,7 +323,11 @@ class S3Store:
         """Stream an object into ``path``; return its sha256, None if it does not exist."""
         h = hashlib.sha256()
         tmp = path.with_name(f".{path.name}.part")
-        with open(tmp, "wb") as fh:
+        try:
+            fh = open(tmp, "wb")
+        except OSError as err:
+            raise _local_error(err, "GET", self.where(bucket, key)) from None
+        with fh:
             def sink(chunk: bytes) -> None:
                 h.update(chunk)
                 fh.write(chunk)
@@ -309,7 +345,10 @@ class S3Store:
         kept (a restarted hub repeats no upload). After an upload the object is read back and
         hashed; a mismatch raises ``DigestMismatch`` (the object is not trusted).
         """
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise _local_error(err, "PUT", self.where(bucket, key)) from None
         have = self.stat(bucket, key)
         if have is not None and have.size == size and self.sha256(bucket, key) == sha256:
             return False
@@ -320,6 +359,21 @@ class S3Store:
                                                      f"{got or 'nothing'}, the file to {sha256}; the upload is "
                                                      "not trusted and will be repeated", transient=True)
         return True
+
+
+#: S3 calls' own threads: a long upload never starves the event loop's default executor (6
+#: workers on a small host, shared with Vault reads and the Flower Control API calls); the SDK's
+#: timeouts run inside the call, so they measure the call, not the wait for a thread.
+WORKERS = 2
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def run_blocking(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` (a blocking S3 call, or hashing for one) on the S3 threads."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="fedcare-s3")
+    return await asyncio.get_running_loop().run_in_executor(_POOL, functools.partial(fn, *args))
 
 
 _ENV_STORES: dict[tuple[str, str], S3Store] = {}

@@ -21,6 +21,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..integrations.s3 import redact
+
 PROVENANCE = "provenance.json"
 PROOFS = "provenance-proofs.json"
 MANIFEST = "release.json"
@@ -56,14 +58,14 @@ def local_path(uri: str) -> pathlib.Path:
     """The path of a file:// URI; absolute, no '..', no host."""
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme != "file":
-        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} is not a file:// URI")
+        raise ArtifactError("UnsupportedURI", f"{redact(uri)!r} is not a file:// URI")
     if parts.netloc not in ("", "localhost"):
-        raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} names a host; use file:///absolute/path")
+        raise ArtifactError("UnsupportedURI", f"file URI {redact(uri)!r} names a host; use file:///absolute/path")
     path = urllib.parse.unquote(parts.path)
     if not path.startswith("/"):
-        raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} must hold an absolute path")
+        raise ArtifactError("UnsupportedURI", f"file URI {redact(uri)!r} must hold an absolute path")
     if ".." in pathlib.PurePosixPath(path).parts:
-        raise ArtifactError("UnsupportedURI", f"file URI {uri[:200]!r} contains '..'; give the real path")
+        raise ArtifactError("UnsupportedURI", f"file URI {redact(uri)!r} contains '..'; give the real path")
     return pathlib.Path(path)
 
 
@@ -80,18 +82,18 @@ def resolve_pvc(uri: str, mounts: dict[str, str]) -> str:
     claim = parts.netloc
     rel = urllib.parse.unquote(parts.path).lstrip("/")
     if not claim or not rel:
-        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r}: expected pvc://<claim>/<path inside the claim>")
+        raise ArtifactError("UnsupportedURI", f"{redact(uri)!r}: expected pvc://<claim>/<path inside the claim>")
     if ".." in pathlib.PurePosixPath(rel).parts:
-        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} contains '..'; give the path inside the claim")
+        raise ArtifactError("UnsupportedURI", f"{redact(uri)!r} contains '..'; give the path inside the claim")
     if claim not in mounts:
         have = ", ".join(sorted(mounts)) or "none"
-        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r}: the hub does not mount claim {claim!r} (it mounts: "
+        raise ArtifactError("UnsupportedURI", f"{redact(uri)!r}: the hub does not mount claim {claim!r} (it mounts: "
                                               f"{have}); set artifactStore.existingClaim in the Helm values or "
                                               "use a file:// or http(s):// URI")
     root = pathlib.Path(mounts[claim]).resolve()
     target = (root / rel).resolve()
     if not target.is_relative_to(root):
-        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} leads out of the claim's mount (a symlink?)")
+        raise ArtifactError("UnsupportedURI", f"{redact(uri)!r} leads out of the claim's mount (a symlink?)")
     return target.as_uri()
 
 
@@ -113,17 +115,17 @@ def _s3_parts(uri: str) -> tuple[str, str]:
     except ObjectStoreError as err:
         raise ArtifactError(err.reason, str(err)) from None
     if not key or key.endswith("/"):
-        raise ArtifactError("UnsupportedURI", f"{uri[:200]!r} names no object: use s3://<bucket>/<key of the file>")
+        raise ArtifactError("UnsupportedURI", f"{redact(uri)!r} names no object: use s3://<bucket>/<key of the file>")
     return bucket, key
 
 
 async def _s3_call(policy: FetchPolicy, fn: str, uri: str, *args: Any) -> Any:
-    """Run an S3Store method on a thread; its errors become ArtifactErrors (same reasons)."""
-    from ..integrations.s3 import ObjectStoreError, store_from_env
+    """Run an S3Store method on the S3 threads; its errors become ArtifactErrors (same reasons)."""
+    from ..integrations.s3 import ObjectStoreError, run_blocking, store_from_env
     bucket, key = _s3_parts(uri)
     store = policy.s3 or store_from_env()
     try:
-        return await asyncio.to_thread(getattr(store, fn), bucket, key, *args)
+        return await run_blocking(getattr(store, fn), bucket, key, *args)
     except ObjectStoreError as err:
         raise ArtifactError(err.reason, str(err), transient=err.transient) from None
 
@@ -157,18 +159,18 @@ async def _get(uri: str, policy: FetchPolicy, sink) -> None:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session, session.get(uri) as resp:
                 if resp.status == 404:
-                    raise ArtifactError("ArtifactNotFound", f"{uri[:200]} answered 404 Not Found")
+                    raise ArtifactError("ArtifactNotFound", f"{redact(uri)} answered 404 Not Found")
                 if resp.status in (429, 500, 502, 503, 504):
                     raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
                 if resp.status != 200:
-                    raise ArtifactError("ArtifactUnreadable", f"{uri[:200]} answered HTTP {resp.status}")
+                    raise ArtifactError("ArtifactUnreadable", f"{redact(uri)} answered HTTP {resp.status}")
                 sink.reset()
                 async for chunk in resp.content.iter_chunked(_CHUNK):
                     sink.feed(chunk)
                 return
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
             if attempt + 1 == policy.attempts:
-                raise ArtifactError("ArtifactUnreachable", f"GET {uri[:200]} failed {policy.attempts} times "
+                raise ArtifactError("ArtifactUnreachable", f"GET {redact(uri)} failed {policy.attempts} times "
                                                            f"({type(err).__name__}); check the storage server",
                                     transient=True) from None
             await asyncio.sleep(random.uniform(0, min(policy.max_delay, policy.base_delay * 2 ** attempt)))
@@ -207,7 +209,7 @@ async def sha256_uri(uri: str, policy: FetchPolicy = FetchPolicy()) -> str:
     if _scheme(uri) == "s3":
         found = await _s3_call(policy, "sha256", uri)
         if found is None:
-            raise ArtifactError("ArtifactNotFound", f"{uri[:200]} does not exist in its bucket")
+            raise ArtifactError("ArtifactNotFound", f"{redact(uri)} does not exist in its bucket")
         return found
     hasher = _Hasher()
     await _get(uri, policy, hasher)
@@ -241,7 +243,7 @@ async def download_s3(uri: str, path: pathlib.Path, policy: FetchPolicy = FetchP
     """Stream an s3:// object into ``path`` (no whole-file buffer); its sha256."""
     found = await _s3_call(policy, "download", uri, path)
     if found is None:
-        raise ArtifactError("ArtifactNotFound", f"{uri[:200]} does not exist in its bucket")
+        raise ArtifactError("ArtifactNotFound", f"{redact(uri)} does not exist in its bucket")
     return found
 
 

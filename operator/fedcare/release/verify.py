@@ -219,8 +219,10 @@ def _proof_rows(inp: Inputs, root_hex: str, leaves: set[merkle.Leaf] | None, aga
     return rows
 
 
-async def inputs_from_release(kubeconfig: str | None, namespace: str, name: str, **kw: Any) -> tuple[Inputs, list[Row]]:
-    """Read a ModelRelease from a cluster: artifact URI, signature and chain coordinates from its status."""
+async def inputs_from_release(kubeconfig: str | None, namespace: str, name: str, workdir: pathlib.Path | None = None,
+                              **kw: Any) -> tuple[Inputs, list[Row]]:
+    """Read a ModelRelease from a cluster: artifact URI, signature and chain coordinates from its status.
+    An s3:// artifact is downloaded into ``workdir`` (the caller removes it; the CLI does)."""
     from ..api.resources import API_VERSION, MODEL_RELEASES
     from ..integrations.kube import Kube, Ref
 
@@ -234,7 +236,7 @@ async def inputs_from_release(kubeconfig: str | None, namespace: str, name: str,
     if uri.startswith("file:"):
         path = art.local_path(uri)
     elif uri.startswith("s3:"):         # streamed to a file (endpoint and credentials: AWS_* variables)
-        path = pathlib.Path(tempfile.mkdtemp(prefix="fedcare-verify-")) / "model.safetensors"
+        path = (workdir or pathlib.Path(tempfile.mkdtemp(prefix="fedcare-verify-"))) / "model.safetensors"
         kw.setdefault("sha256", await art.download_s3(uri, path))
     else:
         data = await art.read_uri(uri, limit=1 << 40)
