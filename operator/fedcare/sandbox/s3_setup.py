@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..integrations.s3 import S3Policy, S3Store
+from .openbao import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 VERSION = "2.7.0"
@@ -56,12 +57,6 @@ def missing() -> str:
     if jar_path() is None:
         return f"S3Proxy {VERSION} is not installed: {INSTALL_HINT}"
     return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
