@@ -92,13 +92,7 @@ async def test_a_real_round_and_release_give_events_metrics_and_kstatus(emulator
     recorder = Recorder(fed.api)
     watching = None
     try:
-        await fed.prepare(images=40)
-        await fed.start_kubelets()
-        await fed.start_hub()
-        await fed.wait_enrolled()
-        for site in fed.sites:
-            await fed.start_agent(site)
-        await fed.wait_sites_ready()
+        await fed.start(images=40)
         api = fed.api
         watching = asyncio.create_task(recorder.run())
 

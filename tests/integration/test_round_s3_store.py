@@ -57,13 +57,7 @@ async def test_a_real_round_stores_its_model_in_s3_and_its_release_verifies(emul
     store = S3ResultStore(s3.store(), BUCKET, "hub-a")
     fed = S3Federation(str(emulator.url), tmp_path, ["rouen", "lyon"], release=cfg, s3store=store)
     try:
-        await fed.prepare(images=40)
-        await fed.start_kubelets()
-        await fed.start_hub()
-        await fed.wait_enrolled()
-        for site in fed.sites:
-            await fed.start_agent(site)
-        await fed.wait_sites_ready()
+        await fed.start(images=40)
         api = fed.api
         await api.create(ROUNDS, round_manifest("r1", sites=2, rounds=1, holdout=str(fed.data / "holdout"),
                                                 release={"create": True, "modelName": "ultrasound-cnn"},

@@ -178,6 +178,16 @@ class Federation:
         self.hub_ctx: HubContext | None = None
         self.release = release           # the hub's chain/signing configuration (sandbox/release.py)
 
+    async def start(self, *, images: int = 120) -> None:
+        """Data, kubelets, hub, enrollment, one agent per site; returns once every site is Ready."""
+        await self.prepare(images=images)
+        await self.start_kubelets()
+        await self.start_hub()
+        await self.wait_enrolled()
+        for site in self.sites:
+            await self.start_agent(site)
+        await self.wait_sites_ready()
+
     async def connect(self) -> Kube:
         if self.kubeconfig:
             return await Kube.from_kubeconfig(self.kubeconfig, policy=POLICY)
@@ -356,13 +366,7 @@ async def federation(url: str, workdir: pathlib.Path, sites: list[str], *, image
         if fed.kubeconfig:
             await fed.api.close()
             fed.api = await fed.connect()
-        await fed.prepare(images=images)
-        await fed.start_kubelets()
-        await fed.start_hub()
-        await fed.wait_enrolled()
-        for site in sites:
-            await fed.start_agent(site)
-        await fed.wait_sites_ready()
+        await fed.start(images=images)
         yield fed
     finally:
         await fed.close()
