@@ -148,6 +148,10 @@ async def test_a_real_round_and_release_give_events_metrics_and_kstatus(emulator
         await api.create(RELEASES, body)
         rel = Ref(API_VERSION, "modelreleases", "default", "r1-model")
         await eventually(lambda: _with(api, "r1-model", "ReleasePromoted"), timeout=120, interval=0.5)
+        # The recorder polls (every 0.2 s plus four lists, slower under load): let it see the
+        # anchored release before the revocation moves it on (a full run once missed it).
+        await eventually(lambda: asyncio.sleep(0, recorder.seen.get(("ModelRelease", "Anchored"))),
+                         timeout=30, interval=0.2)
         await api.patch(rel, {"spec": {"revocation": {"revoked": True, "reason": "superseded by a retrain"}}})
         evts = await eventually(lambda: _with(api, "r1-model", "ReleaseArchived"), timeout=60, interval=0.5)
         got = reasons(e for e in evts if e["reason"] != "Validated")
