@@ -115,20 +115,17 @@ def join(*parts: str) -> str:
     return posixpath.join(*[p.strip("/") for p in parts if p.strip("/")])
 
 
-def endpoint_from_env(env: Mapping[str, str] | None = None, *names: str) -> str:
+def _first_env(env: Mapping[str, str] | None, names: tuple[str, ...], default: str) -> str:
     e = os.environ if env is None else env
-    for name in (*names, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        if e.get(name):
-            return e[name]
-    return "https://s3.amazonaws.com"
+    return next((e[name] for name in names if e.get(name)), default)
+
+
+def endpoint_from_env(env: Mapping[str, str] | None = None, *names: str) -> str:
+    return _first_env(env, (*names, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "https://s3.amazonaws.com")
 
 
 def region_from_env(env: Mapping[str, str] | None = None, *names: str) -> str:
-    e = os.environ if env is None else env
-    for name in (*names, "AWS_REGION", "AWS_DEFAULT_REGION"):
-        if e.get(name):
-            return e[name]
-    return "us-east-1"
+    return _first_env(env, (*names, "AWS_REGION", "AWS_DEFAULT_REGION"), "us-east-1")
 
 
 @dataclass(frozen=True)
