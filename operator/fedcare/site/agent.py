@@ -71,9 +71,11 @@ class SiteAgent:
         """Answer one assignment if it needs it (idempotent); API failures are left to the resync."""
         try:
             async with self._answering:
+                cache = self.work.assignments if self.work is not None and self.work.assignments.synced.is_set() \
+                    else None
                 answered = await assignments.answer_with_reason(self.hub, self.site, self.agent_id, raw,
                                                                 self.reporter.free_gpus,
-                                                                self.reporter.gpu_ready_status)
+                                                                self.reporter.gpu_ready_status, cache=cache)
         except KubeError as err:     # the next event, or the answer resync, brings it back
             logger.warning("Could not answer the assignment: %s", err)
             return
@@ -91,7 +93,8 @@ class SiteAgent:
     async def resync_answers(self, stop: asyncio.Event) -> None:
         """Every ``answer_resync_seconds``, answer what is still unanswered: a failed answer is
         never re-delivered by a watch event (nothing changed on the object), so without this it
-        would wait for the next re-list, minutes away. Bounded: one list per pass."""
+        would wait for the next re-list, minutes away. Bounded: one list per pass, none when the
+        work loop's watched copy of the assignments is at hand."""
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.answer_resync_seconds)
@@ -99,9 +102,11 @@ class SiteAgent:
             except asyncio.TimeoutError:
                 pass
             try:
-                pending = [a for a in await self.hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural,
-                                                              self.namespace))
-                           if assignments.needs_answer(a)]
+                if self.work is not None and self.work.assignments.synced.is_set():
+                    listed = list(self.work.assignments.items.values())     # the work loop's watched copy
+                else:
+                    listed = await self.hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, self.namespace))
+                pending = [copy.deepcopy(a) for a in listed if assignments.needs_answer(a)]
             except KubeError as err:
                 log.warning("Could not list the site's assignments (%s); next try in %.0fs", err,
                             self.answer_resync_seconds)

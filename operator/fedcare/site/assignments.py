@@ -16,6 +16,7 @@ from ..api.round_assignment import AssignmentPhase, RoundAssignmentSpec
 from ..api.validation import SpecError, parse
 from ..integrations.kube import Kube, Ref
 from ..status_writer import write_status
+from .informer import Informer
 
 KIND = r.ROUND_ASSIGNMENTS.kind
 AGENT_TYPES = c.owned(KIND, c.Writer.AGENT)
@@ -95,26 +96,41 @@ async def answer(hub: Kube, site: str, agent_id: str, body: dict[str, Any], free
 
 
 async def answer_with_reason(hub: Kube, site: str, agent_id: str, body: dict[str, Any],
-                             free_gpus: int | None, gpu_ready: str = "True") -> tuple[bool, str] | None:
-    """``answer``, returning (accepted, reason) — the reason is one of a small fixed set."""
+                             free_gpus: int | None, gpu_ready: str = "True",
+                             cache: Informer | None = None) -> tuple[bool, str] | None:
+    """``answer``, returning (accepted, reason) — the reason is one of a small fixed set.
+
+    ``cache``: the work loop's watched copy of the site's assignments (synced), instead of a
+    list per answer. This agent is the only writer of their phases and puts each write in the
+    cache, so the copy knows every reservation it made; what it may lack is a deletion not yet
+    delivered, which could only refuse wrongly: a refusal is confirmed from a fresh list."""
     if not needs_answer(body):
         return None
     md = body["metadata"]
-    others = await hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"]))
-    fresh = next((o for o in others if o["metadata"]["name"] == md["name"]), None)
-    if fresh is None:
-        return None         # deleted meanwhile
-    status, attempt = fresh.get("status") or {}, (fresh.get("spec") or {}).get("attempt", 1)
-    if status.get("phase") in LATER and status.get("attempt") == attempt:
-        return None         # an answer never overwrites a later phase (Running, Succeeded, Failed)
-    accepted, reason, message = decide(site, body, free_gpus, reserved_gpus(others, besides=md["name"]), gpu_ready)
+    ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"])
+    for listed in ([list(cache.items.values())] if cache is not None else []) + [None]:
+        others = listed if listed is not None else await hub.list(ref)
+        fresh = next((o for o in others if o["metadata"]["name"] == md["name"]), None)
+        if fresh is None:
+            if listed is not None:
+                continue        # not in the copy yet: ask the API
+            return None         # deleted meanwhile
+        status, attempt = fresh.get("status") or {}, (fresh.get("spec") or {}).get("attempt", 1)
+        if status.get("phase") in LATER and status.get("attempt") == attempt:
+            return None         # an answer never overwrites a later phase (Running, Succeeded, Failed)
+        accepted, reason, message = decide(site, body, free_gpus, reserved_gpus(others, besides=md["name"]),
+                                           gpu_ready)
+        if accepted or listed is None:
+            break
     gen = md.get("generation")
     updates = [c.make(c.ConditionType.ACCEPTED, accepted, reason, message, generation=gen),
                c.make(c.ConditionType.READY, accepted, reason, message, generation=gen)]
     phase = AssignmentPhase.ACCEPTED if accepted else AssignmentPhase.REJECTED
     fields = {"phase": phase.value, "message": message, "agentId": agent_id, "observedGeneration": gen,
               "attempt": (body.get("spec") or {}).get("attempt", 1)}
-    ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
+    one = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
     # known: the copy just listed saves a read; if it is stale the write gets 409 and re-reads.
-    await write_status(hub, ref, owned_types=AGENT_TYPES, updates=updates, fields=fields, known=fresh)
+    written = await write_status(hub, one, owned_types=AGENT_TYPES, updates=updates, fields=fields, known=fresh)
+    if cache is not None:
+        cache.put(written)
     return accepted, str(getattr(reason, "value", reason))

@@ -14,8 +14,13 @@ assignment deadline, and otherwise every ``interval`` (a resync; nothing waits o
 * An assignment gone (the round ended or was deleted) or of an older attempt: pod and policy
   deleted.
 
-Everything is read from the two APIs on every pass, so a restarted agent resumes without
-duplicates: pod names are derived from the assignment and the retry count in its status.
+The site's assignments (hub API) and training pods (site API) are read from two list-then-
+watch caches (``informer.py``), so a pass that changes nothing makes no API call, and the loop
+starts only once both caches hold a complete listing. A restarted agent therefore resumes
+without duplicates: pod names are derived from the assignment and the retry count in its
+status. The pods' credentials Secrets are listed at start and then every ``interval`` (an
+orphan left by a stopped agent is deleted then), and each pod's NetworkPolicy is checked at
+its creation and then at most every ``interval``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..status_writer import write_status
 from . import site_reports
 from . import supernode_credentials as creds
 from . import training_pod as tp
+from .informer import Informer
 from .privacy import SitePrivacy
 from .heartbeat import node_ref
 
@@ -76,8 +82,16 @@ class SiteWork:
         self._key_retry_at, self._key_delay = 0.0, KEY_RETRY_FIRST
         #: The nearest deadline of an active assignment (the loop wakes then to enforce it).
         self.soonest: dt.datetime | None = None
-        #: The pods' credentials Secrets this pass's list found (None: not listed; ensure_secret reads).
+        #: The pods' credentials Secrets as last listed, plus those created since (None: not listed yet).
         self._secrets: set[str] | None = None
+        self._sweep_at = 0.0            # when the credentials Secrets are listed again (monotonic)
+        self._policy_at: dict[str, float] = {}  # assignment key -> when its NetworkPolicy is checked again
+        selector = f"{r.SITE_LABEL}={site},{r.MANAGED_BY_LABEL}={r.MANAGED_BY}"
+        self.assignments = Informer(hub, Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, r.site_namespace(site)),
+                                    on_change=self.wake.set, what=f"site {site}'s RoundAssignments")
+        self.pods = Informer(site_kube, Ref("v1", "pods", namespace), label_selector=selector,
+                             on_change=self.wake.set, what=f"site {site}'s training pods") \
+            if site_kube is not None else None
         if insecure:
             log.warning("DEVELOPMENT MODE: site %s accepts plaintext Flower (--insecure-flower): no TLS, no "
                         "SuperNode authentication. Never use this with real patient data.", site)
@@ -86,8 +100,17 @@ class SiteWork:
         if self.site_kube is None:
             log.warning("No site cluster access: site %s cannot run training pods", self.site)
             return
-        watcher = asyncio.create_task(self.watch_pods(stop), name="training-pod-watch")
+        assert self.pods is not None
+        watchers = [asyncio.create_task(self.assignments.run(stop), name="assignment-watch"),
+                    asyncio.create_task(self.pods.run(stop), name="training-pod-watch")]
         try:
+            synced = asyncio.gather(self.assignments.synced.wait(), self.pods.synced.wait())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([synced, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not synced.done():
+                synced.cancel()
+                return
             while not stop.is_set():
                 self.wake.clear()       # before the pass: a wake-up during it triggers the next one
                 if self.credentials is not None and not self.credentials.key_ready:
@@ -111,8 +134,9 @@ class SiteWork:
                 for w in waits:
                     w.cancel()
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
 
     async def _publish_key(self) -> None:
         """The hub registers the public key before dispatching: publish it at start. While Vault
@@ -131,45 +155,15 @@ class SiteWork:
                         self.site, err, self._key_delay)
             self._key_delay = min(KEY_RETRY_MAX, 2 * self._key_delay)
 
-    async def watch_pods(self, stop: asyncio.Event) -> None:
-        """Wake the loop on every change of this site's training pods, so a pod that starts,
-        runs or exits is reported at once rather than at the next resync. Failures back off
-        (1 s doubling to 30 s); the resync covers the gap."""
-        assert self.site_kube is not None
-        ref = Ref("v1", "pods", self.namespace)
-        selector = f"{r.SITE_LABEL}={self.site},{r.MANAGED_BY_LABEL}={r.MANAGED_BY}"
-        version, backoff = "", 1.0
-        while not stop.is_set():
-            try:
-                if not version:
-                    listing = await self.site_kube.request("GET", ref.path, query={"labelSelector": selector})
-                    version = (listing.get("metadata") or {}).get("resourceVersion") or ""
-                async for etype, obj in self.site_kube.watch(ref, label_selector=selector, resource_version=version):
-                    if etype == "ERROR":            # e.g. 410 Gone: list again
-                        version = ""
-                        break
-                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if etype != "BOOKMARK":
-                        self.wake.set()
-                backoff = 1.0
-            except KubeError as err:
-                log.warning("Watch of site %s's training pods failed (%s); retrying in %.0fs", self.site, err,
-                            backoff)
-                version = ""
-                await asyncio.sleep(backoff)
-                backoff = min(30.0, backoff * 2)
-
     # -- the pass ------------------------------------------------------------------------------
     async def reconcile(self) -> None:
         assert self.site_kube is not None
         self.passes += 1
-        ns = r.site_namespace(self.site)
-        assignments = await self.hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, ns))
-        pods = await self.site_kube.list(Ref("v1", "pods", self.namespace),
-                                         label_selector=f"{r.SITE_LABEL}={self.site},"
-                                                        f"{r.MANAGED_BY_LABEL}={r.MANAGED_BY}")
-        self._secrets = None
-        if self.credentials is not None:
+        assert self.pods is not None
+        assignments = list(self.assignments.items.values())
+        pods = list(self.pods.items.values())
+        if self.credentials is not None and (self._secrets is None or time.monotonic() >= self._sweep_at):
+            self._sweep_at = time.monotonic() + self.interval
             gone, self._secrets = await creds.sweep(self.site_kube, self.namespace, self.site,
                                                     {p["metadata"]["name"] for p in pods})
             for name in gone:
@@ -178,7 +172,6 @@ class SiteWork:
         for pod in pods:
             by_assignment.setdefault(pod["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, ""), []).append(pod)
         wanted: set[str] = set()
-        node: dict[str, Any] | None = None
         self.soonest = None
         for ra in assignments:
             st, spec = ra.get("status") or {}, ra.get("spec") or {}
@@ -214,14 +207,14 @@ class SiteWork:
                                    "secrets.backend=vault)")
                 continue
             wanted.add(key)
-            if node is None:
-                node = await self.hub.get(node_ref(self.site))
-            await self._converge(ra, mine, node)
+            await self._converge(ra, mine)
         for key, mine in by_assignment.items():
             if key not in wanted:
                 await self._delete_pods(mine, None)
+        for key in set(self._policy_at) - wanted:
+            del self._policy_at[key]
 
-    async def _converge(self, ra: dict[str, Any], pods: list[dict[str, Any]], node: dict[str, Any]) -> None:
+    async def _converge(self, ra: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         assert self.site_kube is not None
         st, spec = ra.get("status") or {}, ra["spec"]
         limit = int((spec.get("training") or {}).get("maxRestarts", 3))
@@ -233,22 +226,29 @@ class SiteWork:
         pod = next((p for p in pods if p["metadata"]["name"] == name), None)
         policy = tp.network_policy(ra, site=self.site, namespace=self.namespace)
         plaintext = bool((spec.get("superLink") or {}).get("insecure"))
-        if pod is None:     # the pod list says it is missing: create both without ensure's extra GETs
+        key = tp._label_value(ra["metadata"]["name"])
+        if pod is None:     # the cache says it is missing: create both without ensure's extra GETs
+            # read now, not cached: the pod gets the HospitalNode's current selector and tolerations
+            node = await self.hub.get(node_ref(self.site))
             manifest = tp.pod_manifest(ra, node, site=self.site, namespace=self.namespace, retry=retry,
                                        insecure=plaintext, privacy=self.privacy)
             await _create_or_ensure(self.site_kube, "networkpolicies", policy)
+            self._policy_at[key] = time.monotonic() + self.interval
             pod, created = await _create_or_ensure(self.site_kube, "pods", manifest)
+            self.pods.put(pod)      # type: ignore[union-attr]
             if created:
                 log.info("Site %s: created training pod %s for round %s (attempt %s)", self.site, name,
                          spec["roundRef"]["name"], spec.get("attempt"))
-        else:
+        elif time.monotonic() >= self._policy_at.get(key, 0.0):
             await ensure(self.site_kube, "networkpolicies", policy)
+            self._policy_at[key] = time.monotonic() + self.interval
         if not plaintext and self.credentials is not None and not pod["metadata"].get("deletionTimestamp"):
             try:   # after the pod (the Secret is owned by it); the pod waits for it to mount
-                listed = self._secrets
-                await self.credentials.ensure_secret(
-                    self.site_kube, pod,
-                    exists=None if listed is None else creds.secret_name(pod["metadata"]["name"]) in listed)
+                listed, secret = self._secrets, creds.secret_name(pod["metadata"]["name"])
+                await self.credentials.ensure_secret(self.site_kube, pod,
+                                                     exists=None if listed is None else secret in listed)
+                if listed is not None:
+                    listed.add(secret)      # created now, or there already (409)
             except VaultError as err:
                 log.warning("Site %s: no SuperNode credentials for pod %s yet: %s", self.site, name, err)
         restarts, why = tp.container_state(pod)
@@ -291,8 +291,12 @@ class SiteWork:
             md = pod["metadata"]
             if await self.site_kube.delete(Ref("v1", "pods", md["namespace"], md["name"])):
                 log.info("Site %s: deleted training pod %s", self.site, md["name"])
+            if self.pods is not None:
+                self.pods.drop(md["name"])
             if await creds.delete_secret(self.site_kube, md["namespace"], md["name"]):
                 log.info("Site %s: deleted SuperNode credentials of pod %s", self.site, md["name"])
+            if self._secrets is not None:
+                self._secrets.discard(creds.secret_name(md["name"]))
         if ra is None and pods:
             key = pods[0]["metadata"]["labels"].get(tp.ASSIGNMENT_LABEL, "")
             policies = Ref("networking.k8s.io/v1", "networkpolicies", self.namespace)
@@ -308,10 +312,11 @@ class SiteWork:
         ok = phase in (AssignmentPhase.ACCEPTED, AssignmentPhase.RUNNING, AssignmentPhase.SUCCEEDED)
         updates = [c.make(c.ConditionType.READY, ok, reason, message, generation=gen)]
         ref = Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, md["namespace"], md["name"])
-        async with self.lock:       # known: the listed copy saves a read (a stale one gets 409, re-read)
-            await write_status(self.hub, ref, owned_types=AGENT_TYPES, updates=updates,
-                               fields={"phase": phase.value, "message": message, "agentId": self.agent_id,
-                                       **fields}, known=ra)
+        async with self.lock:       # known: the cached copy saves a read (a stale one gets 409, re-read)
+            written = await write_status(self.hub, ref, owned_types=AGENT_TYPES, updates=updates,
+                                         fields={"phase": phase.value, "message": message,
+                                                 "agentId": self.agent_id, **fields}, known=ra)
+        self.assignments.put(written)
 
 
 async def _create_or_ensure(kube: Kube, plural: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
