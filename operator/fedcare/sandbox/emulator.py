@@ -59,7 +59,7 @@ from kmock._internal import enums, rendering
 
 from ..api.resources import RESOURCES, Resource
 from . import patching as p
-from .emulator_dispatch import Fault, apply_faults, dsl_handle, trim_history
+from .emulator_dispatch import Fault, Memo, apply_faults, dsl_handle, trim_history
 from .emulator_pods import PODS, pod_log
 from .emulator_state import NAMESPACES, StateEmulator, as_resource
 from .emulator_watch import serve_list, serve_watch
@@ -79,6 +79,8 @@ class RealisticEmulator(StateEmulator):
     _inflight: set[Any] = attrs.field(factory=set, init=False)
     #: Requests received so far (benchmarks count an operation's API calls with it).
     received: int = attrs.field(default=0, init=False)
+    #: Reaction order and criteria results (see ``emulator_dispatch.Memo``).
+    dispatch_memo: Memo = attrs.field(factory=Memo, init=False)
 
     def __attrs_post_init__(self) -> None:
         install_parser_fixes()

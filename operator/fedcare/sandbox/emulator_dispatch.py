@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kmock._internal import dsl, rendering
+from kmock._internal import dsl, filtering, rendering
 
 
 @dataclass
@@ -56,12 +56,70 @@ async def apply_faults(faults: list[Fault], request: rendering.Request) -> None:
             return
 
 
+#: Request attributes each plain criteria field is checked against (kmock's ``__call__``s).
+_K8S_FIELDS = {"method": "method", "action": "action", "resource": "resource", "subresource": "subresource",
+               "namespace": "namespace", "name": "name"}
+_HTTP_FIELDS = {"method": "method"}        # and ``path`` (request.url.path); others are not memoised
+
+
+def _memo_key(criteria: Any, request: rendering.Request) -> tuple[Any, ...] | None:
+    """What a plain K8sCriteria/HTTPCriteria result depends on, or None (not memoisable).
+
+    Every request otherwise re-runs kmock's generic ``_check`` for each fallback reaction
+    (Protocol ``isinstance`` checks, enum-to-regex conversions): ~2 ms per request here. The
+    result depends only on the criteria and those attributes, so it is remembered per pair."""
+    kind = type(criteria)
+    if kind is filtering.K8sCriteria:
+        fields = _K8S_FIELDS
+    elif kind is filtering.HTTPCriteria:
+        fields = _HTTP_FIELDS
+        if any(getattr(criteria, f) is not Ellipsis for f in ("params", "headers", "cookies", "text", "body",
+                                                                "data")):
+            return None
+    else:
+        return None
+    values = tuple(getattr(request, attr) for field, attr in fields.items() if getattr(criteria, field) is not Ellipsis)
+    if kind is filtering.HTTPCriteria and criteria.path is not Ellipsis:
+        values += (request.url.path,)
+    return (id(criteria),) + values
+
+
+class Memo:
+    """Criteria results by :func:`_memo_key`; holds the criteria so their ids stay theirs."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple[Any, ...], bool] = {}
+        self.held: dict[int, Any] = {}
+        self.order: tuple[tuple[int, ...], list[Any]] | None = None
+
+    def check(self, criteria: Any, request: rendering.Request) -> bool:
+        try:
+            key = _memo_key(criteria, request)
+            hash(key)
+        except TypeError:
+            key = None
+        if key is None:
+            return bool(criteria(request))
+        if key not in self.results:
+            if len(self.results) > 20_000:
+                self.results.clear()
+            self.held[id(criteria)] = criteria
+            self.results[key] = bool(criteria(request))
+        return self.results[key]
+
+
+def _memo(root: dsl.Root) -> Memo:
+    """The emulator's own memo (``RealisticEmulator.dispatch_memo``); another root gets none kept."""
+    memo = getattr(root, "dispatch_memo", None)
+    return memo if isinstance(memo, Memo) else Memo()
+
+
 def matches(root: dsl.Root, view: Any, request: rendering.Request) -> bool:
     match view:
         case _ if view is root:
             return True
         case dsl.Filter():
-            return bool(view.criteria(request)) and matches(root, view._source, request)
+            return _memo(root).check(view.criteria, request) and matches(root, view._source, request)
         case dsl.Exclusion():
             return (matches(root, view._source, request)
                     and not any(matches(root, x, request) for x in view._exclusions))
@@ -76,12 +134,18 @@ def matches(root: dsl.Root, view: Any, request: rendering.Request) -> bool:
 
 
 async def dsl_handle(root: dsl.Root, request: rendering.Request) -> Any:
-    """kmock's ``RawHandler._handle()`` with :func:`matches` instead of ``request in view``."""
-    priorities = [payload.priorities for payload in root._payloads]
-    width = max((len(p) for p in priorities), default=0)
-    keys = [tuple(-x for x in p) + (0,) * (width - len(p)) for p in priorities]
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    for payload in [root._payloads[i] for i in order]:
+    """kmock's ``RawHandler._handle()`` with :func:`matches` instead of ``request in view``.
+    The reactions' order (by priority) is computed once per set of reactions: a reaction's
+    priorities are fixed when it is made."""
+    memo = _memo(root)
+    ids = tuple(id(payload) for payload in root._payloads)
+    if memo.order is None or memo.order[0] != ids:
+        priorities = [payload.priorities for payload in root._payloads]
+        width = max((len(p) for p in priorities), default=0)
+        keys = [tuple(-x for x in p) + (0,) * (width - len(p)) for p in priorities]
+        order = sorted(range(len(keys)), key=lambda i: keys[i])
+        memo.order = (ids, [root._payloads[i] for i in order])
+    for payload in list(memo.order[1]):
         if not payload._disabled.is_set() and matches(root, payload._source, request):
             try:
                 return await payload(request)

@@ -59,6 +59,8 @@ class StateEmulator(kmock.KubernetesEmulator):
 
     # ---- resource info, visibility -------------------------------------------------------
     def info(self, res: Any) -> kmock.ResourceInfo | None:
+        if isinstance(res, kmock.resource):     # the direct lookup: kmock's own parses the key first
+            return self.resources._resources.get(res)
         return self.resources[res] if res in self.resources else None
 
     def is_known(self, res: Any) -> bool:
@@ -84,8 +86,11 @@ class StateEmulator(kmock.KubernetesEmulator):
                 and match_fields(request.params.get("fieldSelector"), raw))
 
     def live_objects(self, request: rendering.Request) -> list[dict[str, Any]]:
+        res = request.resource
+        plural = getattr(res, "plural", None)    # a cheap first test: kmock's resource == is slow
         return [copy.deepcopy(obj.raw) for key, obj in self._objects.items()
-                if key[0] == request.resource and not obj.deleted and self.visible(request, obj.raw)]
+                if getattr(key[0], "plural", None) == plural and key[0] == res and not obj.deleted
+                and self.visible(request, obj.raw)]
 
     def bus(self, res: Any) -> Any:
         return self._buses[res]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,7 +87,8 @@ def _as_seen_by(emu: RealisticEmulator, request: rendering.Request, ev: WatchEve
         etype = ev.type
     else:
         return None
-    return {"type": etype, "object": copy.deepcopy(ev.obj)}
+    # no copy: ev.obj is the emitter's own copy, never changed, and is only serialised from here
+    return {"type": etype, "object": ev.obj}
 
 
 def _bookmark(kind: str, api_version: str, rv: int, initial_end: bool = False) -> dict[str, Any]:
