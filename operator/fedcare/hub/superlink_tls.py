@@ -49,6 +49,8 @@ SANS_ANNOTATION = "fedcare.io/ip-sans"
 MAX_TTL = 72 * 3600          # the fedcare-superlink PKI role's max_ttl (flower_credentials)
 CA_CACHE_SECONDS = 600.0
 ABSENT_FIRST_DELAY, ABSENT_MAX_DELAY = 1.0, 10.0   # pauses between lookups of a key not published yet
+#: Vault reads of the participants' public keys at once (18 sites one after another took ~0.15 s).
+READ_CONCURRENCY = 6
 
 
 def superlink_args() -> list[str]:
@@ -174,19 +176,27 @@ class SuperLinkTLS:
         from ..integrations.vault import VaultNotFound
 
         keys, missing = {}, []
-        for site in sites:
+        bound = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def read(site: str) -> None:
             now = time.monotonic()
             until, delay = self._absent.get(site, (0.0, ABSENT_FIRST_DELAY))
             if now < until:
                 missing.append(site)
-                continue
+                return
             try:
-                keys[site] = await asyncio.to_thread(fc.supernode_public_key, self.vault, site)
+                async with bound:
+                    keys[site] = await asyncio.to_thread(fc.supernode_public_key, self.vault, site)
                 self._absent.pop(site, None)
             except VaultNotFound:
                 self._absent[site] = (now + delay, min(ABSENT_MAX_DELAY, 2 * delay))
                 missing.append(site)
-        return keys, missing
+
+        results = await asyncio.gather(*(read(site) for site in sites), return_exceptions=True)
+        for result in results:      # a Vault failure fails the pass as before, after the others finished
+            if isinstance(result, BaseException):
+                raise result
+        return dict(sorted(keys.items())), sorted(missing)
 
 
 def site_identities(keys: dict[str, str]) -> str:
