@@ -41,7 +41,7 @@ from . import initial_model
 from . import round_progress as progress
 from . import run_trust
 from .artifact_upload import S3ResultStore
-from .flower_runs import FlowerCLI, FlowerError, RunInfo, RunUnknown
+from .flower_runs import FlowerCLI, FlowerError, KeyRefused, RunInfo, RunUnknown
 from .selection import eligible_sites
 from .superlink_tls import SuperLinkTLS, site_identities
 
@@ -180,12 +180,13 @@ class Reconciler:
     def cond(self, body: dict[str, Any], t: T, ok: bool, reason: c.Reason, message: str) -> Condition:
         return c.make(t, ok, reason, message, generation=body["metadata"].get("generation"))
 
-    async def fail(self, body: dict[str, Any], reason: c.Reason, message: str) -> None:
+    async def fail(self, body: dict[str, Any], reason: c.Reason, message: str, *, stop_run: bool = True) -> None:
+        """``stop_run`` False: the SuperLink no longer knows the run (nothing to stop)."""
         log.warning("Round %s failed: %s: %s", body["metadata"]["name"], reason.value, message)
         st = body.get("status") or {}
         run_id = st.get("runId")
         control = (st.get("aggregator") or {}).get("controlAddress")
-        if run_id and control:
+        if run_id and control and stop_run:
             await self._stop_run(body, control, run_id)
         await self.write(body, [self.cond(body, T.FAILED, True, reason, message),
                                 self.cond(body, T.COMPLETE, False, reason, message)],
@@ -419,14 +420,32 @@ class Reconciler:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, FlowerError):
                 raise result
-        failed = [str(result) for result in results if isinstance(result, FlowerError)]
+        failed = {site: result for site, result in zip(keys, results) if isinstance(result, FlowerError)}
+        waiting = ("waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
+                   "(sites/<site>/supernode-public; each site's agent creates its key pair at start)") \
+            if missing else ""
         if failed:
-            return dataclasses.replace(state, ready=False, message="; ".join(failed)[:1000])
+            # The keys that did register stay in ``registered`` (not sent again); no assignment
+            # goes out while one is missing. Public keys only: the message never carries key material.
+            problems = [self._key_problem(site, err) for site, err in sorted(failed.items())]
+            message = (f"{len(failed)} of {len(sites)} SuperNode keys not registered, so no assignment is "
+                       f"dispatched yet: " + "; ".join(problems) + (f"; {waiting}" if waiting else ""))
+            return dataclasses.replace(state, ready=False, message=message[:4000])
         if missing:
-            return dataclasses.replace(state, ready=False, message=(
-                "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
-                "(sites/<site>/supernode-public; each site's agent creates its key pair at start)"))
+            return dataclasses.replace(state, ready=False, message=waiting)
         return state
+
+    def _key_problem(self, site: str, err: FlowerError) -> str:
+        """A registration failure and what to do about it (the round waits; its deadline bounds it)."""
+        if not isinstance(err, KeyRefused):      # no answer (after the retries): the next pass tries again
+            return f"{err} (trying again on the next pass)"
+        assert self.cfg.tls is not None
+        vault = self.cfg.tls.vault.settings
+        return (f"{err}. This will not fix itself: publish the public half of site {site}'s SuperNode key pair "
+                f"(OpenSSH, ecdsa-sha2-nistp256/384/521) at {vault.kv_mount}/sites/{site}/supernode-public in "
+                f"Vault, or delete {vault.kv_mount}/sites/{site}/supernode and .../supernode-public and restart "
+                f"the site's agent so that it makes a new pair; the hub reads the key again within "
+                f"{vault.cache_ttl:g}s")
 
     def assignment_manifest(self, body: dict[str, Any], spec: FederatedRoundSpec, site: str,
                             name: str) -> dict[str, Any]:
@@ -593,7 +612,10 @@ class Reconciler:
         except (FlowerError, VaultError) as err:
             message = f"the SuperLink's Control API at {control}: {err}"
             if isinstance(err, RunUnknown):     # no pass can bring the run back: say so now, not at the deadline
-                await self.fail(body, c.Reason.AGGREGATOR_FAILED, message[:1000])
+                lost = (f"Flower run {run_id} is lost: {message}. A run cannot move to another SuperLink "
+                        "state, so the round fails now rather than at activeDeadlineSeconds; to train again, "
+                        "create a new FederatedRound")
+                await self.fail(body, c.Reason.AGGREGATOR_FAILED, lost[:1000], stop_run=False)
                 return
             if "Invalid run configuration" in str(err):
                 await self.fail(body, c.Reason.INVALID_SPEC, f"Flower refused the run configuration (check "
