@@ -121,3 +121,54 @@ async def test_a_refused_supernode_key_holds_the_round_until_a_valid_key_is_publ
             pods = [p for ns in ("default", "fedcare-training") for p in await api.list(Ref("v1", "pods", ns))]
             return not pods and not await api.list(Ref(API_VERSION, "roundassignments")) and not fed.processes()
         await eventually(nothing_left, timeout=120, interval=0.5)
+
+
+async def test_sites_that_publish_the_same_key_are_not_registered(tmp_path):
+    """Two participants with one public key: the SuperLink would take it once and answer "already
+    in use" for the other (what a restarted hub's own re-registration gets, so success there), and
+    the ServerApp would refuse the run's site-identities late; the hub registers neither and says
+    which sites share the key. A third site's key is tried (here its SuperLink does not answer:
+    not a refusal, tried again on the next pass). Real OpenBao (the sandbox's)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fedcare.hub.aggregator import AggregatorConfig, AggregatorState
+    from fedcare.hub.flower_runs import FlowerCLI
+    from fedcare.hub.round_scheduler import Reconciler, RoundConfig
+    from fedcare.hub.superlink_tls import SuperLinkTLS
+    from fedcare.sandbox import vault_setup
+    from tests.support.openbao import free_port
+
+    def openssh(key, comment=""):
+        return (key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                              serialization.PublicFormat.OpenSSH).decode() + comment)
+
+    sv = await asyncio.to_thread(vault_setup.start, tmp_path / "openbao")
+    try:
+        root = sv.server.client()
+        shared, own = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP256R1())
+        for site, public in (("nantes", openssh(shared)), ("brest", openssh(shared, " brest@copy")),
+                             ("rennes", openssh(own))):
+            root.secrets.kv.v2.create_or_update_secret(f"sites/{site}/supernode-public",
+                                                       secret={"public_key": public}, mount_point=KV)
+        cfg = RoundConfig(flower=FlowerCLI(tmp_path / "flwr", flwr="/bin/false", attempts=2, base_delay=0.2),
+                          app="", aggregator=AggregatorConfig(artifact_dir=str(tmp_path / "artifacts")),
+                          tls=SuperLinkTLS(sv.hub))
+        rec = Reconciler(None, cfg)     # type: ignore[arg-type]  # registration calls no Kubernetes API
+        body = {"metadata": {"namespace": "default", "name": "dup", "uid": "0123456789abcdef"},
+                "status": {"participants": [{"node": s} for s in ("nantes", "brest", "rennes")]}}
+        state = AggregatorState(True, False, "serving", "dup-superlink", "dup-superlink", "dup-superlink:9092",
+                                f"127.0.0.1:{free_port()}", pod_uid="pod-1")
+        held = await rec.register_supernodes(body, state)
+        assert not held.ready, held
+        message = held.message
+        assert message.startswith("3 of 3 SuperNode keys not registered, so no assignment is dispatched"), message
+        assert "registering the SuperNode key of brest: site nantes published the same public key" in message
+        assert "registering the SuperNode key of nantes: site brest published the same public key" in message
+        assert "each site needs its own key pair. This will not fix itself" in message
+        rennes = message.split("; registering the SuperNode key of rennes: ")[1]    # sorted: the last one
+        assert "did not answer RegisterNode" in rennes and rennes.endswith("(trying again on the next pass)")
+        assert "will not fix itself" not in rennes
+        assert "BEGIN" not in message and openssh(shared).split()[1] not in message
+        assert cfg.tls.registered.get(rec.key(body), ("", {}))[1] == {}
+    finally:
+        await asyncio.to_thread(sv.stop)

@@ -405,6 +405,8 @@ class Reconciler:
         if set(done).issuperset(sites):
             return state            # every pass comes here: no Vault read, no Control API call once registered
         keys, missing = await self.cfg.tls.public_keys([s for s in sites if s not in done])
+        shared = _shared_keys(keys, done)
+        keys = {site: public for site, public in keys.items() if site not in shared}
         bound = asyncio.Semaphore(REGISTER_CONCURRENCY)
 
         async def register(site: str, public: str) -> None:
@@ -421,6 +423,7 @@ class Reconciler:
             if isinstance(result, BaseException) and not isinstance(result, FlowerError):
                 raise result
         failed = {site: result for site, result in zip(keys, results) if isinstance(result, FlowerError)}
+        failed |= shared
         waiting = ("waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
                    "(sites/<site>/supernode-public; each site's agent creates its key pair at start)") \
             if missing else ""
@@ -766,6 +769,28 @@ class Reconciler:
         if ttl is not None and done is not None and _now() >= done + dt.timedelta(seconds=ttl):
             log.info("Round %s: ttlSecondsAfterFinished (%ds) passed; deleting it", body["metadata"]["name"], ttl)
             await self.kube.delete(ref_of(body))
+
+
+def _shared_keys(keys: dict[str, str], registered: dict[str, str]) -> dict[str, KeyRefused]:
+    """Sites in ``keys`` whose public key another participant published too (or registered
+    already). The SuperLink would answer "already in use" (which a restarted hub's own
+    re-registration also gets, so it counts as success there) and the ServerApp would then
+    refuse the run's site-identities; none of them is registered, so the round waits saying
+    which sites share a key."""
+    def blob(public: str) -> str:        # the key itself: type and base64, without the comment
+        return " ".join(public.split()[:2])
+
+    owners: dict[str, list[str]] = {}
+    for site, public in (registered | keys).items():
+        owners.setdefault(blob(public), []).append(site)
+    out = {}
+    for site, public in keys.items():
+        others = sorted(s for s in owners[blob(public)] if s != site)
+        if others:
+            who = ("site " if len(others) == 1 else "sites ") + ", ".join(others)
+            out[site] = KeyRefused(f"registering the SuperNode key of {site}: {who} published the same public "
+                                   "key; each site needs its own key pair")
+    return out
 
 
 def needs_pass(body: dict[str, Any], spec: Any = None, **_: Any) -> bool:
