@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from fedcare.hub import flower_control as control
-from fedcare.hub.flower_runs import FlowerCLI, FlowerError, RunUnknown
+from fedcare.hub.flower_runs import FlowerCLI, FlowerError, KeyRefused, RunUnknown
 from fedcare.sandbox.openbao import free_port
 
 pytestmark = pytest.mark.slow
@@ -113,12 +113,17 @@ def test_the_hubs_flower_client_registers_through_the_rounds_ca(superlink, tmp_p
                                     _openssh(ec.generate_private_key(ec.SECP256R1())))).isdigit()
 
 
-def test_a_key_that_is_not_an_ec_key_is_refused_before_any_call(superlink):
+def test_a_key_that_is_not_an_ec_key_is_refused_before_any_call(superlink, tmp_path):
     address, ca = superlink
     with pytest.raises(control.ControlError, match="not an EC public key"):
         asyncio.run(control.register(address, ca, _openssh(ed25519.Ed25519PrivateKey.generate()), "nantes"))
-    with pytest.raises(control.ControlError, match="not an OpenSSH public key"):
+    with pytest.raises(control.ControlError, match="not an OpenSSH public key") as err:
         asyncio.run(control.register(address, ca, "ssh-rsa garbage", "nantes"))
+    assert err.value.refused            # no retry changes it: the round says to fix the key
+    cli = FlowerCLI(tmp_path, flwr="/bin/false")
+    cli.trust("round-k", ca)
+    with pytest.raises(KeyRefused, match="registering the SuperNode key of nantes: not an EC public key"):
+        asyncio.run(cli.register("round-k", address, "nantes", _openssh(ed25519.Ed25519PrivateKey.generate())))
 
 
 def test_a_certificate_from_another_ca_is_refused_after_bounded_tries(superlink, tmp_path):
@@ -153,6 +158,10 @@ def test_runs_are_listed_over_the_control_api_with_the_rounds_ca(superlink, tmp_
     with pytest.raises(FlowerError, match=r"did not answer ListRuns: ConnectError"):
         asyncio.run(FlowerCLI(tmp_path, flwr="/bin/false", attempts=2, base_delay=0.2)
                     .runs("round-b", f"127.0.0.1:{free_port()}", insecure=False))
+    with pytest.raises(FlowerError, match="did not answer RegisterNode") as err:    # no answer: not a refusal
+        asyncio.run(FlowerCLI(tmp_path, flwr="/bin/false", attempts=2, base_delay=0.2).register(
+            "round-b", f"127.0.0.1:{free_port()}", "x", _openssh(ec.generate_private_key(ec.SECP256R1()))))
+    assert not isinstance(err.value, KeyRefused)
 
 
 def test_an_unreadable_ca_is_a_clear_error_not_a_crash(superlink):
@@ -170,6 +179,7 @@ def test_a_refusal_is_not_retried_and_says_refused(superlink, tmp_path):
             "flwr.proto.control_pb2", fromlist=["ListRunsRequest"]).ListRunsRequest(run_id=99),
             control.ControlPolicy(attempts=3, base_delay=2.0)))
     assert err.value.status == 404 and time.monotonic() - started < 2.0     # no backoff: one answer
+    assert err.value.refused
 
 
 def test_an_error_body_that_is_not_an_object_is_read_as_text():

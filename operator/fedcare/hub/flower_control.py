@@ -38,11 +38,13 @@ ALREADY_IN_USE = 23
 
 class ControlError(Exception):
     """The SuperLink refused or did not answer (after the retries). ``status``: the HTTP status
-    of a refusal (0 when there was no answer)."""
+    of a refusal (0 when there was no answer). ``refused``: no retry changes the answer (a 4xx,
+    or a key the hub itself finds the SuperLink would refuse)."""
 
-    def __init__(self, message: str, status: int = 0):
+    def __init__(self, message: str, status: int = 0, *, refused: bool | None = None):
         super().__init__(message)
         self.status = status
+        self.refused = 400 <= status < 500 if refused is None else refused
 
 
 #: Control API calls run in their own threads (Flower's client is synchronous): the default
@@ -60,9 +62,12 @@ def public_key_pem(openssh: str) -> bytes:
     try:
         key = serialization.load_ssh_public_key(openssh.strip().encode())
     except (ValueError, TypeError) as err:
-        raise ControlError(f"not an OpenSSH public key ({err})") from None
+        raise ControlError(f"not an OpenSSH public key ({err})", refused=True) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ControlError(f"not an EC public key (got {type(key).__name__}); SuperNode keys are NIST P-curve keys")
+        # the SuperLink's own check (flwr's uses_nist_ec_curve; OpenSSH EC keys are all NIST curves):
+        # refused here, without a call
+        raise ControlError(f"not an EC public key (got {type(key).__name__}); SuperNode keys are NIST P-curve keys",
+                           refused=True)
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 

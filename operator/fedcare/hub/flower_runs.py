@@ -45,6 +45,11 @@ class RunUnknown(FlowerError):
     """The SuperLink answers but does not know the run (its state was lost)."""
 
 
+class KeyRefused(FlowerError):
+    """A SuperNode public key the SuperLink refuses (a 4xx, or not a key it accepts): no retry
+    changes that; the site's published key has to be fixed."""
+
+
 @dataclass(frozen=True)
 class RunInfo:
     run_id: str
@@ -183,7 +188,8 @@ class FlowerCLI:
         try:
             return await control.register(address, self._ca(key, False) or "", public_key, name, self._policy())
         except control.ControlError as err:
-            raise FlowerError(f"registering the SuperNode key of {name}: {err}") from None
+            raise (KeyRefused if err.refused else FlowerError)(
+                f"registering the SuperNode key of {name}: {err}") from None
 
     def forget(self, key: str) -> None:
         shutil.rmtree(self.home / key, ignore_errors=True)

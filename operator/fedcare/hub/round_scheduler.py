@@ -41,7 +41,7 @@ from . import initial_model
 from . import round_progress as progress
 from . import run_trust
 from .artifact_upload import S3ResultStore
-from .flower_runs import FlowerCLI, FlowerError, RunInfo, RunUnknown
+from .flower_runs import FlowerCLI, FlowerError, KeyRefused, RunInfo, RunUnknown
 from .selection import eligible_sites
 from .superlink_tls import SuperLinkTLS, site_identities
 
@@ -180,12 +180,13 @@ class Reconciler:
     def cond(self, body: dict[str, Any], t: T, ok: bool, reason: c.Reason, message: str) -> Condition:
         return c.make(t, ok, reason, message, generation=body["metadata"].get("generation"))
 
-    async def fail(self, body: dict[str, Any], reason: c.Reason, message: str) -> None:
+    async def fail(self, body: dict[str, Any], reason: c.Reason, message: str, *, stop_run: bool = True) -> None:
+        """``stop_run`` False: the SuperLink no longer knows the run (nothing to stop)."""
         log.warning("Round %s failed: %s: %s", body["metadata"]["name"], reason.value, message)
         st = body.get("status") or {}
         run_id = st.get("runId")
         control = (st.get("aggregator") or {}).get("controlAddress")
-        if run_id and control:
+        if run_id and control and stop_run:
             await self._stop_run(body, control, run_id)
         await self.write(body, [self.cond(body, T.FAILED, True, reason, message),
                                 self.cond(body, T.COMPLETE, False, reason, message)],
@@ -404,6 +405,8 @@ class Reconciler:
         if set(done).issuperset(sites):
             return state            # every pass comes here: no Vault read, no Control API call once registered
         keys, missing = await self.cfg.tls.public_keys([s for s in sites if s not in done])
+        shared = _shared_keys(keys, done)
+        keys = {site: public for site, public in keys.items() if site not in shared}
         bound = asyncio.Semaphore(REGISTER_CONCURRENCY)
 
         async def register(site: str, public: str) -> None:
@@ -419,14 +422,33 @@ class Reconciler:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, FlowerError):
                 raise result
-        failed = [str(result) for result in results if isinstance(result, FlowerError)]
+        failed = {site: result for site, result in zip(keys, results) if isinstance(result, FlowerError)}
+        failed |= shared
+        waiting = ("waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
+                   "(sites/<site>/supernode-public; each site's agent creates its key pair at start)") \
+            if missing else ""
         if failed:
-            return dataclasses.replace(state, ready=False, message="; ".join(failed)[:1000])
+            # The keys that did register stay in ``registered`` (not sent again); no assignment
+            # goes out while one is missing. Public keys only: the message never carries key material.
+            problems = [self._key_problem(site, err) for site, err in sorted(failed.items())]
+            message = (f"{len(failed)} of {len(sites)} SuperNode keys not registered, so no assignment is "
+                       f"dispatched yet: " + "; ".join(problems) + (f"; {waiting}" if waiting else ""))
+            return dataclasses.replace(state, ready=False, message=message[:4000])
         if missing:
-            return dataclasses.replace(state, ready=False, message=(
-                "waiting for the SuperNode public key of " + ", ".join(missing) + " in Vault "
-                "(sites/<site>/supernode-public; each site's agent creates its key pair at start)"))
+            return dataclasses.replace(state, ready=False, message=waiting)
         return state
+
+    def _key_problem(self, site: str, err: FlowerError) -> str:
+        """A registration failure and what to do about it (the round waits; its deadline bounds it)."""
+        if not isinstance(err, KeyRefused):      # no answer (after the retries): the next pass tries again
+            return f"{err} (trying again on the next pass)"
+        assert self.cfg.tls is not None
+        vault = self.cfg.tls.vault.settings
+        return (f"{err}. This will not fix itself: publish the public half of site {site}'s SuperNode key pair "
+                f"(OpenSSH, ecdsa-sha2-nistp256/384/521) at {vault.kv_mount}/sites/{site}/supernode-public in "
+                f"Vault, or delete {vault.kv_mount}/sites/{site}/supernode and .../supernode-public and restart "
+                f"the site's agent so that it makes a new pair; the hub reads the key again within "
+                f"{vault.cache_ttl:g}s")
 
     def assignment_manifest(self, body: dict[str, Any], spec: FederatedRoundSpec, site: str,
                             name: str) -> dict[str, Any]:
@@ -593,7 +615,10 @@ class Reconciler:
         except (FlowerError, VaultError) as err:
             message = f"the SuperLink's Control API at {control}: {err}"
             if isinstance(err, RunUnknown):     # no pass can bring the run back: say so now, not at the deadline
-                await self.fail(body, c.Reason.AGGREGATOR_FAILED, message[:1000])
+                lost = (f"Flower run {run_id} is lost: {message}. A run cannot move to another SuperLink "
+                        "state, so the round fails now rather than at activeDeadlineSeconds; to train again, "
+                        "create a new FederatedRound")
+                await self.fail(body, c.Reason.AGGREGATOR_FAILED, lost[:1000], stop_run=False)
                 return
             if "Invalid run configuration" in str(err):
                 await self.fail(body, c.Reason.INVALID_SPEC, f"Flower refused the run configuration (check "
@@ -744,6 +769,28 @@ class Reconciler:
         if ttl is not None and done is not None and _now() >= done + dt.timedelta(seconds=ttl):
             log.info("Round %s: ttlSecondsAfterFinished (%ds) passed; deleting it", body["metadata"]["name"], ttl)
             await self.kube.delete(ref_of(body))
+
+
+def _shared_keys(keys: dict[str, str], registered: dict[str, str]) -> dict[str, KeyRefused]:
+    """Sites in ``keys`` whose public key another participant published too (or registered
+    already). The SuperLink would answer "already in use" (which a restarted hub's own
+    re-registration also gets, so it counts as success there) and the ServerApp would then
+    refuse the run's site-identities; none of them is registered, so the round waits saying
+    which sites share a key."""
+    def blob(public: str) -> str:        # the key itself: type and base64, without the comment
+        return " ".join(public.split()[:2])
+
+    owners: dict[str, list[str]] = {}
+    for site, public in (registered | keys).items():
+        owners.setdefault(blob(public), []).append(site)
+    out = {}
+    for site, public in keys.items():
+        others = sorted(s for s in owners[blob(public)] if s != site)
+        if others:
+            who = ("site " if len(others) == 1 else "sites ") + ", ".join(others)
+            out[site] = KeyRefused(f"registering the SuperNode key of {site}: {who} published the same public "
+                                   "key; each site needs its own key pair")
+    return out
 
 
 def needs_pass(body: dict[str, Any], spec: Any = None, **_: Any) -> bool:

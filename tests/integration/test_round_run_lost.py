@@ -1,0 +1,80 @@
+"""A round whose SuperLink loses its state mid-run fails at once, not at its deadline.
+
+A real round on the emulator (hub, agents, process kubelets, real Flower): once the run id is
+recorded, the SuperLink's state volume is deleted with its pod, as when a volume is lost. The
+hub makes a new SuperLink (a new, empty volume: the sandbox kubelet gives a new claim a new
+folder), registers the keys again, asks it about the run, gets 404 ("Run ID not found") and
+fails the round with AggregatorFailed naming the lost run; everything of the round is cleaned up."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from fedcare.api.resources import API_VERSION
+from fedcare.hub import aggregator as agg
+from fedcare.integrations.kube import Ref
+from fedcare.sandbox.federation import WORK_NAMESPACE, federation, round_manifest
+from tests.support.harness import eventually
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
+                                reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")
+
+ROUNDS = Ref(API_VERSION, "federatedrounds", "default")
+
+
+def cond(obj, ctype):
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions", []) if c["type"] == ctype), {})
+
+
+@pytest.mark.timeout(900)
+async def test_a_superlink_that_lost_its_state_fails_the_round_at_once(emulator, tmp_path):
+    async with federation(str(emulator.url), tmp_path, ["rouen", "lyon"], images=20) as fed:
+        api = fed.api
+        # many server rounds: the run is still going when its state goes
+        await api.create(ROUNDS, round_manifest("lost", sites=2, rounds=50, activeDeadlineSeconds=1800))
+
+        async def recorded():
+            obj = await api.get(Ref(API_VERSION, "federatedrounds", "default", "lost"))
+            st = obj.get("status") or {}
+            return obj if st.get("runId") or st.get("phase") == "Failed" else None
+        obj = await eventually(recorded, timeout=300, interval=0.5)
+        st = obj["status"]
+        assert st["phase"] == "Running" and st["runId"], st
+        run_id = st["runId"]
+        names = agg.names(obj)
+        assert list((fed.workdir / "kubelet-hub").glob(f"volumes/pvc/default/{names['state']}-*/state.db"))
+
+        # the volume is lost, then the pod: the hub makes both again, empty
+        await api.delete(Ref("v1", "persistentvolumeclaims", "default", names["state"]))
+        await api.delete(Ref("v1", "pods", "default", names["pod"]))
+
+        async def failed():
+            obj = await api.get(Ref(API_VERSION, "federatedrounds", "default", "lost"))
+            return obj if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded") else None
+        # at once: the wait is far shorter than activeDeadlineSeconds (1800 s) or a server round's timeout
+        done = await eventually(failed, timeout=300, interval=0.5)
+        st = done["status"]
+        f = cond(done, "Failed")
+        assert st["phase"] == "Failed" and f["status"] == "True" and f["reason"] == "AggregatorFailed", (st, f)
+        assert f"Flower run {run_id} is lost" in f["message"] and "does not know run" in f["message"], f
+        assert "create a new FederatedRound" in f["message"], f
+        assert st["runId"] == run_id                    # the hub never submitted a second run
+        assert cond(done, "Ready")["status"] == "False" and cond(done, "Ready")["reason"] == "AggregatorFailed"
+
+        # a new SuperLink answered the 404: it ran on a new, empty volume
+        new_claims = list((fed.workdir / "kubelet-hub").glob(f"volumes/pvc/default/{names['state']}-*"))
+        assert len(new_claims) == 2, new_claims
+
+        # cleaned up as any failed round: SuperLink, its Service, state volume and TLS Secret,
+        # assignments, training pods, and no process left
+        async def nothing_left():
+            pods = [p for ns in ("default", WORK_NAMESPACE) for p in await api.list(Ref("v1", "pods", ns))]
+            ras = await api.list(Ref(API_VERSION, "roundassignments"))
+            claims = [c for c in await api.list(Ref("v1", "persistentvolumeclaims", "default"))
+                      if c["metadata"]["name"] == names["state"]]
+            left = pods + ras + claims + await api.list(Ref("v1", "services", "default"))
+            return (not left and not fed.processes()) or None
+        await eventually(nothing_left, timeout=120, interval=0.5)
+        assert (await api.get(Ref(API_VERSION, "federatedrounds", "default", "lost")))["status"]["phase"] == "Failed"
