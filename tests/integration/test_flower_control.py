@@ -179,10 +179,21 @@ def test_a_refusal_is_not_retried_and_says_refused(superlink, tmp_path):
             "flwr.proto.control_pb2", fromlist=["ListRunsRequest"]).ListRunsRequest(run_id=99),
             control.ControlPolicy(attempts=3, base_delay=2.0)))
     assert err.value.status == 404 and time.monotonic() - started < 2.0     # no backoff: one answer
-    assert err.value.refused
+    # Flower's code says what it is (a run not found), and it is not a refused key: only Flower's
+    # PUBLIC_KEY_NOT_VALID (or the hub's own check) tells a round to fix a site's key
+    assert err.value.code == control.RUN_NOT_FOUND and not err.value.refused
 
 
 def test_an_error_body_that_is_not_an_object_is_read_as_text():
     import httpx
     assert control._error_code(httpx.Response(502, text='["bad gateway"]')) == (None, '["bad gateway"]')
     assert control._error_code(httpx.Response(412, json={"code": 23, "detail": "in use"})) == (23, "in use")
+
+
+async def test_a_404_that_is_not_flowers_run_not_found_is_not_a_lost_run(emulator):
+    """A wrong address or route (here: a Kubernetes-style API server answering 404 with its own
+    Status body) must not read as "the SuperLink lost the run", which fails a round for good."""
+    address = str(emulator.url).removeprefix("http://")
+    with pytest.raises(control.ControlError, match="refused ListRuns: HTTP 404") as err:
+        await control.list_runs(address, None, run_id="5", policy=control.ControlPolicy(attempts=1))
+    assert err.value.status == 404 and err.value.code != control.RUN_NOT_FOUND and not err.value.refused

@@ -99,6 +99,17 @@ async def test_the_credentials_secret_is_created_from_the_pass_listing_without_a
         assert reads == []
         assert await credentials.ensure_secret(api, pod) is False                     # no listing: it reads
         assert reads == [creds.secret_name("p1")]
+        # The pod is made again under the same name (deleted from outside, say): the Secret of the
+        # old pod (which the garbage collector would take away from the new one) is made again for it.
+        await api.delete(Ref("v1", "pods", "fedcare-training", "p1"))
+        again = await api.create(Ref("v1", "pods", "fedcare-training"), {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "labels": {"fedcare.io/site": SITE}},
+            "spec": {"containers": [{"name": "c", "image": "fedcare:dev"}]}})
+        assert again["metadata"]["uid"] != pod["metadata"]["uid"]
+        assert await credentials.ensure_secret(api, again) is True
+        secret = await real_get(Ref("v1", "secrets", "fedcare-training", creds.secret_name("p1")))
+        assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [again["metadata"]["uid"]]
+        assert await credentials.ensure_secret(api, again) is False                   # now it is the pod's own
         gone, kept = await creds.sweep(api, "fedcare-training", SITE, set())           # its pod is gone
         assert gone == [creds.secret_name("p1")] and kept == set()
     finally:

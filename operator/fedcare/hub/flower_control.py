@@ -34,17 +34,21 @@ log = logging.getLogger(__name__)
 
 #: flwr's ApiErrorCode.PUBLIC_KEY_ALREADY_IN_USE.
 ALREADY_IN_USE = 23
+#: flwr's ApiErrorCode.PUBLIC_KEY_NOT_VALID and RUN_ID_NOT_FOUND.
+KEY_NOT_VALID, RUN_NOT_FOUND = 22, 16
 
 
 class ControlError(Exception):
     """The SuperLink refused or did not answer (after the retries). ``status``: the HTTP status
-    of a refusal (0 when there was no answer). ``refused``: no retry changes the answer (a 4xx,
-    or a key the hub itself finds the SuperLink would refuse)."""
+    of a refusal (0 when there was no answer); ``code``: Flower's API error code, when its answer
+    carried one. ``refused``: the key itself is refused, which no retry changes (Flower's
+    PUBLIC_KEY_NOT_VALID, or the hub's own check of it). Any other 4xx (a 401/403 of a proxy, a
+    404 of a wrong route, a 429) is not about the key: the round says so and tries again."""
 
-    def __init__(self, message: str, status: int = 0, *, refused: bool | None = None):
+    def __init__(self, message: str, status: int = 0, *, refused: bool | None = None, code: int | None = None):
         super().__init__(message)
-        self.status = status
-        self.refused = 400 <= status < 500 if refused is None else refused
+        self.status, self.code = status, code
+        self.refused = code == KEY_NOT_VALID if refused is None else refused
 
 
 #: Control API calls run in their own threads (Flower's client is synchronous): the default
@@ -102,7 +106,7 @@ def _client(address: str, ca_pem: str | None, timeout: float):
 class _Clients:
     """One client per (SuperLink, CA, timeout), kept: its connection pool (httpx, thread-safe)
     saves a TLS handshake and a CA load per call — a round's 18 registrations went from ~0.6 s
-    to ~0.3 s. The least recently used is closed past ``size`` (SuperLinks of ended rounds)."""
+    to ~0.3 s. The least recently used is forgotten past ``size`` (SuperLinks of ended rounds)."""
 
     def __init__(self, size: int = 16):
         self.size = size
@@ -117,16 +121,14 @@ class _Clients:
                 client = _client(address, ca_pem, timeout)
             self._clients[key] = client
             old = [self._clients.popitem(last=False)[1] for _ in range(len(self._clients) - self.size)]
-        for stale in old:
-            stale.close()
+        del old     # not closed: another thread may be sending with it; its sockets close when it is collected
         return client
 
     def drop(self, address: str, ca_pem: str | None, timeout: float) -> None:
-        """Forget a client whose call failed at the transport (a SuperLink restarted, say)."""
+        """Forget a client whose call failed at the transport (a SuperLink restarted, say); not
+        closed, for the same reason."""
         with self._lock:
-            client = self._clients.pop((address, ca_pem, timeout), None)
-        if client is not None:
-            client.close()
+            self._clients.pop((address, ca_pem, timeout), None)
 
 
 _CLIENTS = _Clients()
@@ -174,7 +176,7 @@ async def _call(address: str, ca_pem: str | None, method: str, request_of, polic
             status = err.response.status_code
             if status < 500:                # a refusal no retry changes
                 raise ControlError(f"the SuperLink at {address} refused {method}: HTTP {status}: "
-                                   f"{detail or 'no detail'}", status) from None
+                                   f"{detail or 'no detail'}", status, code=code) from None
             last = f"HTTP {status}: {detail or 'no detail'}"
         except (httpx.TransportError, TimeoutError) as err:
             last = f"{type(err).__name__}: {str(err) or 'no answer within the timeout'}"
@@ -215,8 +217,8 @@ async def list_runs(address: str, ca_pem: str | None, run_id: str = "",
     try:
         response = await _call(address, ca_pem, "ListRuns", request, policy)
     except ControlError as err:
-        if run_id and err.status == 404:        # "Run ID not found": an answer, not a failure
-            return []
+        if run_id and err.status == 404 and err.code == RUN_NOT_FOUND:   # an answer, not a failure
+            return []           # (a 404 without Flower's code is a wrong route or a proxy: not "run lost")
         raise
     runs = []
     for run in response.run_dict.values():

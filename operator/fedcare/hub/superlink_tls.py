@@ -49,8 +49,9 @@ SANS_ANNOTATION = "fedcare.io/ip-sans"
 MAX_TTL = 72 * 3600          # the fedcare-superlink PKI role's max_ttl (flower_credentials)
 CA_CACHE_SECONDS = 600.0
 ABSENT_FIRST_DELAY, ABSENT_MAX_DELAY = 1.0, 10.0   # pauses between lookups of a key not published yet
-#: Vault reads of the participants' public keys at once (18 sites one after another took ~0.15 s).
-READ_CONCURRENCY = 6
+#: Vault reads of the participants' public keys at once (18 sites one after another took ~0.15 s); few,
+#: as they share the default executor with other Vault calls.
+READ_CONCURRENCY = 4
 
 
 def superlink_args() -> list[str]:

@@ -199,6 +199,14 @@ class Kube:
             raise _error(exc.status or 0, str(exc.body or exc.reason), ref.path) from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise KubeError(0, type(exc).__name__, "the API server could not be reached", path=ref.path) from None
+        if not 200 <= resp.status <= 299:   # unread content skips the client's status check: an error,
+            try:                            # not a Status object streamed as if it were an event
+                body = (await resp.read()).decode(errors="replace")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                body = ""
+            finally:
+                resp.release()
+            raise _error(resp.status, body or str(resp.reason or ""), ref.path)
         try:
             async for line in resp.content:
                 if line.strip():
@@ -206,6 +214,9 @@ class Kube:
                     yield event.get("type", ""), event.get("object") or {}
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise KubeError(0, type(exc).__name__, "the watch stream broke", path=ref.path) from None
+        except ValueError:      # a line cut off (a proxy dropping the stream): not JSON
+            raise KubeError(0, "BadWatchEvent", "the watch stream sent a line that is not JSON",
+                            path=ref.path) from None
         finally:
             resp.release()
 

@@ -71,8 +71,7 @@ class SiteAgent:
         """Answer one assignment if it needs it (idempotent); API failures are left to the resync."""
         try:
             async with self._answering:
-                cache = self.work.assignments if self.work is not None and self.work.assignments.synced.is_set() \
-                    else None
+                cache = self.work.assignments if self.work is not None and self.work.assignments.fresh else None
                 answered = await assignments.answer_with_reason(self.hub, self.site, self.agent_id, raw,
                                                                 self.reporter.free_gpus,
                                                                 self.reporter.gpu_ready_status, cache=cache)
@@ -102,7 +101,7 @@ class SiteAgent:
             except asyncio.TimeoutError:
                 pass
             try:
-                if self.work is not None and self.work.assignments.synced.is_set():
+                if self.work is not None and self.work.assignments.fresh:
                     listed = list(self.work.assignments.items.values())     # the work loop's watched copy
                 else:
                     listed = await self.hub.list(Ref(r.API_VERSION, r.ROUND_ASSIGNMENTS.plural, self.namespace))

@@ -81,7 +81,16 @@ class SupernodeCredentials:
         md = pod["metadata"]
         name = secret_name(md["name"])
         if exists is None:
-            exists = await kube.get_or_none(Ref("v1", "secrets", md["namespace"], name)) is not None
+            found = await kube.get_or_none(Ref("v1", "secrets", md["namespace"], name))
+            owners = {o.get("uid") for o in ((found or {}).get("metadata") or {}).get("ownerReferences") or []}
+            labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+            if found is not None and md.get("uid") and md["uid"] not in owners \
+                    and labels.get(CREDENTIALS_LABEL) == "supernode" and labels.get(r.SITE_LABEL) == self.site:
+                # an earlier pod's of the same name (the garbage collector would take it from the
+                # new pod): made again for this one
+                await kube.delete(Ref("v1", "secrets", md["namespace"], name))
+                found = None
+            exists = found is not None
         if exists:
             return False
         await self.ensure_key()

@@ -1,9 +1,9 @@
 """The site's work: a SuperNode training pod per accepted RoundAssignment, in the site cluster.
 
 One level-based loop compares the site's assignments on the hub with its training pods in
-the site cluster and converges. It is woken by assignment events (the agent's kopf handlers),
-by a watch on the site's training pods (started, running, exited, deleted), at the nearest
-assignment deadline, and otherwise every ``interval`` (a resync; nothing waits on it):
+the site cluster and converges. It is woken by the watches of both (an assignment answered or
+deleted; a pod started, running, exited, deleted), at the nearest assignment deadline, and
+otherwise every ``interval`` (a resync; nothing waits on it):
 
 * Accepted or Running assignment of the current attempt, deadline not passed: its pod and
   NetworkPolicy exist; the pod's state is reported (Running, restarts, exit reason).
@@ -160,6 +160,10 @@ class SiteWork:
         assert self.site_kube is not None
         self.passes += 1
         assert self.pods is not None
+        if not (self.assignments.fresh and self.pods.fresh):
+            # a cache between a failure and its next listing: act on nothing (it would act on old state)
+            log.debug("Site %s: work pass skipped until the watches are back", self.site)
+            return
         assignments = list(self.assignments.items.values())
         pods = list(self.pods.items.values())
         if self.credentials is not None and (self._secrets is None or time.monotonic() >= self._sweep_at):
@@ -236,6 +240,9 @@ class SiteWork:
             self._policy_at[key] = time.monotonic() + self.interval
             pod, created = await _create_or_ensure(self.site_kube, "pods", manifest)
             self.pods.put(pod)      # type: ignore[union-attr]
+            if created and self._secrets is not None:
+                # a pod made again under an old name: a Secret of that name may be the old pod's
+                self._secrets.discard(creds.secret_name(name))
             if created:
                 log.info("Site %s: created training pod %s for round %s (attempt %s)", self.site, name,
                          spec["roundRef"]["name"], spec.get("attempt"))
