@@ -49,3 +49,13 @@ def root_client(openbao: DevServer) -> v.VaultClient:
     client = v.VaultClient(root_settings(openbao))
     client.login()
     return client
+
+
+@pytest.fixture()
+def bao_installed() -> None:
+    """Skip, naming the install command, when the OpenBao binary is missing (tests that start
+    their own server, e.g. a sandbox federation's)."""
+    try:
+        bao_binary()
+    except BaoMissing as err:
+        pytest.skip(str(err))

@@ -19,21 +19,13 @@ from fedcare.api.resources import API_VERSION
 from fedcare.integrations.kube import Ref
 from fedcare.sandbox.federation import federation, round_manifest
 from tests.support.harness import eventually
-from tests.support.openbao import BaoMissing, bao_binary
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
-                                reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")
+pytestmark = [pytest.mark.usefixtures("bao_installed"),
+              pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
+                                 reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")]
 
 ROUNDS = Ref(API_VERSION, "federatedrounds", "default")
 KV = "fedcare"
-
-
-@pytest.fixture(autouse=True)
-def _bao() -> None:
-    try:
-        bao_binary()
-    except BaoMissing as err:
-        pytest.skip(str(err))
 
 
 def cond(obj, ctype):

@@ -34,21 +34,14 @@ from fedcare.sandbox import vault_setup
 from fedcare.sandbox.federation import WORK_NAMESPACE, federation, round_manifest
 from fedcare.site import training_pod as tp
 from tests.support.harness import eventually
-from tests.support.openbao import BaoMissing, bao_binary, free_port
+from tests.support.openbao import free_port
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
-                                reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")
+pytestmark = [pytest.mark.usefixtures("bao_installed"),
+              pytest.mark.skipif(importlib.util.find_spec("fedcare_workloads") is None,
+                                 reason="needs the workloads package: pip install -c constraints.txt -e ./workloads")]
 
 ROUNDS = Ref(API_VERSION, "federatedrounds", "default")
 BIN = pathlib.Path(sys.executable).parent
-
-
-@pytest.fixture(autouse=True)
-def _bao() -> None:
-    try:
-        bao_binary()
-    except BaoMissing as err:
-        pytest.skip(str(err))
 
 
 def phase(api, name, *phases):
