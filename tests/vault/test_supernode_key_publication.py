@@ -57,6 +57,7 @@ async def test_key_publication_backs_off_until_the_role_exists_then_publishes(em
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
+            await api.close()
     finally:
         bao.stop()
 
@@ -112,5 +113,6 @@ async def test_the_credentials_secret_is_created_from_the_pass_listing_without_a
         assert await credentials.ensure_secret(api, again) is False                   # now it is the pod's own
         gone, kept = await creds.sweep(api, "fedcare-training", SITE, set())           # its pod is gone
         assert gone == [creds.secret_name("p1")] and kept == set()
+        await api.close()
     finally:
         bao.stop()

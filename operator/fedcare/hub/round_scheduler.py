@@ -38,6 +38,7 @@ from ..integrations.vault import VaultError
 from ..status_writer import write_status
 from . import aggregator as agg
 from . import initial_model
+from . import flower_control
 from . import round_progress as progress
 from . import run_trust
 from .artifact_upload import S3ResultStore
@@ -417,8 +418,11 @@ class Reconciler:
             log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
                      f" (node {node})" if node else " (already registered)")
 
-        results = await asyncio.gather(*(register(site, public) for site, public in keys.items()),
-                                       return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(register(site, public) for site, public in keys.items()),
+                                           return_exceptions=True)
+        finally:        # the burst is over: no pooled connection may hold the SuperLink open
+            await asyncio.get_running_loop().run_in_executor(None, flower_control.release, state.control_address)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, FlowerError):
                 raise result

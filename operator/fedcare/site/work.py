@@ -296,6 +296,8 @@ class SiteWork:
         assert self.site_kube is not None
         for pod in pods:
             md = pod["metadata"]
+            if md.get("deletionTimestamp"):
+                continue        # already going (its grace period runs; a second DELETE changes nothing)
             if await self.site_kube.delete(Ref("v1", "pods", md["namespace"], md["name"])):
                 log.info("Site %s: deleted training pod %s", self.site, md["name"])
             if self.pods is not None:
