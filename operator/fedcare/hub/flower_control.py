@@ -19,7 +19,6 @@ error 23) is success (a restarted hub registers again).
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
 import json
@@ -106,43 +105,37 @@ def _client(address: str, ca_pem: str | None, timeout: float):
 class _Clients:
     """One client per (SuperLink, CA, timeout), kept for a burst of registrations: its connection
     pool (httpx, thread-safe) saves a TLS handshake and a CA load per call — a round's 18
-    registrations went from ~0.6 s to ~0.3 s. :func:`release` closes them after the burst. The least recently used is forgotten past ``size`` (SuperLinks of ended rounds)."""
+    registrations went from ~0.6 s to ~0.3 s. :meth:`release` closes them after the burst: an
+    idle pooled connection is not closed by httpx until its next use, and a SuperLink being
+    deleted waits for open connections until its grace period ends (30 s per round, measured)."""
 
-    def __init__(self, size: int = 16):
-        self.size = size
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: collections.OrderedDict[tuple[str, str | None, float], Any] = collections.OrderedDict()
+        self._clients: dict[tuple[str, str | None, float], Any] = {}
 
     def get(self, address: str, ca_pem: str | None, timeout: float):
-        key = (address, ca_pem, timeout)
         with self._lock:
-            client = self._clients.pop(key, None)
-            if client is None:
-                client = _client(address, ca_pem, timeout)
-            self._clients[key] = client
-            old = [self._clients.popitem(last=False)[1] for _ in range(len(self._clients) - self.size)]
-        del old     # not closed: another thread may be sending with it; its sockets close when it is collected
-        return client
+            key = (address, ca_pem, timeout)
+            if key not in self._clients:
+                self._clients[key] = _client(address, ca_pem, timeout)
+            return self._clients[key]
 
     def drop(self, address: str, ca_pem: str | None, timeout: float) -> None:
         """Forget a client whose call failed at the transport (a SuperLink restarted, say); not
-        closed, for the same reason."""
+        closed: another thread may be sending with it (its sockets close when it is collected)."""
         with self._lock:
             self._clients.pop((address, ca_pem, timeout), None)
 
+    def release(self, address: str) -> None:
+        with self._lock:
+            clients = [self._clients.pop(key) for key in [k for k in self._clients if k[0] == address]]
+        for client in clients:
+            client.close()
+
 
 _CLIENTS = _Clients()
-
-
-def release(address: str) -> None:
-    """Close the kept clients of a SuperLink once its burst of registrations is over: an idle
-    pooled connection is not closed by httpx until its next use, and a SuperLink being deleted
-    waits for open connections until its grace period ends (30 s per round, measured)."""
-    with _CLIENTS._lock:
-        gone = [key for key in _CLIENTS._clients if key[0] == address]
-        clients = [_CLIENTS._clients.pop(key) for key in gone]
-    for client in clients:
-        client.close()
+#: Close a SuperLink's kept clients once its registrations are done (see :class:`_Clients`).
+release = _CLIENTS.release
 
 
 def _once(address: str, ca_pem: str | None, timeout: float, method: str, request_of, pooled: bool = False):
