@@ -91,6 +91,10 @@ ANCHORING_DURATION = Histogram(
     "fedcare_release_anchoring_duration_seconds",
     "From submitting a release's anchoring transaction to its required confirmations.", registry=None,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
+KEY_REGISTRATION_DURATION = Histogram(
+    "fedcare_supernode_key_registration_seconds",
+    "One burst of SuperNode public key registrations with a round's SuperLink (Control API RegisterNode).",
+    registry=None, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 STRAGGLERS_DROPPED = Counter(
     "fedcare_round_stragglers_dropped_total", "Sites dropped from a server round for missing its deadline.",
     registry=None)
@@ -128,7 +132,7 @@ TRAINING_POD_RESTARTS = Counter("fedcare_agent_training_pod_restarts_total",
 KUBE_METRICS = (KUBE_REQUEST_DURATION, KUBE_REQUESTS, KUBE_RETRIES, EVENTS_POSTED)
 HUB_METRICS = (RECONCILE_DURATION, RECONCILE_ERRORS_TOTAL, AVAILABILITY_TRANSITIONS, LEASE_WATCH_RESTARTS,
                SERVER_ROUND_DURATION, ROUND_PARTICIPANTS, AGGREGATION_DURATION, ANCHORING_DURATION,
-               STRAGGLERS_DROPPED)
+               STRAGGLERS_DROPPED, KEY_REGISTRATION_DURATION)
 AGENT_METRICS = (RENEWALS, RENEWAL_FAILURES, NVML_POLL_DURATION, NVML_ERRORS, GPUS, INVENTORY_REPORTS,
                  INVENTORY_REPORT_FAILURES, ASSIGNMENT_ANSWERS, TRAINING_POD_RESTARTS)
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import metrics
 from ..api import conditions as c
 from ..api import resources as r
 from ..api.base import Condition
@@ -55,6 +56,11 @@ TERMINAL = {RoundPhase.SUCCEEDED.value, RoundPhase.FAILED.value}
 ROUND_UID_LABEL = "fedcare.io/round-uid"
 #: SuperNode keys registered at once with a round's SuperLink (each one ~60 ms of Control API).
 REGISTER_CONCURRENCY = 6
+#: How long one pass waits for a starting SuperLink's /health (agg.wait_healthy): longer than
+#: the pass interval, or /health answering between two passes waits for the next one (the
+#: hub's default interval, 2 s, was most of its share of a round's start). Bounded by the
+#: round's deadline, which the next pass enforces.
+HEALTH_WAIT = 10.0
 #: Seconds between checks (Control API ListRuns) of a run whose provenance does not say it
 #: ended: a run that dies without writing provenance is noticed within this.
 FLWR_CHECK_INTERVAL = 10.0
@@ -361,7 +367,8 @@ class Reconciler:
             return None
         try:
             state = await agg.ensure_aggregator(self.kube, body, spec, self.cfg.aggregator,
-                                                None if self.cfg.aggregator.insecure else tls)
+                                                None if self.cfg.aggregator.insecure else tls,
+                                                health_wait=self._health_wait(body))
             if state.ready and not self.cfg.aggregator.insecure:
                 state = await self.register_supernodes(body, state)
         except VaultError as err:
@@ -389,6 +396,11 @@ class Reconciler:
             return None
         return await self.write(body, [self.cond(body, T.AGGREGATOR_READY, True, c.Reason.AGGREGATOR_RUNNING,
                                                  state.message)], aggregator=info)
+
+    def _health_wait(self, body: dict[str, Any]) -> float:
+        deadline = _time((body.get("status") or {}).get("deadline"))
+        left = (deadline - _now()).total_seconds() if deadline is not None else HEALTH_WAIT
+        return max(0.0, min(HEALTH_WAIT, left))
 
     async def register_supernodes(self, body: dict[str, Any], state: agg.AggregatorState) -> agg.AggregatorState:
         """Register every participant's SuperNode public key (from Vault) with the SuperLink
@@ -418,10 +430,13 @@ class Reconciler:
             log.info("Round %s: registered the SuperNode key of %s%s", body["metadata"]["name"], site,
                      f" (node {node})" if node else " (already registered)")
 
+        started = time.monotonic()
         try:
             results = await asyncio.gather(*(register(site, public) for site, public in keys.items()),
                                            return_exceptions=True)
-        finally:        # the burst is over: no pooled connection may hold the SuperLink open
+        finally:
+            if keys:
+                metrics.KEY_REGISTRATION_DURATION.observe(time.monotonic() - started)        # the burst is over: no pooled connection may hold the SuperLink open
             await asyncio.get_running_loop().run_in_executor(None, flower_control.release, state.control_address)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, FlowerError):

@@ -1,7 +1,7 @@
 """An emulated Kubernetes API realistic enough for kopf: kmock 0.8 plus a realism layer.
 
 Pinned to ``kmock==0.8``: this subclasses ``kmock.KubernetesEmulator`` and relies on its
-internals (``_objects``, ``_buses``, ``_lock``, ``_payloads``, ``_requests``, the parser
+internals (``_objects``, ``_lock``, ``_payloads``, ``_requests``, the parser
 module). kmock as is breaks kopf in ways that look like operator bugs (see
 ``shared/KMOCK.md``); each fix below exists for a reason that was observed:
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import random
 import uuid
 from typing import Any
@@ -21,7 +20,7 @@ from kmock._internal import rendering
 from ..api.resources import Resource
 from . import patching as p
 from .emulator_pods import PODS, graceful_delete, mark_deleting, requested_grace
-from .emulator_watch import EventLog, WatchEvent
+from .emulator_watch import EventLog, Subscription, WatchEvent, publish
 from .selectors import match_fields, match_labels
 
 NAMESPACES = kmock.resource("v1/namespaces")
@@ -44,6 +43,9 @@ class StateEmulator(kmock.KubernetesEmulator):
     events: EventLog = attrs.field(init=False)
     _rv: int = attrs.field(default=0, init=False)
     _created: set[Any] = attrs.field(factory=set, init=False)  # requests answered with 201
+    #: The open watch streams per resource (see emulator_watch.Subscription).
+    subscriptions: collections.defaultdict[Any, set[Subscription]] = attrs.field(
+        factory=lambda: collections.defaultdict(set), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -88,12 +90,9 @@ class StateEmulator(kmock.KubernetesEmulator):
     def live_objects(self, request: rendering.Request) -> list[dict[str, Any]]:
         res = request.resource
         plural = getattr(res, "plural", None)    # a cheap first test: kmock's resource == is slow
-        return [copy.deepcopy(obj.raw) for key, obj in self._objects.items()
+        return [p.clone(obj.raw) for key, obj in self._objects.items()
                 if getattr(key[0], "plural", None) == plural and key[0] == res and not obj.deleted
                 and self.visible(request, obj.raw)]
-
-    def bus(self, res: Any) -> Any:
-        return self._buses[res]
 
     def _key(self, res: Any, namespace: str | None, name: str | None) -> Key:
         info = self.info(res)
@@ -115,9 +114,9 @@ class StateEmulator(kmock.KubernetesEmulator):
         return str(self._rv)
 
     async def _emit(self, res: Any, etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        event = WatchEvent(int(obj["metadata"]["resourceVersion"]), etype, copy.deepcopy(obj), old)
+        event = WatchEvent(int(obj["metadata"]["resourceVersion"]), etype, p.clone(obj), old)
         self.events.append(res, event)
-        await self.bus(res).put(event)
+        publish(self, self.subscriptions.get(res, ()), event)
 
     def _append_version(self, obj: Any, body: dict[str, Any]) -> None:
         obj.history.append(body)
@@ -144,7 +143,7 @@ class StateEmulator(kmock.KubernetesEmulator):
     async def _create(self, res: Any, url_ns: str | None, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise p.error(400, "BadRequest", "the body must be a JSON object")
-        body = copy.deepcopy(data)
+        body = p.clone(data)
         md = body.setdefault("metadata", {})
         info = self.info(res)
         ns: str | None = None
@@ -195,7 +194,7 @@ class StateEmulator(kmock.KubernetesEmulator):
                 return body
         if obj is None:
             raise p.not_found(key[0], key[2])
-        old = copy.deepcopy(obj.raw)
+        old = p.clone(obj.raw)
         return await self._store(key, old, p.apply_patch(old, ctype, patch), request.subresource)
 
     async def _replace(self, request: rendering.Request) -> dict[str, Any]:
@@ -206,9 +205,9 @@ class StateEmulator(kmock.KubernetesEmulator):
             raise p.not_found(key[0], key[2])
         if not isinstance(request.data, dict):
             raise p.error(400, "BadRequest", "the body must be a JSON object")
-        old = copy.deepcopy(obj.raw)
+        old = p.clone(obj.raw)
         p.check_version(old, (request.data.get("metadata") or {}).get("resourceVersion"))
-        return await self._store(key, old, copy.deepcopy(request.data), request.subresource)
+        return await self._store(key, old, p.clone(request.data), request.subresource)
 
     async def _store(self, key: Key, old: dict[str, Any], new: dict[str, Any], subresource: str | None) -> dict[str, Any]:
         res = key[0]
@@ -254,8 +253,8 @@ class StateEmulator(kmock.KubernetesEmulator):
         nso = self._get_live(ns_key) if key[1] is not None else None
         if nso is not None and self._released(ns_key, nso.raw["metadata"]):
             # The last object of a Terminating namespace is gone: the namespace goes too.
-            ns_old = copy.deepcopy(nso.raw)
-            ns_last = copy.deepcopy(ns_old)
+            ns_old = p.clone(nso.raw)
+            ns_last = p.clone(ns_old)
             ns_last["metadata"]["resourceVersion"] = self._next_rv()
             self._append_version(nso, ns_last)
             await self._remove(ns_key, ns_last, ns_old)
@@ -269,7 +268,7 @@ class StateEmulator(kmock.KubernetesEmulator):
         obj = self._get_live(key)
         if obj is None:
             raise p.not_found(key[0], key[2])
-        old = copy.deepcopy(obj.raw)
+        old = p.clone(obj.raw)
         pre = opts.get("preconditions") or {}
         p.check_version(old, pre.get("resourceVersion"))
         if pre.get("uid") and pre["uid"] != old["metadata"].get("uid"):
@@ -278,7 +277,7 @@ class StateEmulator(kmock.KubernetesEmulator):
         if grace is not None:  # a pod on a node: its kubelet stops it, then deletes it for good
             if grace == old["metadata"].get("deletionGracePeriodSeconds"):
                 return old
-            new = copy.deepcopy(old)
+            new = p.clone(old)
             mark_deleting(new["metadata"], grace)
             new["metadata"]["resourceVersion"] = self._next_rv()
             self._append_version(obj, new)
@@ -287,7 +286,7 @@ class StateEmulator(kmock.KubernetesEmulator):
         if old["metadata"].get("deletionTimestamp") and not (key[0] == PODS and old["metadata"].get(
                 "deletionGracePeriodSeconds") and not old["metadata"].get("finalizers")):
             return old  # already being deleted
-        new = copy.deepcopy(old)
+        new = p.clone(old)
         new["metadata"].update(deletionTimestamp=p.now(), deletionGracePeriodSeconds=0,
                                resourceVersion=self._next_rv())
         is_ns = key[0] == NAMESPACES

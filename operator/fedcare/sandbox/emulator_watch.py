@@ -69,6 +69,31 @@ class EventLog:
         return [e for e in self._events.get(resource, ()) if e.rv > rv]
 
 
+class Subscription:
+    """One watch stream's live feed. The writer filters each event for it (``publish``), so an
+    event this stream's namespace or selectors exclude never wakes it. (kmock's bus woke every
+    stream of the resource for every event: with one stream per site agent on a shared
+    namespace, that fan-out was most of the emulator's time in a round's burst of writes.)"""
+
+    __slots__ = ("request", "queue", "ready", "passed")
+
+    def __init__(self, request: rendering.Request, passed: int) -> None:
+        self.request = request
+        self.queue: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self.ready = asyncio.Event()
+        #: The newest version this stream has seen go by, delivered or not (for bookmarks).
+        self.passed = passed
+
+
+def publish(emu: RealisticEmulator, subscriptions: Any, event: WatchEvent) -> None:
+    """Called by the writer, under the emulator's lock, once per change."""
+    for sub in subscriptions:
+        sub.passed = event.rv
+        if (seen := _as_seen_by(emu, sub.request, event)) is not None:
+            sub.queue.append((event.rv, seen))
+            sub.ready.set()
+
+
 def _parse_rv(value: str | None) -> int | None:
     if not value or value == "0":
         return None  # "any version": start with the current objects as synthetic ADDED
@@ -124,11 +149,11 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
     kind, api_version = emu.kind_of(request.resource)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout else None
-    bus = emu.bus(request.resource)
 
-    async with emu.lock:  # the replay and the live mark at one instant: nothing lost between
-        marker = await bus.mark()
+    async with emu.lock:  # the replay and the subscription at one instant: nothing lost between
         passed = emu.resource_version
+        sub = Subscription(request, passed)
+        emu.subscriptions[request.resource].add(sub)
         replay: list[dict[str, Any]] | None
         if since is None:
             replay = [{"type": "ADDED", "object": obj} for obj in emu.live_objects(request)]
@@ -137,7 +162,6 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
             replay = None if events is None else [
                 seen for e in events if (seen := _as_seen_by(emu, request, e)) is not None]
     emu.watchers[request.resource] += 1
-    pending: asyncio.Future[WatchEvent] | None = None
     try:
         yield b""  # send the headers now: a quiet stream must still connect
         if replay is None:
@@ -147,29 +171,30 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
             yield item
         if initial_end and bookmarks:
             yield _bookmark(kind, api_version, passed, initial_end=True)
-        stream = aiter(bus.stream(since=marker))
         while True:
-            wait = emu.bookmark_interval if bookmarks else None
-            if deadline is not None:
-                left = deadline - loop.time()
-                if left <= 0:
-                    return
-                wait = left if wait is None else min(wait, left)
-            if pending is None:
-                pending = asyncio.ensure_future(anext(stream))
-            done, _ = await asyncio.wait({pending}, timeout=wait)
-            if not done:
-                if bookmarks and (deadline is None or deadline > loop.time()):
-                    yield _bookmark(kind, api_version, passed)
+            if not sub.queue:
+                wait = emu.bookmark_interval if bookmarks else None
+                if deadline is not None:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        return
+                    wait = left if wait is None else min(wait, left)
+                sub.ready.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await sub.ready.wait()
+                except TimeoutError:
+                    if sub.queue:   # published as the timer fired: deliver it before any bookmark
+                        continue
+                    # an empty queue: every event up to sub.passed was delivered or not for us
+                    if bookmarks and (deadline is None or deadline > loop.time()):
+                        yield _bookmark(kind, api_version, sub.passed)
+                    continue
                 continue
-            event, pending = pending.result(), None
-            if since is not None and event.rv <= since:
+            rv, seen = sub.queue.popleft()
+            if since is not None and rv <= since:
                 continue  # a client resuming from a version newer than this event
-            passed = event.rv
-            if (seen := _as_seen_by(emu, request, event)) is not None:
-                yield seen
+            yield seen
     finally:
         emu.watchers[request.resource] -= 1
-        if pending is not None:
-            pending.cancel()
-        await bus.unmark(marker)
+        emu.subscriptions[request.resource].discard(sub)

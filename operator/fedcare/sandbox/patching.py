@@ -47,10 +47,25 @@ def conflict() -> kmock.KubernetesError:
                                   "please apply your changes to the latest version and try again")
 
 
+def clone(obj: Any) -> Any:
+    """A deep copy of a JSON-shaped value (dicts, lists, scalars). Every stored object and every
+    request body here is one; ``copy.deepcopy``'s memo and dispatch made it the emulator's
+    largest single cost under a round's burst of writes (about 4x slower on these bodies).
+    Anything else (never expected) still goes through ``copy.deepcopy``."""
+    kind = type(obj)
+    if kind is dict:
+        return {k: clone(v) for k, v in obj.items()}
+    if kind is list:
+        return [clone(v) for v in obj]
+    if kind in (str, int, float, bool) or obj is None:
+        return obj
+    return copy.deepcopy(obj)
+
+
 def merge(base: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge-patch: dicts merge recursively, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     result = dict(base) if isinstance(base, dict) else {}
     for key, val in patch.items():
         if val is None:
