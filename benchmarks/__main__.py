@@ -9,7 +9,7 @@ The full forms (the numbers in docs/performance.md) take longer:
     python benchmarks/vault.py                # fedcare's Vault client against a real OpenBao, ~1 min
     python benchmarks/kubelet_pods.py         # sandbox process kubelet: pod vs direct process, ~1 min
     python benchmarks/round_overhead.py       # a round through fedcare vs bare Flower, 3 sites x 3 rounds, ~10 min
-    python benchmarks/round_pods.py           # FederatedRound created -> 18 SuperNode pods created, ~5 min
+    python benchmarks/round_pods.py           # FederatedRound created -> 18 SuperNode pods created, ~1 min
     python benchmarks/s3_publish.py           # a round result copied to S3 (S3Proxy) vs hash + local copy, ~1 min
 """
 

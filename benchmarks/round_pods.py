@@ -12,7 +12,8 @@ and the calls the round made, one after another.
     python benchmarks/round_pods.py [--sites 18] [--poll 2]
 
 The hub runs at its default pass interval (2 s) unless ``--poll`` says otherwise: a pass that
-finds the SuperLink starting waits for its /health, so the interval should not show here.
+finds the SuperLink pod running waits for its /health (hub/aggregator.py ``wait_healthy``), so
+the interval shows only when the pod is still Pending at a pass.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sites", type=int, default=18)
     parser.add_argument("--poll", type=float, default=RoundConfig.__dataclass_fields__["poll_interval"].default,
-                        help="hub round pass / agent work poll interval (s); default: the hub's")
+                        help="the hub's round pass interval (s); default: the hub's own")
     parser.add_argument("--inventory-poll", type=float, default=15.0,
                         help="the agents' inventory poll (s): an agent's default, 15 s; the sandbox's tests use 1 s")
     parser.add_argument("--api-process", action="store_true",

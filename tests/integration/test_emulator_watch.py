@@ -165,3 +165,97 @@ async def test_plain_kmock_replays_on_resume_which_is_why_this_layer_exists():
                     events.append(event["type"])
                     break  # kmock ignores timeoutSeconds: the stream would never end
         assert events == ["ADDED"]  # "a" replayed although it is older than the version asked
+
+
+# -- the writer-side fan-out (emulator_watch.Subscription) ------------------------------------
+
+def _subscriptions(emu: RealisticEmulator) -> int:
+    return sum(len(s) for s in emu.subscriptions.values())
+
+
+async def test_a_malformed_selector_is_a_400_and_breaks_no_write(emulator: RealisticEmulator, kube: KubeClient):
+    await kube.create(FR, obj("a"), "default")
+    path = "/apis/fedcare.io/v1alpha1/namespaces/default/federatedrounds"
+    for params in ({"watch": "true", "fieldSelector": "metadata.name"}, {"fieldSelector": "metadata.name"}):
+        bad = await kube.request("GET", path, params={**params, "timeoutSeconds": "1"})
+        assert bad.status == 400, bad
+    assert _subscriptions(emulator) == 0
+    seen: list[tuple[str, str | None]] = []
+    reader = asyncio.create_task(collect(kube, seen, timeoutSeconds="1"))
+    await eventually(lambda: emulator.watching(FR) == 1)
+    assert (await kube.create(FR, obj("b"), "default")).status == 201
+    await reader
+    assert ("ADDED", "b") in seen and _subscriptions(emulator) == 0
+
+
+async def test_timeout_seconds_ends_a_stream_that_always_has_a_backlog(emulator: RealisticEmulator,
+                                                                      kube: KubeClient):
+    import time
+    await kube.create(FR, obj("a"), "default")
+    stop = asyncio.Event()
+
+    async def writer(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await kube.patch(FR, "a", {"spec": {"size": n * 10 + i}}, "default")
+
+    writers = [asyncio.create_task(writer(i)) for i in range(6)]
+    started = time.monotonic()
+    try:
+        async for _ in kube.watch(FR, "default", timeoutSeconds="1"):
+            await asyncio.sleep(0.005)      # slower than the writers: the queue never empties
+            assert time.monotonic() - started < 10, "timeoutSeconds=1 did not end the stream"
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+
+
+async def test_bookmarks_pass_excluded_events_but_never_an_undelivered_one(emulator: RealisticEmulator,
+                                                                          kube: KubeClient):
+    """Events a selector excludes move the stream's bookmark on (the client resumes after them)
+    without waking it; a bookmark is never ahead of an event not yet delivered."""
+    await kube.create(FR, obj("a", {"app": "x"}), "default")
+    await kube.create(FR, obj("b", {"app": "y"}), "default")
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await kube.patch(FR, "a" if n % 3 == 0 else "b", {"spec": {"size": n}}, "default")
+            await asyncio.sleep(0.01 if n % 20 else 0.4)
+
+    w = asyncio.create_task(writer())
+    last_bookmark, delivered, bookmarks = 0, 0, []
+    try:
+        async for e in kube.watch(FR, "default", labelSelector="app=x", allowWatchBookmarks="true",
+                                  timeoutSeconds="3"):
+            rv = int(e["object"]["metadata"]["resourceVersion"])
+            if e["type"] == "BOOKMARK":
+                assert rv >= delivered
+                last_bookmark = max(last_bookmark, rv)
+                bookmarks.append(rv - delivered)
+            else:
+                assert e["object"]["metadata"]["name"] == "a"      # b's changes never reach it
+                assert rv > last_bookmark, (rv, last_bookmark)
+                delivered = rv
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await w
+    assert delivered and bookmarks and max(bookmarks) > 0   # some bookmark moved past b's changes
+
+
+async def test_a_closed_stream_leaves_no_subscription(emulator: RealisticEmulator, kube: KubeClient):
+    import aiohttp
+    await kube.create(FR, obj("a"), "default")
+    path = emulator.url + "/apis/fedcare.io/v1alpha1/namespaces/default/federatedrounds"
+    for params in ({"watch": "true", "allowWatchBookmarks": "true"}, {"watch": "true"}):
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(path, params=params)
+            await resp.content.readline()
+            await eventually(lambda: _subscriptions(emulator) == 1)
+            resp.close()
+        await kube.patch(FR, "a", {"spec": {"size": 7}}, "default")
+        await eventually(lambda: _subscriptions(emulator) == 0 and emulator.watching(FR) == 0)

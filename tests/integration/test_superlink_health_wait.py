@@ -1,5 +1,6 @@
-"""A pass that finds the SuperLink pod running waits for /health (up to one poll interval)
-instead of leaving it to the next pass: against a real HTTP server that starts answering late."""
+"""A pass that finds the SuperLink pod running waits for /health (up to HEALTH_WAIT, or until
+kopf's stop flag) instead of leaving it to the next pass: against a real HTTP server that
+starts answering late."""
 
 from __future__ import annotations
 
@@ -57,3 +58,61 @@ async def test_an_error_answer_is_not_healthy():
         assert not await agg.wait_healthy(f"127.0.0.1:{port}", insecure=True, within=0.3)
     finally:
         await runner.cleanup()
+
+
+async def test_kopf_stop_flag_ends_the_wait():
+    port = _free_port()
+    t = time.monotonic()
+    assert not await agg.wait_healthy(f"127.0.0.1:{port}", insecure=True, within=10.0, stop=lambda: True)
+    assert time.monotonic() - t < 2.0
+
+
+async def _running_superlink(api, emulator_pod_port: int, name: str):
+    """A round and its SuperLink pod, bound to a node, Running at 127.0.0.1 (the port given)."""
+    from fedcare.api.validation import parse
+    from fedcare.integrations.kube import Ref
+    from fedcare.sandbox.federation import round_manifest
+
+    body = await api.create(Ref("fedcare.io/v1alpha1", "federatedrounds", "default"),
+                            round_manifest(name, sites=2, rounds=1))
+    spec, cfg = parse("FederatedRound", body), agg.AggregatorConfig(insecure=True, port=emulator_pod_port)
+    pod = dict(agg.manifests(body, spec, cfg))["pods"]
+    pod["spec"]["nodeName"] = "node-a"      # bound: a deletion waits for a kubelet (deletionTimestamp)
+    pod = await api.create(Ref("v1", "pods", "default"), pod)
+    ref = Ref("v1", "pods", "default", pod["metadata"]["name"])
+    await api.request("PATCH", ref.path + "/status", body={"status": {"phase": "Running", "podIP": "127.0.0.1"}},
+                      content_type="application/merge-patch+json")
+    return body, spec, cfg, ref
+
+
+async def test_a_pod_that_starts_terminating_during_the_wait_is_not_adopted(emulator):
+    from fedcare.integrations.kube import Kube
+    from tests.integration.conftest import FAST
+
+    api = Kube.from_url(str(emulator.url), policy=FAST)
+    try:
+        # control: the same wait, nothing changes meanwhile -> ready
+        port = _free_port()
+        body, spec, cfg, _ = await _running_superlink(api, port, "steady")
+        starting = asyncio.create_task(_serve_after(port, 0.5))
+        state = await agg.ensure_aggregator(api, body, spec, cfg, health_wait=5.0)
+        assert state.ready, state.message
+        await (await starting).cleanup()
+
+        port = _free_port()
+        body, spec, cfg, ref = await _running_superlink(api, port, "replaced")
+        starting = asyncio.create_task(_serve_after(port, 0.5))
+
+        async def delete_meanwhile() -> None:
+            await asyncio.sleep(0.2)
+            await api.delete(ref)
+
+        deleting = asyncio.create_task(delete_meanwhile())
+        state = await agg.ensure_aggregator(api, body, spec, cfg, health_wait=5.0)
+        await deleting
+        assert not state.ready and not state.failed
+        assert "changed while the hub waited for /health" in state.message
+        assert (await api.get(ref))["metadata"].get("deletionTimestamp")
+        await (await starting).cleanup()
+    finally:
+        await api.close()

@@ -13,8 +13,10 @@ and a Deployment would add a ReplicaSet whose only effect is a second, racing co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,28 +171,30 @@ async def healthy(address: str, *, insecure: bool, ssl_context: Any = None) -> b
         return False
 
 
-async def wait_healthy(address: str, *, insecure: bool, ssl_context: Any = None, within: float = 0.0) -> bool:
-    """``healthy``, tried again every HEALTH_RETRY seconds for up to ``within`` seconds. A pass
-    that finds the SuperLink pod running but not answering yet waits here, so the round goes on
-    within 0.1 s of /health answering instead of at the next pass (every 2 s by default: it was
-    most of the hub's share of a round's start, ``benchmarks/round_pods.py``). Until Flower
-    listens, a probe is a refused connection: cheap."""
+async def wait_healthy(address: str, *, insecure: bool, ssl_context: Any = None, within: float = 0.0,
+                       stop: Callable[[], bool] | None = None) -> bool:
+    """``healthy``, tried again every HEALTH_RETRY seconds for up to ``within`` seconds, or until
+    ``stop()`` (kopf's flag: the round is being deleted, or the hub stops). A pass that finds the
+    SuperLink pod running but not answering yet waits here, so the round goes on within ~0.1 s
+    of /health answering instead of at the next pass (every 2 s by default: it was most of the
+    hub's share of a round's start, ``benchmarks/round_pods.py``). Until Flower listens, a probe
+    is a refused connection: cheap."""
     loop = asyncio.get_running_loop()
     until = loop.time() + within
     while True:
         if await healthy(address, insecure=insecure, ssl_context=ssl_context):
             return True
-        if loop.time() + HEALTH_RETRY > until:
+        if loop.time() + HEALTH_RETRY > until or (stop is not None and stop()):
             return False
         await asyncio.sleep(HEALTH_RETRY)
 
 
 async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec,
                             cfg: AggregatorConfig, tls: SuperLinkTLS | None = None, *,
-                            health_wait: float = 0.0) -> AggregatorState:
+                            health_wait: float = 0.0, stop: Callable[[], bool] | None = None) -> AggregatorState:
     """Create what is missing (idempotent: a restarted hub adopts what exists) and say if it is up.
     ``tls``: the SuperLink's certificate is issued from Vault into the round's TLS Secret.
-    ``health_wait``: how long to wait for /health once the pod runs (see ``wait_healthy``)."""
+    ``health_wait``, ``stop``: how long to wait for /health once the pod runs (``wait_healthy``)."""
     n = names(body)
     pod: dict[str, Any] = {}
     service: dict[str, Any] = {}
@@ -232,9 +236,23 @@ async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRou
     # Under TLS the hub calls the address its certificate names: the ClusterIP where there is one.
     control = f"{(tls is not None and cluster_ip(service)) or ip}:{cfg.port}"
     context = await tls.ssl_context() if tls is not None else None
-    if not await wait_healthy(control, insecure=cfg.insecure, ssl_context=context, within=health_wait):
-        return AggregatorState(False, False, f"the SuperLink at {control} does not answer /health yet",
-                               n["pod"], n["service"], fleet_address(body, cfg), control)
+    not_yet = AggregatorState(False, False, f"the SuperLink at {control} does not answer /health yet",
+                              n["pod"], n["service"], fleet_address(body, cfg), control)
+    if not await healthy(control, insecure=cfg.insecure, ssl_context=context):
+        if health_wait <= 0 or not await wait_healthy(control, insecure=cfg.insecure, ssl_context=context,
+                                                      within=health_wait, stop=stop):
+            return not_yet
+        # Waited: what this pass read may be stale. A pod replaced or terminating meanwhile is never
+        # adopted (its registrations would be lost), nor a round deleted, suspended or changed.
+        again = await kube.get_or_none(Ref("v1", "pods", body["metadata"]["namespace"], n["pod"]))
+        current = await kube.get_or_none(Ref(r.API_VERSION, r.FEDERATED_ROUNDS.plural, body["metadata"]["namespace"],
+                                             body["metadata"]["name"]))
+        if (again is None or again["metadata"].get("uid") != pod["metadata"].get("uid")
+                or again["metadata"].get("deletionTimestamp")
+                or current is None or current["metadata"].get("deletionTimestamp")
+                or current["metadata"].get("generation") != body["metadata"].get("generation")):
+            return dataclasses.replace(not_yet, message=f"the SuperLink pod {n['pod']} or its round changed "
+                                                        "while the hub waited for /health; next pass")
     return AggregatorState(True, False, f"SuperLink {n['pod']} is serving at {control}", n["pod"], n["service"],
                            fleet_address(body, cfg), control, pod_uid=str(pod["metadata"].get("uid") or ""))
 

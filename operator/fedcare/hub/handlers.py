@@ -105,9 +105,9 @@ def register(registry: kopf.OperatorRegistry, ctx: HubContext) -> kopf.OperatorR
     # Round execution (hub/round_scheduler.py): a level-based pass every poll interval.
     @kopf.timer(GROUP, VERSION, FEDERATED_ROUNDS.plural, registry=registry, id="round-execution",
                 interval=ctx.round_config.poll_interval if ctx.round_config else 2.0, when=round_scheduler.needs_pass)
-    async def federated_round_pass(body: kopf.Body, logger: Any, **_: Any) -> None:
+    async def federated_round_pass(body: kopf.Body, logger: Any, stopped: Any = None, **_: Any) -> None:
         try:
-            await ctx.round_reconciler.reconcile(plain(body))
+            await ctx.round_reconciler.reconcile(plain(body), stopped.is_set if stopped is not None else None)
         except KubeError as err:        # the next pass tries again
             logger.warning("Round pass failed: %s", err)
         except (RuntimeError, AssertionError):

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,7 +245,9 @@ class Reconciler:
         await self.cleanup(body)
 
     # -- the pass ------------------------------------------------------------------------------
-    async def reconcile(self, body: dict[str, Any]) -> None:
+    async def reconcile(self, body: dict[str, Any], stopped: Callable[[], bool] | None = None) -> None:
+        """One pass. ``stopped``: kopf's flag for this round's timer (set when the round is being
+        deleted or the hub stops); a pass that waits for the SuperLink gives up when it is set."""
         if body["metadata"].get("deletionTimestamp"):
             return          # the finalizer (finalize) owns a round being deleted
         try:
@@ -283,7 +286,7 @@ class Reconciler:
             body = await self.select(body, spec)
             if body is None:
                 return
-        body = await self.run_aggregator(body, spec)
+        body = await self.run_aggregator(body, spec, stopped)
         if body is None:
             return
         body = await self.dispatch(body, spec)
@@ -354,7 +357,8 @@ class Reconciler:
                                 participants=participants, selectedSites=len(chosen), eligibleSites=len(eligible),
                                 sitesReady=f"0/{len(chosen)}")
 
-    async def run_aggregator(self, body: dict[str, Any], spec: FederatedRoundSpec) -> dict[str, Any] | None:
+    async def run_aggregator(self, body: dict[str, Any], spec: FederatedRoundSpec,
+                             stopped: Callable[[], bool] | None = None) -> dict[str, Any] | None:
         tls = self.cfg.tls
         if not self.cfg.aggregator.insecure and tls is None:
             # TLS and SuperNode authentication material come from Vault: without it, only the
@@ -368,7 +372,7 @@ class Reconciler:
         try:
             state = await agg.ensure_aggregator(self.kube, body, spec, self.cfg.aggregator,
                                                 None if self.cfg.aggregator.insecure else tls,
-                                                health_wait=self._health_wait(body))
+                                                health_wait=self._health_wait(body), stop=stopped)
             if state.ready and not self.cfg.aggregator.insecure:
                 state = await self.register_supernodes(body, state)
         except VaultError as err:
@@ -434,9 +438,9 @@ class Reconciler:
         try:
             results = await asyncio.gather(*(register(site, public) for site, public in keys.items()),
                                            return_exceptions=True)
-        finally:
             if keys:
-                metrics.KEY_REGISTRATION_DURATION.observe(time.monotonic() - started)        # the burst is over: no pooled connection may hold the SuperLink open
+                metrics.KEY_REGISTRATION_DURATION.observe(time.monotonic() - started)
+        finally:        # the burst is over: no pooled connection may hold the SuperLink open
             await asyncio.get_running_loop().run_in_executor(None, flower_control.release, state.control_address)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, FlowerError):

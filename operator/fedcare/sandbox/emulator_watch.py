@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from kmock._internal import rendering
 
 from .patching import error, not_found
+from .selectors import match_fields, match_labels
 
 if TYPE_CHECKING:
     from .emulator import RealisticEmulator
@@ -75,7 +76,7 @@ class Subscription:
     stream of the resource for every event: with one stream per site agent on a shared
     namespace, that fan-out was most of the emulator's time in a round's burst of writes.)"""
 
-    __slots__ = ("request", "queue", "ready", "passed")
+    __slots__ = ("request", "queue", "ready", "passed", "failed")
 
     def __init__(self, request: rendering.Request, passed: int) -> None:
         self.request = request
@@ -83,15 +84,35 @@ class Subscription:
         self.ready = asyncio.Event()
         #: The newest version this stream has seen go by, delivered or not (for bookmarks).
         self.passed = passed
+        self.failed = ""    # why this stream cannot go on (its selector broke on an event)
 
 
 def publish(emu: RealisticEmulator, subscriptions: Any, event: WatchEvent) -> None:
-    """Called by the writer, under the emulator's lock, once per change."""
+    """Called by the writer, under the emulator's lock, once per change. A stream that cannot
+    judge an event ends (with an ERROR event); the write and the other streams go on."""
     for sub in subscriptions:
+        if sub.failed:
+            continue
+        try:
+            seen = _as_seen_by(emu, sub.request, event)
+        except Exception as err:    # noqa: BLE001 - one watcher's problem, never the writer's
+            sub.failed = f"the watch cannot evaluate its selectors: {err}"
+            sub.ready.set()
+            continue
         sub.passed = event.rv
-        if (seen := _as_seen_by(emu, sub.request, event)) is not None:
+        if seen is not None:
             sub.queue.append((event.rv, seen))
             sub.ready.set()
+
+
+def check_selectors(request: rendering.Request) -> None:
+    """A malformed selector is the client's error (400), found before anything is served."""
+    params = request.params
+    try:
+        match_labels(params.get("labelSelector"), {})
+        match_fields(params.get("fieldSelector"), {})
+    except ValueError as err:
+        raise error(400, "BadRequest", f"unable to parse the selector: {err}") from None
 
 
 def _parse_rv(value: str | None) -> int | None:
@@ -123,6 +144,12 @@ def _bookmark(kind: str, api_version: str, rv: int, initial_end: bool = False) -
     return {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": md}}
 
 
+def _failure(message: str) -> dict[str, Any]:
+    return {"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 500,
+        "reason": "InternalError", "message": message}}
+
+
 def _expired(since: int) -> dict[str, Any]:
     return {"type": "ERROR", "object": {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 410,
@@ -132,6 +159,7 @@ def _expired(since: int) -> dict[str, Any]:
 async def serve_list(emu: RealisticEmulator, request: rendering.Request) -> dict[str, Any]:
     if not emu.is_known(request.resource):
         raise not_found(request.resource)
+    check_selectors(request)
     async with emu.lock:
         items = emu.live_objects(request)
         rv = emu.resource_version
@@ -150,10 +178,9 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout else None
 
+    check_selectors(request)
     async with emu.lock:  # the replay and the subscription at one instant: nothing lost between
         passed = emu.resource_version
-        sub = Subscription(request, passed)
-        emu.subscriptions[request.resource].add(sub)
         replay: list[dict[str, Any]] | None
         if since is None:
             replay = [{"type": "ADDED", "object": obj} for obj in emu.live_objects(request)]
@@ -161,6 +188,8 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
             events = emu.events.since(request.resource, since)
             replay = None if events is None else [
                 seen for e in events if (seen := _as_seen_by(emu, request, e)) is not None]
+        sub = Subscription(request, passed)     # only once the replay is made (it may raise)
+        emu.subscriptions[request.resource].add(sub)
     emu.watchers[request.resource] += 1
     try:
         yield b""  # send the headers now: a quiet stream must still connect
@@ -172,12 +201,15 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
         if initial_end and bookmarks:
             yield _bookmark(kind, api_version, passed, initial_end=True)
         while True:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return      # timeoutSeconds ends the stream, a backlog or not
+            if sub.failed and not sub.queue:
+                yield _failure(sub.failed)
+                return
             if not sub.queue:
                 wait = emu.bookmark_interval if bookmarks else None
-                if deadline is not None:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        return
+                if left is not None:
                     wait = left if wait is None else min(wait, left)
                 sub.ready.clear()
                 try:
