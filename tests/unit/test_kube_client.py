@@ -119,4 +119,3 @@ async def test_a_token_given_to_from_url_is_sent_as_a_bearer_token():
         assert auth["BearerToken"]["value"] == "Bearer t0ken"
     finally:
         await kube.close()
-
