@@ -173,20 +173,19 @@ async def healthy(address: str, *, insecure: bool, ssl_context: Any = None) -> b
 
 async def wait_healthy(address: str, *, insecure: bool, ssl_context: Any = None, within: float = 0.0,
                        stop: Callable[[], bool] | None = None) -> bool:
-    """``healthy``, tried again every HEALTH_RETRY seconds for up to ``within`` seconds, or until
-    ``stop()`` (kopf's flag: the round is being deleted, or the hub stops). A pass that finds the
-    SuperLink pod running but not answering yet waits here, so the round goes on within ~0.1 s
-    of /health answering instead of at the next pass (every 2 s by default: it was most of the
-    hub's share of a round's start, ``benchmarks/round_pods.py``). Until Flower listens, a probe
-    is a refused connection: cheap."""
+    """After a failed ``healthy``: probe again every HEALTH_RETRY seconds for up to ``within``
+    seconds, or until ``stop()`` (kopf's flag: the round is being deleted, or the hub stops). A
+    pass that finds the SuperLink pod running but not answering yet waits here, so the round
+    goes on within ~0.1 s of /health answering instead of at the next pass (every 2 s by
+    default: it was most of the hub's share of a round's start, ``benchmarks/round_pods.py``).
+    Until Flower listens, a probe is a refused connection: cheap."""
     loop = asyncio.get_running_loop()
     until = loop.time() + within
-    while True:
+    while loop.time() + HEALTH_RETRY <= until and not (stop is not None and stop()):
+        await asyncio.sleep(HEALTH_RETRY)
         if await healthy(address, insecure=insecure, ssl_context=ssl_context):
             return True
-        if loop.time() + HEALTH_RETRY > until or (stop is not None and stop()):
-            return False
-        await asyncio.sleep(HEALTH_RETRY)
+    return False
 
 
 async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRoundSpec,
@@ -239,8 +238,7 @@ async def ensure_aggregator(kube: Kube, body: dict[str, Any], spec: FederatedRou
     not_yet = AggregatorState(False, False, f"the SuperLink at {control} does not answer /health yet",
                               n["pod"], n["service"], fleet_address(body, cfg), control)
     if not await healthy(control, insecure=cfg.insecure, ssl_context=context):
-        if health_wait <= 0 or not await wait_healthy(control, insecure=cfg.insecure, ssl_context=context,
-                                                      within=health_wait, stop=stop):
+        if not await wait_healthy(control, insecure=cfg.insecure, ssl_context=context, within=health_wait, stop=stop):
             return not_yet
         # Waited: what this pass read may be stale. A pod replaced or terminating meanwhile is never
         # adopted (its registrations would be lost), nor a round deleted, suspended or changed.

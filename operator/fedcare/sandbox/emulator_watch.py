@@ -216,12 +216,11 @@ async def serve_watch(emu: RealisticEmulator, request: rendering.Request) -> Asy
                     async with asyncio.timeout(wait):
                         await sub.ready.wait()
                 except TimeoutError:
-                    if sub.queue:   # published as the timer fired: deliver it before any bookmark
-                        continue
-                    # an empty queue: every event up to sub.passed was delivered or not for us
-                    if bookmarks and (deadline is None or deadline > loop.time()):
+                    # Only with an empty queue (one published as the timer fired goes first): every
+                    # event up to sub.passed was then delivered or not for us, so a resume from the
+                    # bookmark skips nothing.
+                    if not sub.queue and bookmarks and (deadline is None or deadline > loop.time()):
                         yield _bookmark(kind, api_version, sub.passed)
-                    continue
                 continue
             rv, seen = sub.queue.popleft()
             if since is not None and rv <= since:
