@@ -281,6 +281,38 @@ async def test_assignments_are_accepted_or_rejected(hub, api, make_agent, apiser
     assert sorted([third["status"]["phase"], fourth["status"]["phase"]]) == ["Accepted", "Rejected"]
 
 
+@pytest.mark.tiers
+async def test_the_agents_kopf_serves_its_namespace_even_when_it_is_created_later(hub, api, apiserver):
+    """The agent's kopf serves exactly its site namespace, whether or not it exists yet: kopf's
+    namespace scanning (list, then a watch that re-lists and ignores that listing) missed a
+    namespace created in between and never served it; the agent's identity may not list
+    namespaces anyway. Started before enrollment creates the namespace, it still answers."""
+    ns = site_namespace("rouen")
+    kube = await apiserver.kube(FAST)
+    reporter = InventoryReporter(kube, "rouen", reader=NVMLReader(FakeNVML(gpus(0))), poll_interval=0.3,
+                                 versions=AgentVersions(agent="test", flwr="1.42.0"))
+    agent = SiteAgent("rouen", kube, reporter, agent_id="rouen/agent-0")
+    try:
+        async with run_operator(apiserver, agent.registry(), namespaces=[ns]) as logs, hub():
+            assert await api.get_or_none(Ref("v1", "namespaces", None, ns)) is None
+            await enrolled(hub, api)        # the hub creates the namespace now
+            await api.create(Ref(API_VERSION, "roundassignments", ns), {
+                "apiVersion": API_VERSION, "kind": "RoundAssignment", "metadata": {"name": "r1-rouen", "namespace": ns},
+                "spec": {"roundRef": {"namespace": "default", "name": "r1"}, "nodeName": "rouen",
+                         "training": {"image": "ghcr.io/fedcare/train@sha256:" + "b" * 64, "gpusPerSite": 0}}})
+
+            async def answered():
+                obj = await api.get(Ref(API_VERSION, "roundassignments", ns, "r1-rouen"))
+                return obj if (obj.get("status") or {}).get("phase") else None
+
+            obj = await eventually(answered, timeout=15)
+            assert not logs.grep("Not enough permissions")
+    finally:
+        reporter.reader.shutdown()
+        await kube.close()
+    assert obj["status"]["agentId"] == "rouen/agent-0"
+
+
 async def _summary_is(api, summary):
     obj = await api.get_or_none(node_ref())
     return obj if (obj or {}).get("status", {}).get("gpuSummary") == summary else None

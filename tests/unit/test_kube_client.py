@@ -18,6 +18,7 @@ async def server():
 
     async def handle(request: web.Request) -> web.Response:
         state["calls"] += 1
+        state.setdefault("seen", []).append((request.host, request.headers.get("Proxy-Authorization")))
         if state["script"]:
             action = state["script"].pop(0)
             if action == "hang":
@@ -46,6 +47,7 @@ async def server():
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
+    state["port"] = port
     kube = Kube.from_url(f"http://127.0.0.1:{port}", policy=FAST)
     yield kube, state
     await kube.close()
@@ -117,5 +119,45 @@ async def test_a_token_given_to_from_url_is_sent_as_a_bearer_token():
     try:
         auth = await kube.api.configuration.auth_settings()
         assert auth["BearerToken"]["value"] == "Bearer t0ken"
+    finally:
+        await kube.close()
+
+
+@pytest.fixture()
+def no_proxy_env(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+async def test_proxy_variables_are_read_once_and_honoured(server, no_proxy_env):
+    """The client reads the proxy variables once (not in a thread per request) and still goes
+    through the proxy they name, with its credentials: the test server plays the proxy."""
+    _, state = server
+    no_proxy_env.setenv("HTTP_PROXY", f"http://proxyuser:pr0xy@127.0.0.1:{state['port']}")
+    kube = Kube.from_url("http://api.fedcare.invalid:6443", policy=FAST)
+    no_proxy_env.delenv("HTTP_PROXY")       # read at construction: later changes do not matter
+    try:
+        state["objects"]["/api/v1/namespaces/x"] = {"metadata": {"name": "x"}}
+        assert (await kube.get(NS))["metadata"]["name"] == "x"
+        host, proxy_auth = state["seen"][-1]
+        assert host.startswith("api.fedcare.invalid")     # the API server's URL, sent to the proxy
+        assert proxy_auth and proxy_auth.startswith("Basic ")
+        assert not kube.api.rest_client.pool_manager.trust_env
+    finally:
+        await kube.close()
+
+
+async def test_no_proxy_naming_the_api_server_bypasses_the_proxy(server, no_proxy_env):
+    _, state = server
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{state['port']}")
+    no_proxy_env.setenv("NO_PROXY", "api.fedcare.invalid")
+    kube = Kube.from_url("http://api.fedcare.invalid:6443", policy=FAST)
+    try:
+        assert kube.api.rest_client.proxy is None
+        with pytest.raises(KubeError):          # straight to a name that does not resolve
+            await kube.get(NS)
+        assert state["calls"] == 0
     finally:
         await kube.close()

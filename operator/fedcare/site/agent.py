@@ -122,6 +122,11 @@ class SiteAgent:
         @kopf.on.startup(registry=registry)
         def start(settings: kopf.OperatorSettings, **_: Any) -> None:
             configure(settings)
+            # The agent's hub identity may not list namespaces or CRDs (hub/enrollment.py): kopf's
+            # restricted mode, declared, serves exactly the site's namespace. Scanning would also
+            # race: kopf lists the namespaces, then its namespace watch re-lists and ignores what
+            # that listing holds, so a namespace created in between is never served.
+            settings.scanning.disabled = True
 
         # on.event, not on.create/update: the agent may not patch RoundAssignments (only their
         # status), so kopf must keep no state on them; answers are idempotent instead.
