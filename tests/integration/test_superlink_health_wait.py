@@ -8,6 +8,7 @@ import asyncio
 import socket
 import time
 
+import pytest
 from aiohttp import web
 
 from fedcare.hub import aggregator as agg
@@ -118,3 +119,43 @@ async def test_a_pod_that_starts_terminating_during_the_wait_is_not_adopted(emul
         await (await starting).cleanup()
     finally:
         await api.close()
+
+
+async def test_the_scheduler_waits_at_most_until_the_rounds_deadline_and_passes_kopfs_flag(tmp_path, monkeypatch):
+    """The round pass hands ensure_aggregator its wait (HEALTH_WAIT, cut at the deadline) and
+    kopf's stop flag; a wait past the deadline would hold a pass the deadline should end."""
+    import datetime as dt
+
+    from fedcare.api.validation import parse
+    from fedcare.hub import round_scheduler as rs
+    from fedcare.hub.flower_runs import FlowerCLI
+    from fedcare.sandbox.federation import round_manifest
+
+    cfg = rs.RoundConfig(flower=FlowerCLI(tmp_path / "flwr"), app="", aggregator=agg.AggregatorConfig(insecure=True))
+    rec = rs.Reconciler(None, cfg)      # type: ignore[arg-type]   # no API call is reached
+
+    def round_body(seconds_left: float) -> dict:
+        body = round_manifest("r", sites=2, rounds=1)
+        body["metadata"].update(uid="u", namespace="default")
+        body["status"] = {"deadline": rs._iso(rs._now() + dt.timedelta(seconds=seconds_left)), "attempt": 1}
+        return body
+
+    assert rec._health_wait(round_body(3600)) == rs.HEALTH_WAIT
+    assert 2.0 <= rec._health_wait(round_body(4)) <= 4.0
+    assert rec._health_wait(round_body(-5)) == 0.0
+
+    seen: dict = {}
+
+    class Seen(Exception):
+        pass
+
+    async def ensure_aggregator(*_args, **kwargs):
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(rs.agg, "ensure_aggregator", ensure_aggregator)
+    body = round_body(4)
+    flag = lambda: False        # noqa: E731
+    with pytest.raises(Seen):
+        await rec.run_aggregator(body, parse("FederatedRound", body), flag)
+    assert 2.0 <= seen["health_wait"] <= 4.0 and seen["stop"] is flag
