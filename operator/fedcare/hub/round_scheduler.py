@@ -189,7 +189,7 @@ class Reconciler:
         return c.make(t, ok, reason, message, generation=body["metadata"].get("generation"))
 
     async def fail(self, body: dict[str, Any], reason: c.Reason, message: str, *, stop_run: bool = True) -> None:
-        """``stop_run`` False: the SuperLink no longer knows the run (nothing to stop)."""
+        """``stop_run`` False: the run has ended, or the SuperLink no longer knows it (nothing to stop)."""
         log.warning("Round %s failed: %s: %s", body["metadata"]["name"], reason.value, message)
         st = body.get("status") or {}
         run_id = st.get("runId")
@@ -678,7 +678,8 @@ class Reconciler:
         elif "min-train-nodes" in details or "min-available-nodes" in details or "successful" in details:
             reason = c.Reason.QUORUM_LOST
         body = await self.write(body, [], **fields) or body
-        await self.fail(body, reason, f"Flower run {run_id} {info.status}: {details}"[:4000])
+        # the run has ended: a `flwr stop` would only be refused ("Run is already finished")
+        await self.fail(body, reason, f"Flower run {run_id} {info.status}: {details}"[:4000], stop_run=False)
 
     async def complete(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: Any,
                        fields: dict[str, Any]) -> None:
