@@ -55,3 +55,19 @@ def test_hub_prefers_an_explicit_kubeconfig(tmp_path, monkeypatch):
     registry = kopf.OperatorRegistry()
     kopf_setup.add_hub_login(registry, hub)
     assert _login_handler(registry)(settings=kopf.OperatorSettings(), logger=None).server == "https://hub.example:6443"
+
+
+
+def test_the_agents_kopf_runs_in_restricted_mode():
+    """The agent serves exactly its site namespace and lists no namespaces or CRDs: its hub
+    identity may not (kopf retried on 403 for ~40 s), and kopf's namespace scan missed a
+    namespace created between its listing and its watch's re-listing."""
+    from fedcare.site.agent import SiteAgent
+
+    agent = SiteAgent("rouen", None, None, agent_id="rouen/a")     # type: ignore[arg-type]
+    startup = agent.registry()._activities.get_handlers(activity=kopf._core.intents.causes.Activity.STARTUP)
+    settings = kopf.OperatorSettings()
+    assert settings.scanning.disabled is False                      # kopf's default
+    for handler in startup:
+        handler.fn(settings=settings, logger=None)
+    assert settings.scanning.disabled is True

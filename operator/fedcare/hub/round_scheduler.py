@@ -189,12 +189,16 @@ class Reconciler:
         return c.make(t, ok, reason, message, generation=body["metadata"].get("generation"))
 
     async def fail(self, body: dict[str, Any], reason: c.Reason, message: str, *, stop_run: bool = True) -> None:
-        """``stop_run`` False: the run has ended, or the SuperLink no longer knows it (nothing to stop)."""
+        """``stop_run`` False: the SuperLink no longer knows the run (nothing to stop). A run
+        whose recorded status says it ended (``finished:…``) is never stopped either: Flower
+        refuses it ("Run is already finished"), and after an S3 upload's deadline the SuperLink
+        is already gone."""
         log.warning("Round %s failed: %s: %s", body["metadata"]["name"], reason.value, message)
         st = body.get("status") or {}
         run_id = st.get("runId")
         control = (st.get("aggregator") or {}).get("controlAddress")
-        if run_id and control and stop_run:
+        ended = str(st.get("runStatus") or "").startswith("finished:")
+        if run_id and control and stop_run and not ended:
             await self._stop_run(body, control, run_id)
         await self.write(body, [self.cond(body, T.FAILED, True, reason, message),
                                 self.cond(body, T.COMPLETE, False, reason, message)],
@@ -677,9 +681,8 @@ class Reconciler:
             reason = c.Reason.PRIVACY_BUDGET_EXHAUSTED
         elif "min-train-nodes" in details or "min-available-nodes" in details or "successful" in details:
             reason = c.Reason.QUORUM_LOST
-        body = await self.write(body, [], **fields) or body
-        # the run has ended: a `flwr stop` would only be refused ("Run is already finished")
-        await self.fail(body, reason, f"Flower run {run_id} {info.status}: {details}"[:4000], stop_run=False)
+        body = await self.write(body, [], **fields) or body     # runStatus finished:…: fail() sends no stop
+        await self.fail(body, reason, f"Flower run {run_id} {info.status}: {details}"[:4000])
 
     async def complete(self, body: dict[str, Any], spec: FederatedRoundSpec, folder: Any,
                        fields: dict[str, Any]) -> None:

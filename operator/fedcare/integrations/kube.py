@@ -107,9 +107,12 @@ def _env_read_once(api_client: k8s.ApiClient) -> k8s.ApiClient:
     looks up ``~/.netrc`` and the proxy variables, each in a worker thread. That was half the CPU
     of a call to the sandbox's API server (2.5 -> 1.3 ms per GET, 300 sequential GETs) and a
     thread hop per request under a round's burst. Here the proxy variables are read once, for
-    the API server's own URL (``HTTPS_PROXY``/``NO_PROXY`` keep working); ``.netrc`` is not read
-    (the kubeconfig or ServiceAccount authenticates). Replacing the session is the only way in:
-    the client has no setting for it (``detach`` hands its connector over, open)."""
+    the API server's own URL (``HTTPS_PROXY``/``NO_PROXY`` keep working; aiohttp reads
+    ``~/.netrc`` then, once, for a proxy's credentials), so variables changed after the client
+    is built are not seen. Replacing the session is the only way in: the client has no setting
+    for it (``detach`` hands its connector over, open). ``aiohttp.helpers.get_env_proxy_for_url``
+    is aiohttp's own lookup (what ``trust_env`` calls per request); the session keeps the
+    arguments kubernetes_asyncio 36 gives its own (connector, ``read_bufsize``)."""
     rest = api_client.rest_client
     old = rest.pool_manager
     if not getattr(old, "trust_env", False):
