@@ -57,7 +57,6 @@ def test_hub_prefers_an_explicit_kubeconfig(tmp_path, monkeypatch):
     assert _login_handler(registry)(settings=kopf.OperatorSettings(), logger=None).server == "https://hub.example:6443"
 
 
-
 def test_the_agents_kopf_runs_in_restricted_mode():
     """The agent serves exactly its site namespace and lists no namespaces or CRDs: its hub
     identity may not (kopf retried on 403 for ~40 s), and kopf's namespace scan missed a

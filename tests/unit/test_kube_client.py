@@ -161,3 +161,16 @@ async def test_no_proxy_naming_the_api_server_bypasses_the_proxy(server, no_prox
         assert state["calls"] == 0
     finally:
         await kube.close()
+
+
+async def test_an_unreachable_proxy_with_credentials_leaves_them_out_of_the_error(no_proxy_env):
+    """The proxy's URL carries its password (aiohttp sends it as Proxy-Authorization); an error
+    reaching it keeps only the exception's type name, never its text, which prints that URL."""
+    no_proxy_env.setenv("HTTP_PROXY", "http://proxyuser:pr0xy@127.0.0.2:1")
+    kube = Kube.from_url("http://api.fedcare.invalid:6443", policy=FAST)
+    try:
+        with pytest.raises(KubeError) as err:
+            await kube.get(NS)
+        assert "pr0xy" not in str(err.value) and "pr0xy" not in repr(err.value.args)
+    finally:
+        await kube.close()

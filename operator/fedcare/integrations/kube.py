@@ -126,6 +126,8 @@ def _env_read_once(api_client: k8s.ApiClient) -> k8s.ApiClient:
         except LookupError:     # no proxy variable for this URL, or NO_PROXY names it
             return api_client
         if auth is not None:    # back into the URL: aiohttp sends it as Proxy-Authorization from there
+            # (as the env variable had it; aiohttp's proxy errors then print that URL: this module
+            # keeps only an error's type name, never its text)
             proxy = proxy.with_user(auth.login).with_password(auth.password)
         rest.proxy = str(proxy)
     return api_client
